@@ -1,0 +1,118 @@
+"""Read a product catalog (JSON Lines, optionally gzipped) through a configurable field schema.
+
+Nothing here knows about one particular shop: which fields are searchable text, which field holds
+the image and which are filters all come from :class:`CatalogSchema` (built from ``Settings``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ConfigError
+
+__all__ = ["CatalogSchema", "Product", "read_catalog", "content_hash"]
+
+
+def _split_boost(spec: str) -> tuple[str, float]:
+    name, _, boost = spec.partition("^")
+    try:
+        return name, float(boost) if boost else 1.0
+    except ValueError as e:
+        msg = f"text field '{spec}' has a malformed boost; write it as name or name^2.0"
+        raise ConfigError(msg) from e
+
+
+@dataclass(frozen=True)
+class CatalogSchema:
+    """Which fields of a product document are its id, searchable text, image and filters."""
+
+    id_field: str = "id"
+    text_fields: dict[str, float] = field(default_factory=lambda: {"title": 2.0, "brand": 1.0, "description": 1.0})
+    image_field: str | None = "image"
+    filter_fields: tuple[str, ...] = ()
+    updated_at_field: str = "updated_at"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CatalogSchema:
+        return cls(
+            id_field=settings.id_field,
+            text_fields=dict(_split_boost(spec) for spec in settings.text_fields),
+            image_field=settings.image_field,
+            filter_fields=tuple(settings.filter_fields),
+            updated_at_field=settings.updated_at_field,
+        )
+
+    def multi_match_fields(self) -> list[str]:
+        """``field^boost`` strings for a ``multi_match`` query."""
+        return [name if boost == 1.0 else f"{name}^{boost:g}" for name, boost in self.text_fields.items()]
+
+
+@dataclass(frozen=True)
+class Product:
+    """One catalog document: its id, the original fields (kept whole for BM25) and its inputs."""
+
+    id: str
+    source: dict[str, Any]
+    text: str | None
+    image: str | None
+
+
+def product_text(source: dict[str, Any], schema: CatalogSchema) -> str | None:
+    """The text the product tower reads: the configured text fields, in order, joined."""
+    parts = [str(source[name]).strip() for name in schema.text_fields if source.get(name) not in (None, "")]
+    text = ". ".join(p for p in parts if p)
+    return text or None
+
+
+def content_hash(text: str | None, image: str | None) -> str:
+    """Identifies the inputs a vector was computed from, to skip or refuse stale re-encodes."""
+    payload = json.dumps({"text": text, "image": image}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def to_product(source: dict[str, Any], schema: CatalogSchema, base_dir: Path | None = None) -> Product:
+    """Validate one document and resolve its image path relative to the catalog file."""
+    raw_id = source.get(schema.id_field)
+    if raw_id in (None, ""):
+        msg = f"product is missing its id field '{schema.id_field}'; set MMOS_ID_FIELD to the field that holds ids"
+        raise ConfigError(msg)
+    image = source.get(schema.image_field) if schema.image_field else None
+    if image is not None and not isinstance(image, str):
+        msg = f"product {raw_id}: image field '{schema.image_field}' must be a path or URL string, got {type(image).__name__}"
+        raise ConfigError(msg)
+    if image and base_dir is not None and "://" not in image and not Path(image).is_absolute():
+        image = str(base_dir / image)
+    return Product(id=str(raw_id), source=source, text=product_text(source, schema), image=image or None)
+
+
+def read_catalog(path: Path, schema: CatalogSchema, *, limit: int | None = None) -> Iterator[Product]:
+    """Products of a ``.jsonl`` or ``.jsonl.gz`` file; relative image paths resolve beside it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        handle = opener(path, "rt", encoding="utf-8")
+    except FileNotFoundError as e:
+        msg = f"catalog file {path} does not exist; pass the path of a JSON Lines catalog"
+        raise ConfigError(msg) from e
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if limit is not None and line_no > limit:
+                return
+            if not line.strip():
+                continue
+            try:
+                source = json.loads(line)
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{line_no} is not valid JSON ({e.msg}); each line must hold one product object"
+                raise ConfigError(msg) from e
+            try:
+                yield to_product(source, schema, path.parent)
+            except ConfigError as e:
+                msg = f"{path}:{line_no}: {e}"
+                raise ConfigError(msg) from e

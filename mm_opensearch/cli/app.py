@@ -1,0 +1,43 @@
+"""Root Typer app; each command group lives in its own module and registers here."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+from rich.console import Console
+
+from mm_opensearch.cli import demo, dev
+from mm_opensearch.config import get_settings
+from mm_opensearch.errors import MMOpenSearchError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(
+    name="mm-opensearch",
+    help="Multimodal (image + text) product retrieval for OpenSearch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+app.command("demo")(demo.demo)
+
+config_app = typer.Typer(help="Inspect the configuration (MMOS_* environment variables).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings; secrets are masked."""
+    Console().print_json(json.dumps(get_settings().redacted(), default=str))
+
+
+def main() -> None:
+    """Entry point that turns library errors into a one-line message and exit code 1."""
+    try:
+        app()
+    except MMOpenSearchError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        raise SystemExit(1) from e

@@ -1,0 +1,54 @@
+"""Build an ``OpenSearch`` client from ``Settings``: basic auth, TLS, client certs or AWS SigV4."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opensearchpy import OpenSearch, RequestsHttpConnection
+
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ConfigError
+
+__all__ = ["create_client"]
+
+
+def _aws_auth(settings: Settings) -> Any:
+    try:
+        import boto3  # noqa: PLC0415 - optional extra
+        from opensearchpy import AWSV4SignerAuth  # noqa: PLC0415
+    except ImportError as e:
+        msg = "MMOS_OPENSEARCH_AWS_REGION is set but boto3 is missing; pip install 'mm-opensearch[aws]'"
+        raise ConfigError(msg) from e
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        msg = "MMOS_OPENSEARCH_AWS_REGION is set but no AWS credentials were found; configure the AWS CLI or env"
+        raise ConfigError(msg)
+    return AWSV4SignerAuth(credentials, settings.opensearch_aws_region, settings.opensearch_aws_service)
+
+
+def create_client(settings: Settings, **overrides: Any) -> OpenSearch:
+    """A client with retries on connection errors and timeouts; ``overrides`` go to ``OpenSearch``."""
+    kwargs: dict[str, Any] = {
+        "hosts": settings.opensearch_hosts,
+        "timeout": settings.opensearch_timeout_s,
+        "max_retries": settings.opensearch_max_retries,
+        "retry_on_timeout": True,
+        "verify_certs": settings.opensearch_verify_certs,
+        "ssl_show_warn": settings.opensearch_verify_certs,
+    }
+    if settings.opensearch_ca_certs:
+        kwargs["ca_certs"] = str(settings.opensearch_ca_certs)
+    if settings.opensearch_client_cert:
+        kwargs["client_cert"] = str(settings.opensearch_client_cert)
+        if settings.opensearch_client_key:
+            kwargs["client_key"] = str(settings.opensearch_client_key)
+    if settings.opensearch_aws_region:
+        kwargs["http_auth"] = _aws_auth(settings)
+        kwargs["connection_class"] = RequestsHttpConnection
+    elif settings.opensearch_user:
+        if settings.opensearch_password is None:
+            msg = "MMOS_OPENSEARCH_USER is set but MMOS_OPENSEARCH_PASSWORD is not; set both or neither"
+            raise ConfigError(msg)
+        kwargs["http_auth"] = (settings.opensearch_user, settings.opensearch_password.get_secret_value())
+    kwargs.update(overrides)
+    return OpenSearch(**kwargs)

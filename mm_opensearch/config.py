@@ -1,0 +1,118 @@
+"""One settings object for the library, the CLI, the API and the workers.
+
+Every knob is read from the environment with the ``MMOS_`` prefix (or a ``.env`` file), so the
+same deployment config drives a Celery worker and the HTTP API alike. Secrets are ``SecretStr``:
+they never appear in ``repr``, logs or ``mm-opensearch config show``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mm-opensearch"
+
+
+class Settings(BaseSettings):
+    """Configuration for connecting to OpenSearch/Redis and locating models, data and caches."""
+
+    model_config = SettingsConfigDict(env_prefix="MMOS_", env_file=".env", extra="ignore")
+
+    # --- OpenSearch connection -------------------------------------------------------------
+    opensearch_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:9200"],
+        description="Comma-separated URLs, e.g. https://search-1:9200,https://search-2:9200",
+    )
+    opensearch_user: str | None = None
+    opensearch_password: SecretStr | None = None
+    opensearch_verify_certs: bool = True
+    opensearch_ca_certs: Path | None = None
+    opensearch_client_cert: Path | None = None
+    opensearch_client_key: Path | None = None
+    opensearch_aws_region: str | None = Field(
+        default=None, description="Sign requests with AWS SigV4 for this region (needs the 'aws' extra)."
+    )
+    opensearch_aws_service: Literal["es", "aoss"] = "es"
+    opensearch_timeout_s: float = 30.0
+    opensearch_max_retries: int = 3
+
+    # --- Redis (Celery broker, result backend, checkpoints, dead letters) --------------------
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    # --- Index names ------------------------------------------------------------------------
+    index_name: str = "products"
+    read_alias: str | None = None
+    write_alias: str | None = None
+
+    # --- Catalog schema: which document fields mean what (nothing is specific to one catalog) ---
+    id_field: str = "id"
+    text_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["title^2", "brand", "description"],
+        description="BM25 fields with optional ^boost, also the text the product tower reads.",
+    )
+    image_field: str | None = "image"
+    filter_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "brand", "gender", "master_category", "sub_category", "article_type",
+            "base_colour", "season", "usage", "price", "discounted_price",
+        ],
+        description="Fields clients may filter on (term/terms/range); anything else is refused.",
+    )
+    updated_at_field: str = "updated_at"
+
+    # --- Models, caches and data ------------------------------------------------------------
+    model_dir: Path | None = Field(default=None, description="Model artifact folder; default model when unset.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    data_dir: Path = Field(default=Path("../shared/data/myntra"))
+    torch_threads: int | None = None
+    image_fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs the image fetcher may reach although private (tests: 127.0.0.0/8).",
+    )
+
+    # --- Local development services (`mm-opensearch dev up`) ---------------------------------
+    dev_dir: Path = Field(default=Path(".mmos"), description="Node data, logs and pid files.")
+    dev_opensearch_port: int = 9200
+    dev_opensearch_transport_port: int = 9300
+    dev_opensearch_heap: str = "1g"
+    dev_redis_port: int = 6379
+    dev_java_home: Path | None = None
+
+    @field_validator(
+        "opensearch_hosts", "image_fetch_allow_networks", "text_fields", "filter_fields", mode="before"
+    )
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def jar_cache_dir(self) -> Path:
+        """Jars fetched from Maven Central: shared by every clone on the machine."""
+        return self.cache_dir / "opensearch-2.19.1"
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict that is safe to print (secrets masked)."""
+        out: dict[str, object] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()

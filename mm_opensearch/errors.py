@@ -1,0 +1,56 @@
+"""Exceptions raised by mm-opensearch.
+
+Every message names what was wrong and the fix, so a CLI user or an API client can act on it.
+
+    MMOpenSearchError
+     ├── ConfigError            a setting or an input field is invalid
+     ├── DevServiceError        the local OpenSearch/Redis could not be fetched, started or stopped
+     ├── ImageLoadError         an image could not be fetched or decoded (the product keeps its text)
+     ├── ModelError             a model artifact is missing, corrupt, or of another model than expected
+     ├── IndexCompatibilityError  an index's vectors were made by another model or have another dimension
+     └── SearchUnavailableError OpenSearch could not be reached (the API answers 503)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MMOpenSearchError",
+    "ConfigError",
+    "DevServiceError",
+    "ImageLoadError",
+    "ModelError",
+    "IndexCompatibilityError",
+    "SearchUnavailableError",
+]
+
+
+class MMOpenSearchError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(MMOpenSearchError, ValueError):
+    """A setting or an input field is invalid; the message names the field and the fix."""
+
+
+class DevServiceError(MMOpenSearchError):
+    """A local development service (OpenSearch node, Redis) failed; the message says how to fix it."""
+
+
+class ImageLoadError(MMOpenSearchError):
+    """An image could not be loaded. ``reason`` is a short machine-readable code."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ModelError(MMOpenSearchError):
+    """A model artifact is missing, unreadable, or not the model that was expected."""
+
+
+class IndexCompatibilityError(MMOpenSearchError):
+    """An index holds vectors of another model or dimension than the tower in use."""
+
+
+class SearchUnavailableError(MMOpenSearchError):
+    """OpenSearch did not answer; retrying later may help."""
