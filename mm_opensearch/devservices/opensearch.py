@@ -88,7 +88,7 @@ class OpenSearchNode:
                 msg = "Maven ('mvn') is not installed; install it with: apt-get install -y maven"
                 raise DevServiceError(msg)
             self.jars.mkdir(parents=True, exist_ok=True)
-            argv = [mvn, "-q", "-B", "-f", str(self.source / "pom.xml"), f"-Dmmos.out={self.jars}", "package"]
+            argv = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.source / "pom.xml"), f"-Dmmos.out={self.jars}", "package"]
             done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])

@@ -1,0 +1,100 @@
+"""Create a product index and load a catalog into it, with vectors when a model is given.
+
+Used by ``demo`` and ``eval`` (whole catalogs at once); the Celery workers reuse the same
+``product_vectors`` to embed batches of an existing index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from opensearchpy import OpenSearch
+
+from mm_opensearch.catalog import CatalogSchema, Product, content_hash
+from mm_opensearch.indexing.bulk import BulkReport, bulk_write, index_action, vector_fields_doc
+from mm_opensearch.indexing.mappings import product_index_body
+
+if TYPE_CHECKING:
+    from mm_opensearch.towers import MultimodalModel
+
+__all__ = ["create_product_index", "load_products", "product_vectors"]
+
+
+def _batches(items: Iterable[Product], size: int) -> Iterator[list[Product]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def create_product_index(
+    client: OpenSearch,
+    index: str,
+    schema: CatalogSchema,
+    *,
+    sample: dict[str, Any] | None = None,
+    model: MultimodalModel | None = None,
+    modalities: bool = False,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Create ``index`` (BM25-only without a model). ``replace`` deletes an existing one first."""
+    body = product_index_body(
+        schema,
+        sample=sample,
+        dim=model.dim if model is not None else None,
+        model_id=model.model_id if model is not None else None,
+        modalities=modalities,
+    )
+    if replace and client.indices.exists(index=index):
+        client.indices.delete(index=index)
+    client.indices.create(index=index, body=body)
+    return body
+
+
+def product_vectors(
+    model: MultimodalModel, products: Sequence[Product], *, modalities: bool = False
+) -> list[dict[str, Any] | None]:
+    """Vector fields for each product; None where neither text nor image could be encoded."""
+    from mm_opensearch.towers import ProductInput  # noqa: PLC0415 - torch loads only when embedding
+
+    encoding = model.encode_products(
+        [ProductInput(id=p.id, text=p.text, image=p.image) for p in products], with_modalities=modalities
+    )
+    docs: list[dict[str, Any] | None] = []
+    for row, product in enumerate(products):
+        if not encoding.ok[row]:
+            docs.append(None)
+            continue
+        docs.append(
+            vector_fields_doc(
+                encoding.fused[row],
+                model_id=model.model_id,
+                content_hash=content_hash(product.text, product.image),
+                error=encoding.errors[row],
+                text=encoding.text[row] if modalities and encoding.text is not None else None,
+                image=encoding.image[row] if modalities and encoding.image is not None else None,
+            )
+        )
+    return docs
+
+
+def load_products(
+    client: OpenSearch,
+    index: str,
+    products: Iterable[Product],
+    *,
+    model: MultimodalModel | None = None,
+    modalities: bool = False,
+    batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
+) -> BulkReport:
+    """Index whole documents (their own fields, plus vectors when ``model`` is given)."""
+    report = BulkReport()
+    for batch in _batches(products, batch_size):
+        vectors = product_vectors(model, batch, modalities=modalities) if model else [None] * len(batch)
+        actions = [index_action(index, p.id, {**p.source, **(v or {})}) for p, v in zip(batch, vectors, strict=True)]
+        report.merge(bulk_write(client, actions))
+        if on_batch is not None:
+            on_batch(len(batch))
+    return report

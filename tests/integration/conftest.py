@@ -1,0 +1,45 @@
+"""Fixtures for tests against the real OpenSearch node and Redis (started by scripts/test.sh)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from opensearchpy import OpenSearch
+
+from mm_opensearch.client import create_client
+from mm_opensearch.config import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[OpenSearch]:
+    client = create_client(settings)
+    if not client.ping():
+        pytest.fail(
+            f"OpenSearch does not answer at {settings.opensearch_hosts}; run the tests with scripts/test.sh "
+            "(it starts the node) or start one with `mm-opensearch dev up`"
+        )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def index_name(client: OpenSearch) -> Iterator[str]:
+    """A fresh index name per test, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True)
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    yield r
+    r.close()

@@ -1,0 +1,145 @@
+"""The local services are real: OpenSearch with k-NN (lucene engine) and Redis."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import redis
+from opensearchpy import OpenSearch
+
+from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.config import Settings
+from mm_opensearch.devservices import OpenSearchNode, RedisServer
+from mm_opensearch.devservices.opensearch import find_java
+from mm_opensearch.errors import DevServiceError
+from mm_opensearch.indexing import bulk_write, index_action, product_index_body
+
+pytestmark = pytest.mark.services
+
+SCHEMA = CatalogSchema(
+    text_fields={"title": 1.0, "description": 1.0}, filter_fields=("colour", "price"), image_field=None
+)
+
+
+def test_node_is_opensearch_2_19_1_with_knn(client: OpenSearch) -> None:
+    info = client.info()
+    assert info["version"]["number"] == "2.19.1"
+    assert client.cluster.health()["status"] in {"green", "yellow"}
+    plugins = {row["component"] for row in client.cat.plugins(format="json")}
+    assert any("KNNPlugin" in p or p == "opensearch-knn" for p in plugins)
+
+
+def _docs() -> list[dict]:
+    return [
+        {"id": "1", "title": "red floral dress", "description": "summer cotton", "colour": "red", "price": 20.0,
+         "mm_fused": [1.0, 0.0, 0.0]},
+        {"id": "2", "title": "blue denim jeans", "description": "slim fit", "colour": "blue", "price": 40.0,
+         "mm_fused": [0.9, 0.1, 0.0]},
+        {"id": "3", "title": "red running shoes", "description": "red red mesh", "colour": "red", "price": 60.0,
+         "mm_fused": [0.0, 1.0, 0.0]},
+        {"id": "4", "title": "black leather belt", "description": "classic", "colour": "black", "price": 15.0,
+         "mm_fused": [0.0, 0.0, 1.0]},
+    ]
+
+
+@pytest.fixture
+def small_index(client: OpenSearch, index_name: str) -> str:
+    body = product_index_body(SCHEMA, sample=_docs()[0], dim=3, model_id="test-model")
+    client.indices.create(index=index_name, body=body)
+    report = bulk_write(client, [index_action(index_name, d["id"], d) for d in _docs()], refresh="wait_for")
+    assert report.succeeded == 4 and not report.failed
+    return index_name
+
+
+def test_index_mapping_has_bm25_text_and_lucene_knn_vector(client: OpenSearch, small_index: str) -> None:
+    mapping = client.indices.get_mapping(index=small_index)[small_index]["mappings"]
+    assert mapping["properties"]["title"]["type"] == "text"
+    vector = mapping["properties"]["mm_fused"]
+    assert vector["type"] == "knn_vector" and vector["dimension"] == 3
+    assert vector["method"]["engine"] == "lucene"
+    assert mapping["_meta"]["mm_opensearch"]["model_id"] == "test-model"
+    settings = client.indices.get_settings(index=small_index)[small_index]["settings"]["index"]
+    assert settings["knn"] == "true"
+
+
+def test_knn_query_with_filter_returns_the_nearest_matching_document(client: OpenSearch, small_index: str) -> None:
+    unfiltered = client.search(
+        index=small_index, body={"size": 2, "query": {"knn": {"mm_fused": {"vector": [1.0, 0.05, 0.0], "k": 2}}}}
+    )
+    assert [h["_id"] for h in unfiltered["hits"]["hits"]] == ["1", "2"]
+    filtered = client.search(
+        index=small_index,
+        body={
+            "size": 2,
+            "query": {"knn": {"mm_fused": {"vector": [1.0, 0.05, 0.0], "k": 2,
+                                           "filter": {"term": {"colour": "blue"}}}}},
+        },
+    )
+    assert [h["_id"] for h in filtered["hits"]["hits"]] == ["2"]
+
+
+def test_match_query_ranks_by_bm25(client: OpenSearch, small_index: str) -> None:
+    result = client.search(
+        index=small_index,
+        body={"query": {"multi_match": {"query": "red", "fields": SCHEMA.multi_match_fields()}}},
+    )
+    ids = [h["_id"] for h in result["hits"]["hits"]]
+    # "red" occurs three times in product 3 and once in product 1: term frequency wins.
+    assert ids == ["3", "1"]
+    scores = [h["_score"] for h in result["hits"]["hits"]]
+    assert scores[0] > scores[1] > 0
+
+
+def test_redis_round_trip(redis_client: redis.Redis) -> None:
+    redis_client.set("mmos:test:key", "value", ex=30)
+    assert redis_client.get("mmos:test:key") == b"value"
+
+
+def test_dev_up_twice_is_harmless(settings: Settings) -> None:
+    node, server = OpenSearchNode(settings), RedisServer(settings)
+    before = (node.status().pid, server.status().pid)
+    assert node.start().running and server.start().running
+    assert (node.status().pid, server.status().pid) == before
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_port_in_use_gives_a_clear_error(tmp_path: Path) -> None:
+    with _listening_socket() as sock:
+        port = sock.getsockname()[1]
+        busy = Settings(dev_dir=tmp_path, dev_opensearch_port=port, dev_redis_port=port)
+        with pytest.raises(DevServiceError, match=rf"port {port} .*MMOS_DEV_OPENSEARCH_PORT"):
+            OpenSearchNode(busy).start()
+        with pytest.raises(DevServiceError, match=rf"port {port} .*MMOS_DEV_REDIS_PORT"):
+            RedisServer(busy).start()
+
+
+def test_missing_jdk_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(DevServiceError, match="openjdk-17-jdk-headless.*MMOS_DEV_JAVA_HOME"):
+        find_java(Settings(dev_java_home=tmp_path / "no-jdk"))
+
+
+def test_maven_failure_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = OpenSearchNode(Settings(cache_dir=tmp_path / "cache", dev_dir=tmp_path))
+    broken = tmp_path / "launcher"
+    (broken / "src").mkdir(parents=True)
+    (broken / "pom.xml").write_text("<project>not a valid pom")
+    monkeypatch.setattr(node, "source", broken)
+    with pytest.raises(DevServiceError, match=r"(?s)Maven could not fetch.*mm-opensearch dev fetch"):
+        node.fetch()
+
+
+def test_missing_maven_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = OpenSearchNode(Settings(cache_dir=tmp_path / "cache", dev_dir=tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DevServiceError, match="apt-get install -y maven"):
+        node.fetch()

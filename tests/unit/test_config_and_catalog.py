@@ -1,0 +1,87 @@
+"""Settings parsing, secret masking and the catalog schema (pure logic, no services)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from mm_opensearch.catalog import CatalogSchema, content_hash, read_catalog
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ConfigError
+from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
+
+
+def test_comma_separated_env_values_become_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMOS_OPENSEARCH_HOSTS", "https://a:9200, https://b:9200")
+    monkeypatch.setenv("MMOS_TEXT_FIELDS", "prod_name^3,detail_desc")
+    settings = Settings()
+    assert settings.opensearch_hosts == ["https://a:9200", "https://b:9200"]
+    assert CatalogSchema.from_settings(settings).text_fields == {"prod_name": 3.0, "detail_desc": 1.0}
+
+
+def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMOS_OPENSEARCH_PASSWORD", "hunter2")
+    monkeypatch.setenv("MMOS_REDIS_URL", "redis://:s3cret@redis:6379/0")
+    settings = Settings()
+    shown = json.dumps(settings.redacted()) + repr(settings)
+    assert "hunter2" not in shown and "s3cret" not in shown
+    assert settings.opensearch_password is not None
+    assert settings.opensearch_password.get_secret_value() == "hunter2"
+
+
+def test_malformed_boost_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="title\\^high"):
+        CatalogSchema.from_settings(Settings(text_fields=["title^high"]))
+
+
+def _write_catalog(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_catalog_with_other_field_names_reads_by_configuration(tmp_path: Path) -> None:
+    path = _write_catalog(
+        tmp_path / "hm.jsonl.gz",
+        [{"article_id": 7, "prod_name": "Strap top", "detail_desc": "Jersey top", "img": "imgs/7.jpg"},
+         {"article_id": 8, "prod_name": "Shorts", "detail_desc": "", "img": None}],
+    )
+    schema = CatalogSchema(id_field="article_id", text_fields={"prod_name": 1.0, "detail_desc": 1.0}, image_field="img")
+    first, second = read_catalog(path, schema)
+    assert first.id == "7" and first.text == "Strap top. Jersey top"
+    assert first.image == str(tmp_path / "imgs/7.jpg")
+    assert second.text == "Shorts" and second.image is None
+    assert first.source["prod_name"] == "Strap top"  # the whole document is kept for BM25
+
+
+def test_product_without_id_is_refused_with_line_and_fix(tmp_path: Path) -> None:
+    path = _write_catalog(tmp_path / "c.jsonl.gz", [{"id": "1", "title": "a"}, {"title": "no id"}])
+    with pytest.raises(ConfigError, match=r"c.jsonl.gz:2: .*'id'.*MMOS_ID_FIELD"):
+        list(read_catalog(path, CatalogSchema()))
+
+
+def test_content_hash_changes_with_inputs() -> None:
+    assert content_hash("a", "x.jpg") == content_hash("a", "x.jpg")
+    assert content_hash("a", "x.jpg") != content_hash("a", "y.jpg")
+    assert content_hash("a", None) != content_hash("b", None)
+
+
+def test_queries_qrels_and_click_pairs(tmp_path: Path) -> None:
+    (tmp_path / "q.tsv").write_text("query_id\tsplit\ttemplate\tquery\nq1\tval\tt\tred dress\nq2\ttrain\tt\tshoes\n")
+    (tmp_path / "r.tsv").write_text("query_id\tproduct_id\tgrade\nq1\t10\t2\nq1\t11\t1\n")
+    (tmp_path / "c.tsv").write_text("query\tproduct_id\nred dress\t10\nred dress\t12\nshoes\t3\n")
+    assert [q.id for q in load_queries(tmp_path / "q.tsv", split="val")] == ["q1"]
+    assert load_qrels(tmp_path / "r.tsv") == {"q1": {"10": 2, "11": 1}}
+    queries, qrels = load_click_pairs(tmp_path / "c.tsv")
+    assert [q.text for q in queries] == ["red dress", "shoes"]
+    assert qrels[queries[0].id] == {"10": 1, "12": 1}
+
+
+def test_missing_tsv_column_is_named(tmp_path: Path) -> None:
+    (tmp_path / "r.tsv").write_text("query_id\tdoc\tgrade\n")
+    with pytest.raises(ConfigError, match="product_id"):
+        load_qrels(tmp_path / "r.tsv")

@@ -1,0 +1,51 @@
+"""Index bodies from the JSON templates, and the model-id guard on indices."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.errors import IndexCompatibilityError
+from mm_opensearch.indexing import check_model_compatible, product_index_body, vector_properties
+
+SCHEMA = CatalogSchema(text_fields={"title": 2.0, "body": 1.0}, filter_fields=("colour", "price"))
+
+
+def test_bm25_only_body_has_no_vectors_and_types_filters_from_the_sample() -> None:
+    body = product_index_body(SCHEMA, sample={"colour": "red", "price": 9.5})
+    props = body["mappings"]["properties"]
+    assert props["title"]["type"] == "text" and props["body"]["type"] == "text"
+    assert props["colour"]["type"] == "keyword" and props["price"]["type"] == "double"
+    assert "mm_fused" not in props and "_meta" not in body["mappings"]
+    assert body["settings"]["index"]["knn"] is False
+
+
+def test_vector_body_records_model_and_dimension() -> None:
+    body = product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True)
+    props = body["mappings"]["properties"]
+    for field in ("mm_fused", "mm_text", "mm_image"):
+        assert props[field]["dimension"] == 64
+        assert props[field]["method"] == {
+            "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil",
+            "parameters": {"m": 16, "ef_construction": 128},
+        }
+    assert props["mm_model_id"]["type"] == "keyword" and props["mm_embedded_at"]["type"] == "date"
+    assert body["mappings"]["_meta"]["mm_opensearch"]["model_id"] == "abc"
+    assert body["settings"]["index"]["knn"] is True
+
+
+def test_faiss_option_and_hnsw_parameters() -> None:
+    props = vector_properties(8, engine="faiss", m=32, ef_construction=256)
+    assert props["mm_fused"]["method"]["engine"] == "faiss"
+    assert props["mm_fused"]["method"]["parameters"] == {"m": 32, "ef_construction": 256}
+
+
+def test_query_tower_of_another_model_is_refused() -> None:
+    mapping = product_index_body(SCHEMA, dim=64, model_id="model-a")["mappings"]
+    assert check_model_compatible("p", mapping, "model-a", 64)["dim"] == 64
+    with pytest.raises(IndexCompatibilityError, match="model model-a.*model-b"):
+        check_model_compatible("p", mapping, "model-b", 64)
+    with pytest.raises(IndexCompatibilityError, match="dim 64, the tower outputs 128"):
+        check_model_compatible("p", mapping, "model-a", 128)
+    with pytest.raises(IndexCompatibilityError, match="index augment"):
+        check_model_compatible("p", product_index_body(SCHEMA)["mappings"], "model-a", 64)

@@ -1,0 +1,34 @@
+"""The wheel is self-contained: mappings and the dev launcher are found when installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_installed_wheel_finds_its_mappings(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("mm_opensearch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "mm_opensearch/_data/mappings/vector_fields.json" in names
+    assert "mm_opensearch/_data/opensearch/pom.xml" in names
+    assert "workers/__init__.py" in names
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    probe = (
+        "import mm_opensearch.resources as r; "
+        "print(r.mappings_dir()); print(r.opensearch_launcher_dir())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    assert out == [str(target / "mm_opensearch/_data/mappings"), str(target / "mm_opensearch/_data/opensearch")]
