@@ -54,8 +54,11 @@ class Settings(BaseSettings):
     # --- Catalog schema: which document fields mean what (nothing is specific to one catalog) ---
     id_field: str = "id"
     text_fields: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["title^2", "brand", "description"],
+        default_factory=lambda: ["title", "brand", "description"],
         description="BM25 fields with optional ^boost, also the text the product tower reads.",
+    )
+    lexical_match_type: Literal["best_fields", "most_fields", "cross_fields"] = Field(
+        default="cross_fields", description="multi_match type of the BM25 leg (cross_fields: one field-blind bag)."
     )
     image_field: str | None = "image"
     filter_fields: Annotated[list[str], NoDecode] = Field(
@@ -75,6 +78,15 @@ class Settings(BaseSettings):
     image_fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs the image fetcher may reach although private (tests: 127.0.0.0/8).",
+    )
+    image_fetch_timeout_s: float = Field(
+        default=5.0, gt=0, description="Wall-clock limit for one image download, redirects included."
+    )
+    image_max_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest image file read or downloaded, in bytes."
+    )
+    image_max_pixels: int = Field(
+        default=40_000_000, gt=0, description="Largest width x height decoded; larger is refused as a bomb."
     )
 
     # --- Local development services (`mm-opensearch dev up`) ---------------------------------
