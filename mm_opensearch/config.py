@@ -97,6 +97,24 @@ class Settings(BaseSettings):
     dev_redis_port: int = 6379
     dev_java_home: Path | None = None
 
+    # --- Workers and backfill (Celery on Redis) ----------------------------------------------
+    worker_task_time_limit_s: int = Field(
+        default=600, gt=0, description="Hard limit for one batch task; the worker process is killed past it."
+    )
+    worker_visibility_timeout_s: int = Field(
+        default=3600, gt=0, description="Redis redelivers an unacknowledged task after this; must exceed the hard limit."
+    )
+    worker_max_retries: int = Field(
+        default=5, ge=0, description="Retries of a batch on transient errors before it goes to the dead letters."
+    )
+    worker_retry_backoff_max_s: int = Field(default=120, gt=0, description="Cap of the exponential retry backoff.")
+    backfill_batch_size: int = Field(default=64, gt=0, description="Products per embedding task.")
+
+    # --- HTTP API ---------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, /search and /metrics require it in the X-API-Key header."
+    )
+
     @field_validator(
         "opensearch_hosts", "image_fetch_allow_networks", "text_fields", "filter_fields", mode="before"
     )

@@ -1,0 +1,139 @@
+"""Benchmark query latency: p50/p99 and QPS for bm25, vector and hybrid at concurrency 1 and 8.
+
+Every vector and hybrid request includes encoding the query (the model's query LRU is off, and
+every query is distinct), as a live request would on a cache miss. Also reports the query tower's
+encoding p50/p99 with the cache off, for the searched model and for the default-architecture query
+tower (MiniLM text backbone) whose latency the issue's 5 ms target is about.
+
+Without ``--index`` of an existing index it indexes the Myntra catalog itself (BM25 fields plus
+vectors of the model in MMOS_MODEL_DIR, or of the tiny random-init model when none is set) into
+``mmos-bench-myntra`` and says so.
+
+    PYTHONPATH=. python bench/query.py --queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: E402
+from mm_opensearch.client import create_client  # noqa: E402
+from mm_opensearch.config import Settings  # noqa: E402
+from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: E402
+from mm_opensearch.indexing.load import create_product_index, load_products  # noqa: E402
+from mm_opensearch.indexing.mappings import read_model_meta  # noqa: E402
+from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: E402
+
+
+def _model(settings: Settings) -> tuple[MultimodalModel, str]:
+    if settings.model_dir is not None:
+        return MultimodalModel.load(settings.model_dir, settings=settings, query_cache_size=0), str(settings.model_dir)
+    return MultimodalModel.from_config(ModelConfig.tiny(), settings=settings, query_cache_size=0), "tiny random-init"
+
+
+def _ensure_index(settings: Settings, index: str, model: MultimodalModel, data_dir: Path) -> str:
+    client = create_client(settings, timeout=120)
+    if client.indices.exists(index=index):
+        mapping = next(iter(client.indices.get_mapping(index=index).values()))["mappings"]
+        meta = read_model_meta(mapping)
+        if meta is not None and meta["model_id"] == model.model_id:
+            return f"existing index '{index}' ({client.count(index=index)['count']} docs)"
+        client.indices.delete(index=index)
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(data_dir / "products.jsonl.gz", schema))
+    started = time.perf_counter()
+    create_product_index(client, index, schema, sample=products[0].source, model=model)
+    report = load_products(client, index, products, model=model)
+    client.indices.refresh(index=index)
+    client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=600)
+    return (
+        f"indexed {report.succeeded} products into '{index}' in {time.perf_counter() - started:.0f} s "
+        f"({len(report.failed)} failed)"
+    )
+
+
+def _queries(data_dir: Path, n: int) -> list[str]:
+    with (data_dir / "queries.tsv").open(encoding="utf-8") as handle:
+        texts = list(dict.fromkeys(row["query"] for row in csv.DictReader(handle, delimiter="\t")))
+    return texts[:n]
+
+
+def _percentiles(latencies_ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(latencies_ms, 50)), float(np.percentile(latencies_ms, 99))
+
+
+def _run(fn: Callable[[str], object], queries: list[str], concurrency: int) -> tuple[float, float, float]:
+    def timed(query: str) -> float:
+        started = time.perf_counter()
+        fn(query)
+        return (time.perf_counter() - started) * 1000
+
+    for query in queries[:10]:  # warm-up (JIT of the node, connection pool)
+        fn(query)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        latencies = list(pool.map(timed, queries))
+    elapsed = time.perf_counter() - started
+    p50, p99 = _percentiles(latencies)
+    return p50, p99, len(queries) / elapsed
+
+
+def _encoding(model: MultimodalModel, queries: list[str]) -> tuple[float, float]:
+    model.encode_queries(queries[:5])
+    latencies = []
+    for query in queries:
+        started = time.perf_counter()
+        model.encode_queries([query])
+        latencies.append((time.perf_counter() - started) * 1000)
+    return _percentiles(latencies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", default="mmos-bench-myntra")
+    parser.add_argument("--queries", type=int, default=300, help="distinct queries per scenario")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    settings = Settings()
+    data_dir = args.data_dir or settings.data_dir
+    model, model_name = _model(settings)
+    print(f"model: {model_name} ({model.model_id}, dim {model.dim})")
+    print(_ensure_index(settings, args.index, model, data_dir))
+    queries = _queries(data_dir, args.queries)
+    searcher = HybridSearcher(create_client(settings), settings, index=args.index, tower=model)
+    print(f"{len(queries)} distinct queries; neural-search on the node: {searcher.has_neural_search()}")
+
+    print(f"\n{'scenario':<28}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}")
+    scenarios: list[tuple[str, dict[str, str]]] = [
+        ("bm25", {"mode": "bm25"}),
+        ("vector (+encode)", {"mode": "vector"}),
+        ("hybrid server rrf (+enc)", {"mode": "hybrid", "fusion_path": "server"}),
+        ("hybrid client rrf (+enc)", {"mode": "hybrid", "fusion_path": "client"}),
+    ]
+    for name, kwargs in scenarios:
+        for concurrency in (1, 8):
+            p50, p99, qps = _run(lambda q, kw=kwargs: searcher.search(SearchRequest(q, **kw)), queries, concurrency)  # type: ignore[arg-type]
+            print(f"{name:<28}{concurrency:>5}{p50:>9.1f}{p99:>9.1f}{qps:>8.1f}")
+
+    print("\nquery encoding, cache off, distinct queries (concurrency 1):")
+    p50, p99 = _encoding(model, queries)
+    print(f"  {model_name:<40} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    default = MultimodalModel.from_config(ModelConfig(), settings=settings, use_feature_cache=False, query_cache_size=0)
+    p50, p99 = _encoding(default, queries)
+    print(f"  {'default architecture (MiniLM query tower)':<40} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    print(f"\ntorch threads: {__import__('torch').get_num_threads()}; cpu count: {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    main()

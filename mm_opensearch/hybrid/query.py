@@ -1,0 +1,76 @@
+"""Pure request builders: the lexical leg, the k-NN leg, the neural-search ``hybrid`` body, ``_msearch``.
+
+Every function returns plain dicts (tests compare them for equality) and does no I/O. Both legs
+get the same filter clauses: the lexical leg in a ``bool.filter``, the k-NN leg as lucene
+*efficient filtering* (``filter`` inside ``knn``), which finds the k nearest among the documents
+that pass instead of filtering k neighbours afterwards (and so never returns fewer than k when
+enough documents match). The lexical leg is a ``multi_match`` over the configured fields and
+boosts: user text never reaches ``query_string`` syntax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from mm_opensearch.indexing.mappings import VECTOR_FIELDS
+
+__all__ = [
+    "VectorKind",
+    "SOURCE_EXCLUDES",
+    "lexical_query",
+    "knn_query",
+    "leg_request",
+    "hybrid_request",
+    "msearch_body",
+]
+
+VectorKind = Literal["fused", "text", "image"]
+SOURCE_EXCLUDES = sorted(VECTOR_FIELDS.values())  # vectors are large and of no use to a caller
+
+
+def lexical_query(text: str, fields: Sequence[str], filters: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """BM25 over ``fields`` (``name^boost`` strings), restricted by ``filters``."""
+    match = {"multi_match": {"query": text, "fields": list(fields), "type": "best_fields"}}
+    return {"bool": {"must": [match], "filter": list(filters)}}
+
+
+def knn_query(
+    kind: VectorKind, vector: np.ndarray | Sequence[float], k: int, filters: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``k`` nearest documents on the ``kind`` vector field among those passing ``filters``."""
+    body: dict[str, Any] = {"vector": [float(x) for x in vector], "k": k}
+    if filters:
+        body["filter"] = {"bool": {"filter": list(filters)}}
+    return {"knn": {VECTOR_FIELDS[kind]: body}}
+
+
+def leg_request(query: dict[str, Any], *, size: int, from_: int = 0) -> dict[str, Any]:
+    """A search body for one leg: a page of hits without the vector fields."""
+    return {"query": query, "from": from_, "size": size, "_source": {"excludes": SOURCE_EXCLUDES}}
+
+
+def hybrid_request(
+    lexical: dict[str, Any], knn: dict[str, Any], *, from_: int, size: int, depth: int
+) -> dict[str, Any]:
+    """A neural-search ``hybrid`` body: each sub-query retrieves ``depth`` hits before fusion.
+
+    ``pagination_depth`` fixes the candidate lists, so page 2 is cut from the same fused list as
+    page 1 (no duplicates, no gaps) as long as ``from + size <= depth``.
+    """
+    return {
+        "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": depth}},
+        "from": from_,
+        "size": size,
+        "_source": {"excludes": SOURCE_EXCLUDES},
+    }
+
+
+def msearch_body(index: str, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``_msearch`` lines for ``requests`` against ``index``: the legs travel in one round trip."""
+    lines: list[dict[str, Any]] = []
+    for request in requests:
+        lines.extend(({"index": index}, request))
+    return lines

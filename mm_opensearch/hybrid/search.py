@@ -1,0 +1,412 @@
+"""The searcher: BM25, vector or hybrid search over a product index, with explain and degraded mode.
+
+Hybrid fusion runs on the server (neural-search ``hybrid`` query + a search pipeline) when the
+cluster has the plugin and accepts the requested fusion, and on the client otherwise (both legs in
+one ``_msearch``, fused by :mod:`mm_opensearch.hybrid.fusion`). Both paths fetch ``depth``
+candidates per leg and cut the page from the fused list, so paging is stable and the two paths
+rank alike.
+
+A missing query tower or an index without vectors does not fail a search: it is answered from
+BM25 alone and marked ``degraded``. A tower of *another* model than the index's vectors is
+refused (:class:`IndexCompatibilityError`): its vectors would be silently meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from opensearchpy import ConnectionError as OSConnectionError
+from opensearchpy import NotFoundError, OpenSearch, TransportError
+
+from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.client import create_client
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError
+from mm_opensearch.hybrid.filters import build_filters
+from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse
+from mm_opensearch.hybrid.pipelines import PipelineRegistry
+from mm_opensearch.hybrid.query import (
+    VectorKind,
+    hybrid_request,
+    knn_query,
+    leg_request,
+    lexical_query,
+    msearch_body,
+)
+from mm_opensearch.hybrid.tower import QueryTower, load_query_tower
+from mm_opensearch.indexing.mappings import check_model_compatible, read_model_meta
+
+__all__ = [
+    "SearchMode",
+    "FusionPath",
+    "MAX_SIZE",
+    "MAX_WINDOW",
+    "MAX_QUERY_CHARS",
+    "DEFAULT_DEPTH",
+    "NEURAL_SEARCH_PLUGINS",
+    "SearchRequest",
+    "SearchHit",
+    "SearchResponse",
+    "HybridSearcher",
+    "open_searcher",
+]
+
+logger = logging.getLogger(__name__)
+
+SearchMode = Literal["bm25", "vector", "hybrid"]
+FusionPath = Literal["auto", "server", "client"]
+MAX_SIZE = 100
+MAX_WINDOW = 10_000  # index.max_result_window and the k-NN plugin's largest k
+MAX_QUERY_CHARS = 1024
+DEFAULT_DEPTH = 100
+NEURAL_SEARCH_PLUGINS = frozenset({"org.opensearch.neuralsearch.plugin.NeuralSearch", "opensearch-neural-search"})
+_META_TTL_S = 30.0  # an index re-embedded by another model is noticed within this time
+_LEGS = ("lexical", "vector")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search. ``depth`` = candidates per leg fused before paging (default: max(100, from+size))."""
+
+    query: str
+    mode: SearchMode = "hybrid"
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    size: int = 10
+    from_: int = 0
+    depth: int | None = None
+    vector: VectorKind = "fused"
+    fusion: FusionOptions | None = None
+    explain: bool = False
+    fusion_path: FusionPath = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.query.strip():
+            msg = "query is empty; give some text to search for"
+            raise ConfigError(msg)
+        if len(self.query) > MAX_QUERY_CHARS:
+            msg = f"query is {len(self.query)} characters long, at most {MAX_QUERY_CHARS} are allowed"
+            raise ConfigError(msg)
+        try:
+            self.query.encode("utf-8")
+        except UnicodeEncodeError as e:
+            msg = "query is not valid Unicode text (unpaired surrogate); send UTF-8 text"
+            raise ConfigError(msg) from e
+        if self.mode not in ("bm25", "vector", "hybrid"):
+            msg = f"mode '{self.mode}' is unknown; use bm25, vector or hybrid"
+            raise ConfigError(msg)
+        if self.vector not in ("fused", "text", "image"):
+            msg = f"vector '{self.vector}' is unknown; use fused, text or image"
+            raise ConfigError(msg)
+        if self.fusion_path not in ("auto", "server", "client"):
+            msg = f"fusion_path '{self.fusion_path}' is unknown; use auto, server or client"
+            raise ConfigError(msg)
+        if not 1 <= self.size <= MAX_SIZE:
+            msg = f"size must be in [1, {MAX_SIZE}], got {self.size}"
+            raise ConfigError(msg)
+        if self.from_ < 0:
+            msg = f"from must be >= 0, got {self.from_}"
+            raise ConfigError(msg)
+        if self.from_ + self.size > MAX_WINDOW:
+            msg = f"from + size must be <= {MAX_WINDOW}, got {self.from_ + self.size}; narrow the query with filters"
+            raise ConfigError(msg)
+        if self.depth is not None and not self.from_ + self.size <= self.depth <= MAX_WINDOW:
+            msg = (
+                f"depth must be in [from + size, {MAX_WINDOW}] = [{self.from_ + self.size}, {MAX_WINDOW}], "
+                f"got {self.depth}; pages beyond the fusion depth cannot be ranked"
+            )
+            raise ConfigError(msg)
+
+    @property
+    def candidates(self) -> int:
+        """Hits each leg retrieves before fusion and paging."""
+        return self.depth if self.depth is not None else max(DEFAULT_DEPTH, self.from_ + self.size)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A result. ``legs`` (with explain): each leg's rank and raw score, None where it missed the hit."""
+
+    id: str
+    score: float
+    source: dict[str, Any]
+    legs: dict[str, LegScore | None] | None = None
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    """Hits of one page and how they were obtained (``mode`` is what ran, after any degradation)."""
+
+    hits: list[SearchHit]
+    mode: SearchMode
+    requested_mode: SearchMode
+    fusion: FusionOptions | None
+    fusion_path: Literal["server", "client"] | None
+    degraded: bool
+    degraded_reason: str | None
+    timings_ms: dict[str, float]
+
+
+def _unavailable(e: Exception) -> SearchUnavailableError:
+    msg = f"OpenSearch did not answer ({type(e).__name__}: {e}); retry in a few seconds"
+    return SearchUnavailableError(msg)
+
+
+class HybridSearcher:
+    """Searches one index (``Settings.read_alias`` or ``index_name``) with an optional query tower.
+
+    ``tower_error`` says why no tower is loaded; searches then run degraded. ``default_fusion``
+    applies to requests without fusion options (pass the weights tuned by evaluation here).
+    """
+
+    def __init__(
+        self,
+        client: OpenSearch,
+        settings: Settings,
+        *,
+        index: str | None = None,
+        tower: QueryTower | None = None,
+        tower_error: str | None = None,
+        default_fusion: FusionOptions | None = None,
+    ) -> None:
+        self.client = client
+        self.schema = CatalogSchema.from_settings(settings)
+        self.index = index or settings.read_alias or settings.index_name
+        self.tower = tower
+        self.tower_model_id = tower.model_id if tower is not None else None  # a content hash: compute once
+        self.tower_error = tower_error if tower is None else None
+        self.default_fusion = default_fusion or FusionOptions()
+        self._pipelines = PipelineRegistry(client)
+        self._plugins: frozenset[str] | None = None
+        self._mapping: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    # --- cluster facts (cached) -------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run a client call; an unreachable or overloaded cluster becomes SearchUnavailableError."""
+        try:
+            return fn()
+        except OSConnectionError as e:
+            raise _unavailable(e) from e
+        except NotFoundError as e:
+            msg = f"index '{self.index}' does not exist; create it (mm-opensearch demo / index) or set MMOS_INDEX_NAME"
+            raise ConfigError(msg) from e
+        except TransportError as e:
+            if isinstance(e.status_code, int) and e.status_code in (429, 502, 503, 504):
+                raise _unavailable(e) from e
+            raise
+
+    def plugins(self) -> frozenset[str]:
+        """Plugin names from ``_cat/plugins``, asked once per searcher."""
+        if self._plugins is None:
+            rows = self._call(lambda: self.client.cat.plugins(format="json"))
+            self._plugins = frozenset(row["component"] for row in rows)
+        return self._plugins
+
+    def has_neural_search(self) -> bool:
+        """Whether the cluster can fuse ``hybrid`` queries itself."""
+        return bool(self.plugins() & NEURAL_SEARCH_PLUGINS)
+
+    def _index_mapping(self) -> dict[str, Any]:
+        with self._lock:
+            if self._mapping is not None and time.monotonic() - self._mapping[0] < _META_TTL_S:
+                return self._mapping[1]
+        response = self._call(lambda: self.client.indices.get_mapping(index=self.index))
+        mapping = next(iter(response.values()))["mappings"]  # an alias's indices share one model
+        with self._lock:
+            self._mapping = (time.monotonic(), mapping)
+        return mapping
+
+    def ping(self) -> bool:
+        """Whether the cluster answers (for health checks)."""
+        try:
+            return bool(self.client.ping())
+        except OSConnectionError:
+            return False
+
+    # --- the query vector (or why there is none) ---------------------------------------------
+
+    def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[list[float] | None, str | None]:
+        meta = read_model_meta(self._index_mapping())
+        if meta is None:
+            return None, f"index '{self.index}' has no vectors (run `mm-opensearch index augment {self.index}`)"
+        if request.vector != "fused" and not meta.get("modalities"):
+            msg = f"vector '{request.vector}': index '{self.index}' has only fused vectors; use vector=fused"
+            raise ConfigError(msg)
+        if self.tower is None or self.tower_model_id is None:
+            return None, f"query tower unavailable: {self.tower_error or 'no model loaded'}"
+        check_model_compatible(self.index, self._index_mapping(), self.tower_model_id, self.tower.dim)
+        started = time.perf_counter()
+        try:
+            vector = self.tower.encode_queries([request.query])[0]
+        except Exception as e:  # noqa: BLE001 - any tower failure must fall back to BM25, not fail the search
+            logger.exception("query tower failed; answering from BM25")
+            return None, f"query tower failed: {type(e).__name__}: {e}"
+        timings["encode"] = (time.perf_counter() - started) * 1000
+        return [float(x) for x in vector], None
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(self, request: SearchRequest) -> SearchResponse:
+        """Run ``request``; see the module docstring for paths, paging and degradation."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        filters = build_filters(request.filters, self.schema.filter_fields)
+        lexical = lexical_query(request.query, self.schema.multi_match_fields(), filters)
+        vector, degraded_reason = (None, None)
+        if request.mode != "bm25":
+            vector, degraded_reason = self._query_vector(request, timings)
+        mode: SearchMode = request.mode if vector is not None else "bm25"
+        fusion = request.fusion or self.default_fusion
+        path: Literal["server", "client"] | None = None
+        if mode == "bm25":
+            hits = self._single_leg("lexical", lexical, request, timings)
+        elif mode == "vector":
+            assert vector is not None
+            knn = knn_query(request.vector, vector, request.candidates, filters)
+            hits = self._single_leg("vector", knn, request, timings)
+        else:
+            assert vector is not None
+            knn = knn_query(request.vector, vector, request.candidates, filters)
+            pipeline = self._server_pipeline(request, fusion)
+            if pipeline is not None:
+                path, hits = "server", self._server_hybrid(pipeline, lexical, knn, request, timings)
+            else:
+                path, hits = "client", self._client_hybrid(lexical, knn, request, fusion, timings)
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return SearchResponse(
+            hits=hits,
+            mode=mode,
+            requested_mode=request.mode,
+            fusion=fusion if mode == "hybrid" else None,
+            fusion_path=path,
+            degraded=degraded_reason is not None,
+            degraded_reason=degraded_reason,
+            timings_ms=timings,
+        )
+
+    def _search(self, body: dict[str, Any], **params: Any) -> dict[str, Any]:
+        return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
+
+    def _msearch(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        responses = self._call(lambda: self.client.msearch(body=msearch_body(self.index, bodies)))["responses"]
+        for response in responses:
+            if "error" in response:
+                error = response["error"]
+                status = response.get("status")
+                if status in (429, 503):
+                    raise _unavailable(RuntimeError(error))
+                raise TransportError(status, error.get("type", "error") if isinstance(error, dict) else error, error)
+        return responses
+
+    def _single_leg(
+        self, leg: str, query: dict[str, Any], request: SearchRequest, timings: dict[str, float]
+    ) -> list[SearchHit]:
+        response = self._search(leg_request(query, size=request.size, from_=request.from_))
+        timings[leg] = float(response["took"])
+        return [
+            SearchHit(
+                id=hit["_id"],
+                score=hit["_score"],
+                source=hit["_source"],
+                legs={leg: LegScore(request.from_ + position, hit["_score"])} if request.explain else None,
+            )
+            for position, hit in enumerate(response["hits"]["hits"], start=1)
+        ]
+
+    def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions) -> str | None:
+        if request.fusion_path == "client":
+            return None
+        pipeline = self._call(lambda: self._pipelines.ensure(fusion)) if self.has_neural_search() else None
+        if pipeline is None and request.fusion_path == "server":
+            reason = self._pipelines.refusal(fusion) or "the neural-search plugin is not installed"
+            msg = f"fusion_path 'server' is not possible here ({reason}); use fusion_path 'auto' or 'client'"
+            raise ConfigError(msg)
+        return pipeline
+
+    def _legs(self, lexical: dict[str, Any], knn: dict[str, Any], depth: int, timings: dict[str, float]) -> list[list[dict[str, Any]]]:
+        responses = self._msearch([leg_request(lexical, size=depth), leg_request(knn, size=depth)])
+        for leg, response in zip(_LEGS, responses, strict=True):
+            timings[leg] = float(response["took"])
+        return [response["hits"]["hits"] for response in responses]
+
+    def _client_hybrid(
+        self,
+        lexical: dict[str, Any],
+        knn: dict[str, Any],
+        request: SearchRequest,
+        fusion: FusionOptions,
+        timings: dict[str, float],
+    ) -> list[SearchHit]:
+        legs = self._legs(lexical, knn, request.candidates, timings)
+        started = time.perf_counter()
+        sources = {hit["_id"]: hit["_source"] for leg in legs for hit in leg}
+        fused: list[FusedHit] = fuse([[(h["_id"], h["_score"]) for h in leg] for leg in legs], fusion)
+        page = fused[request.from_ : request.from_ + request.size]
+        timings["fuse"] = (time.perf_counter() - started) * 1000
+        return [
+            SearchHit(
+                id=hit.id,
+                score=hit.score,
+                source=sources[hit.id],
+                legs=dict(zip(_LEGS, hit.legs, strict=True)) if request.explain else None,
+            )
+            for hit in page
+        ]
+
+    def _server_hybrid(
+        self,
+        pipeline: str,
+        lexical: dict[str, Any],
+        knn: dict[str, Any],
+        request: SearchRequest,
+        timings: dict[str, float],
+    ) -> list[SearchHit]:
+        body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
+        response = self._search(body, search_pipeline=pipeline)
+        timings["hybrid"] = float(response["took"])
+        explained: list[dict[str, LegScore]] = [{} for _ in _LEGS]
+        if request.explain:  # the plugin does not report per-leg ranks: run the very same legs again
+            for where, leg in zip(explained, self._legs(lexical, knn, request.candidates, {}), strict=True):
+                where.update({hit["_id"]: LegScore(rank, hit["_score"]) for rank, hit in enumerate(leg, start=1)})
+        return [
+            SearchHit(
+                id=hit["_id"],
+                score=hit["_score"],
+                source=hit["_source"],
+                legs={leg: where.get(hit["_id"]) for leg, where in zip(_LEGS, explained, strict=True)}
+                if request.explain
+                else None,
+            )
+            for hit in response["hits"]["hits"]
+        ]
+
+
+def open_searcher(
+    settings: Settings,
+    *,
+    index: str | None = None,
+    query_cache_size: int = 1024,
+    default_fusion: FusionOptions | None = None,
+) -> HybridSearcher:
+    """A searcher on a new client with the configured model; without a loadable model it runs degraded."""
+    try:
+        tower: QueryTower | None = load_query_tower(settings, query_cache_size=query_cache_size)
+        tower_error = None
+    except ModelError as e:
+        logger.warning("no query tower (%s); vector and hybrid searches will answer from BM25", e)
+        tower, tower_error = None, str(e)
+    return HybridSearcher(
+        create_client(settings),
+        settings,
+        index=index,
+        tower=tower,
+        tower_error=tower_error,
+        default_fusion=default_fusion,
+    )

@@ -1,0 +1,220 @@
+"""The searcher against the real node: filters, paging, explain, server vs client fusion, refusal, degradation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opensearchpy import OpenSearch
+
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.client import create_client
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ConfigError, IndexCompatibilityError, SearchUnavailableError
+from mm_opensearch.hybrid import FusionOptions, HybridSearcher, SearchRequest, SearchResponse, fuse
+from mm_opensearch.indexing.load import create_product_index, load_products
+from mm_opensearch.towers import ModelConfig, MultimodalModel
+
+pytestmark = pytest.mark.services
+
+N_PRODUCTS = 120
+RRF = FusionOptions(method="rrf", rank_constant=60)
+MIN_MAX = FusionOptions(method="linear", normalization="min_max", weights=(0.3, 0.7))
+L2 = FusionOptions(method="linear", normalization="l2", weights=(0.6, 0.4))
+
+
+@pytest.fixture(scope="module")
+def model() -> MultimodalModel:
+    return MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False)
+
+
+@pytest.fixture(scope="module")
+def products(myntra_dir: Path, settings: Settings) -> list[Product]:
+    return list(read_catalog(myntra_dir / "products.jsonl.gz", CatalogSchema.from_settings(settings), limit=N_PRODUCTS))
+
+
+@pytest.fixture(scope="module")
+def product_index(client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product]) -> Iterator[str]:
+    """One index of Myntra products with tiny-model vectors, shared by the module's tests (read-only)."""
+    name = f"test-hybrid-{uuid.uuid4().hex[:12]}"
+    create_product_index(
+        client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model, modalities=True
+    )
+    report = load_products(client, name, products, model=model, modalities=True)
+    assert not report.failed
+    client.indices.refresh(index=name)
+    yield name
+    client.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.fixture
+def searcher(client: OpenSearch, settings: Settings, model: MultimodalModel, product_index: str) -> HybridSearcher:
+    return HybridSearcher(client, settings, index=product_index, tower=model)
+
+
+def ids(response: SearchResponse) -> list[str]:
+    return [hit.id for hit in response.hits]
+
+
+def tie_groups(response: SearchResponse) -> list[frozenset[str]]:
+    """Hit ids grouped by (rounded) score: the order inside a group of equal scores is arbitrary."""
+    return [frozenset(h.id for h in group) for _, group in groupby(response.hits, key=lambda h: round(h.score, 5))]
+
+
+def test_the_node_has_neural_search(searcher: HybridSearcher) -> None:
+    assert searcher.has_neural_search()
+
+
+@pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
+@pytest.mark.parametrize("path", ["server", "client"])
+def test_filters_apply_to_every_leg(searcher: HybridSearcher, products: list[Product], mode: str, path: str) -> None:
+    women = {p.id for p in products if p.source["gender"] == "Women"}
+    request = SearchRequest(
+        "shirt", mode=mode, filters={"gender": "Women"}, size=50, depth=60, explain=True, fusion_path=path  # type: ignore[arg-type]
+    )
+    response = searcher.search(request)
+    assert response.hits and {h.id for h in response.hits} <= women
+    if mode == "vector":  # efficient filtering: k nearest *among* the matching documents
+        assert len(response.hits) == min(50, len(women))
+    if mode == "hybrid":  # the vector leg alone would bring other genders into the fused list
+        assert any(h.legs and h.legs["vector"] for h in response.hits)
+
+
+def test_range_and_terms_filters_reach_the_knn_leg(searcher: HybridSearcher, products: list[Product]) -> None:
+    cheap_casual = {
+        p.id for p in products if p.source["price"] < 1000 and p.source["usage"] in ("Casual", "Sports")
+    }
+    response = searcher.search(
+        SearchRequest(
+            "dress", mode="vector", filters={"price": {"lt": 1000}, "usage": ["Casual", "Sports"]}, size=100, depth=100
+        )
+    )
+    assert set(ids(response)) == cheap_casual
+
+
+@pytest.mark.parametrize("path", ["server", "client"])
+@pytest.mark.parametrize("fusion", [RRF, MIN_MAX])
+def test_pages_have_no_duplicates_or_gaps(searcher: HybridSearcher, path: str, fusion: FusionOptions) -> None:
+    whole = searcher.search(SearchRequest("blue shirt men", size=42, depth=42, fusion=fusion, fusion_path=path))  # type: ignore[arg-type]
+    pages = []
+    for start in range(0, 42, 7):
+        page = searcher.search(
+            SearchRequest("blue shirt men", size=7, from_=start, depth=42, fusion=fusion, fusion_path=path)  # type: ignore[arg-type]
+        )
+        pages.extend(page.hits)
+    assert len(pages) == len({h.id for h in pages}) == 42
+    paged = SearchResponse(pages, whole.mode, whole.requested_mode, fusion, whole.fusion_path, False, None, {})
+    assert tie_groups(paged) == tie_groups(whole)
+
+
+@pytest.mark.parametrize("fusion", [RRF, MIN_MAX, L2])
+def test_server_and_client_fusion_agree_within_ties(searcher: HybridSearcher, fusion: FusionOptions) -> None:
+    for query in ("red floral dress", "black watch", "nike sports shoes", "white tshirt women"):
+        server = searcher.search(SearchRequest(query, size=30, depth=50, fusion=fusion, fusion_path="server"))
+        client = searcher.search(SearchRequest(query, size=30, depth=50, fusion=fusion, fusion_path="client"))
+        assert (server.fusion_path, client.fusion_path) == ("server", "client")
+        assert {h.id: h.score for h in server.hits} == pytest.approx({h.id: h.score for h in client.hits}, abs=1e-5)
+        assert tie_groups(server)[:-1] == tie_groups(client)[:-1]  # the last group may be cut by the page
+
+
+@pytest.mark.parametrize("path", ["server", "client"])
+@pytest.mark.parametrize("fusion", [RRF, MIN_MAX])
+def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fusion: FusionOptions) -> None:
+    request = SearchRequest("red floral dress", size=40, depth=40, fusion=fusion, explain=True, fusion_path=path)  # type: ignore[arg-type]
+    response = searcher.search(request)
+    lexical = searcher.search(SearchRequest("red floral dress", mode="bm25", size=40))
+    vector = searcher.search(SearchRequest("red floral dress", mode="vector", size=40, depth=40))
+    legs = [[(h.id, h.score) for h in leg.hits] for leg in (lexical, vector)]
+    expected = {h.id: h for h in fuse(legs, fusion)}
+    for hit in response.hits:
+        assert hit.legs is not None
+        for name, leg in zip(("lexical", "vector"), expected[hit.id].legs, strict=True):
+            explained = hit.legs[name]
+            assert (explained is None) == (leg is None)
+            if explained is not None and leg is not None:
+                assert explained.rank == leg.rank
+                assert explained.score == pytest.approx(leg.score, rel=1e-6)
+        assert hit.score == pytest.approx(expected[hit.id].score, abs=1e-5)
+    scores = [h.score for h in response.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_single_leg_explain_gives_the_rank_on_the_page(searcher: HybridSearcher) -> None:
+    response = searcher.search(SearchRequest("shirt", mode="bm25", size=5, from_=5, explain=True))
+    assert [h.legs["lexical"].rank for h in response.hits if h.legs and h.legs["lexical"]] == [6, 7, 8, 9, 10]
+
+
+def test_z_score_is_fused_on_the_client_because_2_19_refuses_it(searcher: HybridSearcher) -> None:
+    z = FusionOptions(method="linear", normalization="z_score")
+    response = searcher.search(SearchRequest("shirt", fusion=z))
+    assert response.fusion_path == "client" and response.hits
+    with pytest.raises(ConfigError, match="fusion_path 'server' is not possible"):
+        searcher.search(SearchRequest("shirt", fusion=z, fusion_path="server"))
+
+
+def test_per_modality_vectors_can_be_searched(searcher: HybridSearcher) -> None:
+    for kind in ("text", "image"):
+        response = searcher.search(SearchRequest("shirt", mode="vector", vector=kind, size=5))  # type: ignore[arg-type]
+        assert len(response.hits) == 5 and not response.degraded
+
+
+def test_a_tower_of_another_model_is_refused(
+    client: OpenSearch, settings: Settings, product_index: str
+) -> None:
+    other = MultimodalModel.from_config(ModelConfig.tiny(seed=1), use_feature_cache=False)
+    searcher = HybridSearcher(client, settings, index=product_index, tower=other)
+    with pytest.raises(IndexCompatibilityError, match="holds vectors of model"):
+        searcher.search(SearchRequest("shirt"))
+    assert searcher.search(SearchRequest("shirt", mode="bm25")).hits  # BM25 needs no tower
+
+
+def test_without_a_tower_searches_degrade_to_bm25(
+    client: OpenSearch, settings: Settings, product_index: str, searcher: HybridSearcher
+) -> None:
+    towerless = HybridSearcher(client, settings, index=product_index, tower_error="model folder missing")
+    bm25 = searcher.search(SearchRequest("blue shirt", mode="bm25"))
+    for mode in ("vector", "hybrid"):
+        response = towerless.search(SearchRequest("blue shirt", mode=mode))  # type: ignore[arg-type]
+        assert response.degraded and response.mode == "bm25" and response.requested_mode == mode
+        assert "model folder missing" in (response.degraded_reason or "")
+        assert ids(response) == ids(bm25)
+    assert not bm25.degraded
+
+
+def test_a_failing_tower_degrades_instead_of_failing(
+    client: OpenSearch, settings: Settings, product_index: str, model: MultimodalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searcher = HybridSearcher(client, settings, index=product_index, tower=model)
+
+    def broken(texts: list[str]) -> np.ndarray:
+        raise RuntimeError("CUDA error: device lost")
+
+    monkeypatch.setattr(model, "encode_queries", broken)
+    response = searcher.search(SearchRequest("shirt"))
+    assert response.degraded and "device lost" in (response.degraded_reason or "") and response.hits
+
+
+def test_an_index_without_vectors_degrades(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str
+) -> None:
+    create_product_index(client, index_name, CatalogSchema.from_settings(settings), sample=products[0].source)
+    load_products(client, index_name, products[:20])
+    client.indices.refresh(index=index_name)
+    response = HybridSearcher(client, settings, index=index_name, tower=model).search(SearchRequest("shirt"))
+    assert response.degraded and "has no vectors" in (response.degraded_reason or "") and response.hits
+
+
+def test_odd_unicode_is_searched_not_crashed(searcher: HybridSearcher) -> None:
+    for query in ("👗 ドレス", "\u202eserd der\u202c", "zero\u200bwidth", "nul\x00byte", "Ωμέγα  \t\n"):
+        response = searcher.search(SearchRequest(query))
+        assert response.mode == "hybrid"
+
+
+def test_an_unreachable_cluster_is_reported_as_unavailable(settings: Settings, model: MultimodalModel) -> None:
+    dead = create_client(settings.model_copy(update={"opensearch_hosts": ["http://127.0.0.1:9"]}), max_retries=0)
+    with pytest.raises(SearchUnavailableError, match="retry"):
+        HybridSearcher(dead, settings, index="products", tower=model).search(SearchRequest("shirt"))

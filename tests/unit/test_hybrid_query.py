@@ -1,0 +1,169 @@
+"""Pure builders: filters, leg bodies, the hybrid body, pipelines and request validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mm_opensearch.errors import ConfigError
+from mm_opensearch.hybrid.filters import build_filters, parse_filter_expressions
+from mm_opensearch.hybrid.fusion import FusionOptions
+from mm_opensearch.hybrid.pipelines import pipeline_body, pipeline_name
+from mm_opensearch.hybrid.query import (
+    SOURCE_EXCLUDES,
+    hybrid_request,
+    knn_query,
+    leg_request,
+    lexical_query,
+    msearch_body,
+)
+from mm_opensearch.hybrid.search import MAX_QUERY_CHARS, SearchRequest
+
+ALLOWED = ["gender", "brand", "price"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"gender": "Women"}, [{"term": {"gender": "Women"}}]),
+        ({"brand": ["Nike", "Puma"]}, [{"terms": {"brand": ["Nike", "Puma"]}}]),
+        ({"price": {"gte": 100, "lt": 500.5}}, [{"range": {"price": {"gte": 100, "lt": 500.5}}}]),
+        (
+            {"price": {"lte": 9}, "gender": "Men"},
+            [{"term": {"gender": "Men"}}, {"range": {"price": {"lte": 9}}}],
+        ),
+        ({}, []),
+        (None, []),
+    ],
+)
+def test_filters_become_term_terms_and_range_clauses(filters: dict[str, Any] | None, expected: list[dict[str, Any]]) -> None:
+    assert build_filters(filters, ALLOWED) == expected
+
+
+def test_an_unknown_filter_field_names_itself_and_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_filters({"colour": "red", "gender": "Women"}, ALLOWED)
+    assert "'colour'" in str(e.value)
+    assert "['brand', 'gender', 'price']" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("filters", "reason"),
+    [
+        ({"price": {"between": [1, 2]}}, "range operators"),
+        ({"price": {}}, "range operators"),
+        ({"price": {"gte": [1]}}, "must be a number or a date string"),
+        ({"price": {"gte": True}}, "must be a number or a date string"),
+        ({"brand": []}, "empty"),
+        ({"brand": [{"a": 1}]}, "must be a string, number or boolean"),
+        ({"brand": None}, "must be a string, number or boolean"),
+        ({"brand": "x" * 300}, "at most 256"),
+        ({"brand": ["x"] * 2000}, "at most 1024"),
+        ({"brand": "\ud800"}, "unpaired surrogate"),
+        ({"price": float("inf")}, "finite"),
+    ],
+)
+def test_malformed_filter_values_are_refused_with_the_field_named(filters: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as e:
+        build_filters(filters, ALLOWED)
+    assert f"'{next(iter(filters))}'" in str(e.value)
+
+
+def test_cli_filter_expressions_parse_to_the_same_filters() -> None:
+    assert parse_filter_expressions(["gender=Women", "brand=Nike, Puma", "price>=100", "price<500"]) == {
+        "gender": "Women",
+        "brand": ["Nike", "Puma"],
+        "price": {"gte": 100, "lt": 500},
+    }
+    with pytest.raises(ConfigError, match="malformed"):
+        parse_filter_expressions(["gender"])
+    with pytest.raises(ConfigError, match="both as a value and as a range"):
+        parse_filter_expressions(["price=3", "price<4"])
+
+
+FILTERS = [{"term": {"gender": "Women"}}]
+
+
+def test_the_lexical_leg_is_multi_match_with_boosts_and_the_filters() -> None:
+    assert lexical_query("red dress", ["title^2", "brand"], FILTERS) == {
+        "bool": {
+            "must": [{"multi_match": {"query": "red dress", "fields": ["title^2", "brand"], "type": "best_fields"}}],
+            "filter": FILTERS,
+        }
+    }
+
+
+def test_user_text_never_reaches_query_string_syntax() -> None:
+    body = lexical_query('title:(a OR b) AND "x" ~2 \\', ["title"], [])
+    assert "query_string" not in str(body)
+    assert body["bool"]["must"][0]["multi_match"]["query"] == 'title:(a OR b) AND "x" ~2 \\'
+
+
+def test_the_knn_leg_filters_inside_knn_with_the_same_clauses() -> None:
+    knn = knn_query("fused", [0.5, 0.25], 100, FILTERS)
+    assert knn == {"knn": {"mm_fused": {"vector": [0.5, 0.25], "k": 100, "filter": {"bool": {"filter": FILTERS}}}}}
+    assert lexical_query("q", ["title"], FILTERS)["bool"]["filter"] == knn["knn"]["mm_fused"]["filter"]["bool"]["filter"]
+    assert knn_query("image", [1.0], 5, []) == {"knn": {"mm_image": {"vector": [1.0], "k": 5}}}
+
+
+def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:
+    lexical, knn = lexical_query("q", ["title"], []), knn_query("fused", [1.0], 50, [])
+    assert hybrid_request(lexical, knn, from_=10, size=10, depth=50) == {
+        "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": 50}},
+        "from": 10,
+        "size": 10,
+        "_source": {"excludes": SOURCE_EXCLUDES},
+    }
+
+
+def test_msearch_sends_every_leg_to_the_index() -> None:
+    legs = [leg_request({"match_all": {}}, size=3), leg_request({"match_none": {}}, size=3)]
+    assert msearch_body("products", legs) == [{"index": "products"}, legs[0], {"index": "products"}, legs[1]]
+    assert legs[0]["_source"] == {"excludes": ["mm_fused", "mm_image", "mm_text"]}
+
+
+def test_pipelines_are_named_by_their_parameters() -> None:
+    assert pipeline_name(FusionOptions(rank_constant=20)) == "mmos-rrf-k20"
+    linear = FusionOptions(method="linear", normalization="l2", weights=(1.0, 3.0))
+    assert pipeline_name(linear) == "mmos-linear-l2-w0.25-0.75"
+    assert pipeline_name(FusionOptions(method="linear", weights=(2.0, 2.0))) == "mmos-linear-min_max-w0.5-0.5"
+    assert pipeline_body(linear)["phase_results_processors"] == [
+        {
+            "normalization-processor": {
+                "normalization": {"technique": "l2"},
+                "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.25, 0.75]}},
+            }
+        }
+    ]
+    assert pipeline_body(FusionOptions())["phase_results_processors"] == [
+        {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": 60}}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"size": 0}, "size"),
+        ({"size": 101}, "size"),
+        ({"from_": -1}, "from must be >= 0"),
+        ({"from_": 9_995, "size": 10}, "from \\+ size"),
+        ({"from_": 20, "size": 10, "depth": 25}, "depth"),
+        ({"depth": 10_001}, "depth"),
+        ({"query": "x" * (MAX_QUERY_CHARS + 1)}, "characters long"),
+        ({"query": "  \t"}, "empty"),
+        ({"query": "bad \udc00 text"}, "surrogate"),
+        ({"mode": "sparse"}, "mode"),
+        ({"vector": "audio"}, "vector"),
+        ({"fusion_path": "gpu"}, "fusion_path"),
+    ],
+)
+def test_search_requests_out_of_bounds_are_refused(kwargs: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        SearchRequest(**{"query": "red dress", **kwargs})
+
+
+def test_the_fusion_depth_defaults_to_cover_the_page() -> None:
+    assert SearchRequest("q").candidates == 100
+    assert SearchRequest("q", from_=190, size=20).candidates == 210
+    assert SearchRequest("q", depth=30).candidates == 30
