@@ -49,7 +49,7 @@ class BulkReport:
 
 
 def vector_fields_doc(
-    fused: np.ndarray | Sequence[float],
+    fused: np.ndarray | Sequence[float] | None,
     *,
     model_id: str,
     content_hash: str,
@@ -57,15 +57,18 @@ def vector_fields_doc(
     text: np.ndarray | None = None,
     image: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The vector and bookkeeping fields written next to a product's own fields."""
+    """The vector and bookkeeping fields written next to a product's own fields.
+
+    ``fused=None`` records only the error: the product stays searchable by BM25 and the reason it
+    has no vector is kept with it.
+    """
     doc: dict[str, Any] = {
-        VECTOR_FIELDS["fused"]: np.asarray(fused, dtype=np.float32).tolist(),
         "mm_model_id": model_id,
         "mm_content_hash": content_hash,
         "mm_embedded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "mm_embedding_error": error,
     }
-    for name, vector in (("text", text), ("image", image)):
+    for name, vector in (("fused", fused), ("text", text), ("image", image)):
         if vector is not None:
             doc[VECTOR_FIELDS[name]] = np.asarray(vector, dtype=np.float32).tolist()
     return doc

@@ -54,26 +54,25 @@ def create_product_index(
 
 def product_vectors(
     model: MultimodalModel, products: Sequence[Product], *, modalities: bool = False
-) -> list[dict[str, Any] | None]:
-    """Vector fields for each product; None where neither text nor image could be encoded."""
+) -> list[dict[str, Any]]:
+    """Vector and bookkeeping fields for each product (only the error where nothing could be encoded)."""
     from mm_opensearch.towers import ProductInput  # noqa: PLC0415 - torch loads only when embedding
 
     encoding = model.encode_products(
         [ProductInput(id=p.id, text=p.text, image=p.image) for p in products], with_modalities=modalities
     )
-    docs: list[dict[str, Any] | None] = []
+    docs: list[dict[str, Any]] = []
     for row, product in enumerate(products):
-        if not encoding.ok[row]:
-            docs.append(None)
-            continue
+        with_text = encoding.text is not None and encoding.has_text[row]
+        with_image = encoding.image is not None and encoding.has_image[row]
         docs.append(
             vector_fields_doc(
-                encoding.fused[row],
+                encoding.fused[row] if encoding.has_vector[row] else None,
                 model_id=model.model_id,
                 content_hash=content_hash(product.text, product.image),
                 error=encoding.errors[row],
-                text=encoding.text[row] if modalities and encoding.text is not None else None,
-                image=encoding.image[row] if modalities and encoding.image is not None else None,
+                text=encoding.text[row] if with_text else None,
+                image=encoding.image[row] if with_image else None,
             )
         )
     return docs
@@ -92,8 +91,8 @@ def load_products(
     """Index whole documents (their own fields, plus vectors when ``model`` is given)."""
     report = BulkReport()
     for batch in _batches(products, batch_size):
-        vectors = product_vectors(model, batch, modalities=modalities) if model else [None] * len(batch)
-        actions = [index_action(index, p.id, {**p.source, **(v or {})}) for p, v in zip(batch, vectors, strict=True)]
+        vectors = product_vectors(model, batch, modalities=modalities) if model else [{} for _ in batch]
+        actions = [index_action(index, p.id, {**p.source, **v}) for p, v in zip(batch, vectors, strict=True)]
         report.merge(bulk_write(client, actions))
         if on_batch is not None:
             on_batch(len(batch))

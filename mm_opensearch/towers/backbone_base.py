@@ -1,0 +1,183 @@
+"""What every backbone offers: a stable id, an output dimension, and batched frozen features.
+
+Backbones are frozen feature extractors. Their ``backbone_id`` names the exact weights and input
+processing (a hash of both), so it can key the on-disk feature cache and be recorded in a model
+artifact: if an installed package ever ships other weights, the id changes, the cache misses and
+the artifact refuses to load instead of producing vectors of another space. Pretrained weights are
+read lazily, on the first ``features`` call, so commands that find every feature in the cache
+(training, re-indexing) never pay for loading them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm_opensearch.towers.config import ImagePreprocess
+from mm_opensearch.towers.preprocess import normalize_batch
+
+__all__ = [
+    "ImageFeatures",
+    "Backbone",
+    "TextBackbone",
+    "ImageBackbone",
+    "backbone_id",
+    "files_digest",
+    "state_digest",
+    "pool_tokens",
+]
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Backbone output for a batch of images: a pooled vector and a few spatial tokens per image."""
+
+    pooled: torch.Tensor  # (n, dim) float32, CPU
+    tokens: torch.Tensor  # (n, num_tokens, dim) float32, CPU
+
+
+def backbone_id(name: str, parts: dict[str, Any]) -> str:
+    """``<name>-<12 hex>``: readable, and different whenever weights or processing differ."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{name}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+def files_digest(paths: Sequence[Path]) -> str:
+    """sha256 over the names and bytes of weight/config files (memoised per size and mtime)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = path.stat()
+        digest.update(path.name.encode())
+        digest.update(_file_sha256(str(path), stat.st_size, stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the memo key only: a rewritten file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes, independent of file layout."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def pool_tokens(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """(n, dim, h, w) -> (n, grid*grid, dim): a coarse grid keeps the cache small yet spatial."""
+    pooled = nn.functional.adaptive_avg_pool2d(feature_map, grid)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+class Backbone(ABC):
+    """Device placement, lazy loading and mixed precision shared by text and image backbones."""
+
+    name: str
+    dim: int
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self._module: nn.Module | None = None
+        self._lock = threading.Lock()
+
+    @property
+    @abstractmethod
+    def backbone_id(self) -> str:
+        """Stable id of these weights and this input processing (keys the feature cache)."""
+
+    @abstractmethod
+    def _load_module(self) -> nn.Module:
+        """Build the network with its weights (called once, on first use)."""
+
+    def module(self) -> nn.Module:
+        """The network in eval mode on ``self.device``, loaded on first use."""
+        with self._lock:
+            if self._module is None:
+                module = self._load_module().eval()
+                self._module = self._place(module)
+            return self._module
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        return module.to(self.device)
+
+    def to(self, device: torch.device | str) -> Backbone:
+        """Move to ``device`` (now if loaded, else when loaded)."""
+        self.device = torch.device(device)
+        if self._module is not None:
+            self._module = self._place(self._module)
+        return self
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """Weights that must travel inside a model artifact (only random-init backbones have any)."""
+        return {}
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`saved_state` returned; package backbones have nothing to restore."""
+        if state:
+            msg = f"backbone '{self.name}' keeps no weights in the artifact, got {sorted(state)[:3]}"
+            raise ValueError(msg)
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """inference_mode everywhere; bf16 autocast on CUDA where it is fast and accurate enough."""
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            yield
+
+
+class TextBackbone(Backbone):
+    """Maps strings to one ``dim``-d float32 vector each."""
+
+    max_length: int
+
+    @abstractmethod
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, dim) float32 CPU tensor for a batch of non-empty strings."""
+
+
+class ImageBackbone(Backbone):
+    """Maps preprocessed uint8 image batches to pooled vectors and spatial tokens."""
+
+    preprocess: ImagePreprocess
+    num_tokens: int
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        if self.device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> normalised float tensor on the device (channels_last on CUDA)."""
+        pixels = normalize_batch(batch.to(self.device, non_blocking=True), self.preprocess)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
+
+    @abstractmethod
+    def features(self, batch: torch.Tensor) -> ImageFeatures:
+        """Features of a uint8 batch (n, 3, crop, crop) made by :func:`preprocess.resize_crop`."""

