@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["mappings_dir", "opensearch_launcher_dir"]
+__all__ = ["default_model_dir", "mappings_dir", "opensearch_launcher_dir"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _PACKAGED = _PACKAGE_DIR / "_data"
@@ -34,3 +34,8 @@ def mappings_dir() -> Path:
 def opensearch_launcher_dir() -> Path:
     """Folder with the Maven ``pom.xml``, ``jvm.options`` and Java launcher of the dev node."""
     return _locate("opensearch", "dev/opensearch")
+
+
+def default_model_dir() -> Path:
+    """The Myntra-trained default model shipped with the package (heads only; backbones are deps)."""
+    return _locate("models/default", "models/default")

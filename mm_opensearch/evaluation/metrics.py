@@ -54,5 +54,5 @@ def paired_test(
     for a in names:
         for b in names:
             if a != b:
-                out[(a, b)] = float(report.comparisons[a, b][METRICS[metric]])
+                out[(a, b)] = float(report.comparisons[a, b][METRICS[metric]]["p_value"])
     return out

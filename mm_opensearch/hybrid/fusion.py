@@ -21,9 +21,9 @@ ranks like one with it (checked against a 2.19.1 node in tests/integration/test_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mm_opensearch.errors import ConfigError
 
@@ -39,6 +39,7 @@ __all__ = [
     "normalize_scores",
     "linear_scores",
     "fuse",
+    "tuned_fusion",
 ]
 
 FusionMethod = Literal["rrf", "linear"]
@@ -166,3 +167,17 @@ def fuse(rankings: Sequence[Ranking], options: FusionOptions) -> list[FusedHit]:
     ]
     hits.sort(key=lambda h: (-h.score, min(leg.rank for leg in h.legs if leg is not None), h.id))
     return hits
+
+
+def tuned_fusion(hybrid: Mapping[str, Any], method: FusionMethod | None = None) -> FusionOptions:
+    """Fusion options stored in a model's config by ``eval --tune`` (defaults where absent).
+
+    ``method=None`` picks the method that scored best on the dev slice (``hybrid["default"]``).
+    """
+    chosen = method or hybrid.get("default", "rrf")
+    stored = hybrid.get(chosen) or {}
+    if chosen == "linear":
+        return FusionOptions(method="linear", normalization=stored.get("normalization", "min_max"),
+                             weights=tuple(stored.get("weights", (0.5, 0.5))))
+    return FusionOptions(method="rrf", weights=tuple(stored.get("weights", (1.0, 1.0))),
+                         rank_constant=int(stored.get("rank_constant", 60)))

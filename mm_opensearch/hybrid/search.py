@@ -28,7 +28,7 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError
 from mm_opensearch.hybrid.filters import build_filters
-from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse
+from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
     VectorKind,
@@ -402,6 +402,8 @@ def open_searcher(
     except ModelError as e:
         logger.warning("no query tower (%s); vector and hybrid searches will answer from BM25", e)
         tower, tower_error = None, str(e)
+    if default_fusion is None and tower is not None:
+        default_fusion = tuned_fusion(getattr(getattr(tower, "config", None), "hybrid", None) or {})
     return HybridSearcher(
         create_client(settings),
         settings,

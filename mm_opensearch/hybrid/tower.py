@@ -13,7 +13,6 @@ from typing import Protocol
 import numpy as np
 
 from mm_opensearch.config import Settings
-from mm_opensearch.errors import ModelError
 
 __all__ = ["QueryTower", "load_query_tower"]
 
@@ -31,12 +30,7 @@ class QueryTower(Protocol):
 
 
 def load_query_tower(settings: Settings, *, query_cache_size: int = 1024) -> QueryTower:
-    """The model in ``settings.model_dir``; ``query_cache_size=0`` turns the query LRU off."""
-    if settings.model_dir is None:
-        msg = "no model is configured; set MMOS_MODEL_DIR to a model folder (written by MultimodalModel.save)"
-        raise ModelError(msg)
-    from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415 - torch loads only when a model is used
+    """``settings.model_dir`` or the packaged default; ``query_cache_size=0`` turns the query LRU off."""
+    from mm_opensearch.towers import load_default_model  # noqa: PLC0415 - torch loads only when a model is used
 
-    return MultimodalModel.load(
-        settings.model_dir, settings=settings, use_feature_cache=False, query_cache_size=query_cache_size
-    )
+    return load_default_model(settings, use_feature_cache=False, query_cache_size=query_cache_size)

@@ -12,6 +12,7 @@ from mm_opensearch.towers.config import (
     ModelConfig,
     TextBackboneSpec,
 )
+from mm_opensearch.towers.default import load_default_model
 from mm_opensearch.towers.feature_cache import FeatureCache
 from mm_opensearch.towers.heads import ProductVectors
 from mm_opensearch.towers.model import MultimodalModel, ProductEncoding, ProductInput
@@ -27,4 +28,5 @@ __all__ = [
     "ProductInput",
     "ProductVectors",
     "TextBackboneSpec",
+    "load_default_model",
 ]

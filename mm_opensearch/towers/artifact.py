@@ -38,7 +38,7 @@ __all__ = [
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-_VOLATILE_CONFIG_FIELDS = {"provenance"}
+_VOLATILE_CONFIG_FIELDS = {"provenance", "hybrid"}  # neither changes a vector
 _VERSIONED_PACKAGES = ("mm-opensearch", "torch", "transformers", "safetensors", "numpy", "pillow")
 
 

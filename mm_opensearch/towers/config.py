@@ -83,6 +83,9 @@ class ModelConfig(BaseModel):
     provenance: dict[str, Any] = Field(
         default_factory=dict, description="How the weights were trained (data, command, commit)."
     )
+    hybrid: dict[str, Any] = Field(
+        default_factory=dict, description="Hybrid fusion defaults chosen by `mm-opensearch eval --tune`."
+    )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelConfig:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mm_opensearch.config import Settings
 from mm_opensearch.towers import ModelConfig, MultimodalModel
@@ -49,44 +47,6 @@ def test_logit_scale_is_clamped_at_100() -> None:
     assert float(scale().detach()) == pytest.approx(100.0)
 
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "black": (10, 10, 10)}
-TYPES = ["shirt", "shoes", "bag", "watch", "dress"]
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A catalog whose colour is only in the picture: text says the type, the image says the colour."""
-    root = tmp_path_factory.mktemp("shop")
-    (root / "img").mkdir()
-    rows, queries, qrels = [], ["query_id\tsplit\ttemplate\tquery"], ["query_id\tproduct_id\tgrade"]
-    pid = 0
-    for colour, rgb in COLOURS.items():
-        for kind in TYPES:
-            for variant in range(2):
-                pid += 1
-                Image.new("RGB", (32, 32), rgb).save(root / "img" / f"{pid}.jpg")
-                rows.append({"sku": f"p{pid}", "prod_name": f"{kind} model {variant}", "detail_desc": f"a {kind}",
-                             "picture": f"img/{pid}.jpg"})
-    qid = 0
-    for colour in COLOURS:
-        for kind in TYPES:
-            qid += 1
-            queries.append(f"q{qid}\ttrain\tcolour_type\t{colour} {kind}")
-            for row in rows:
-                if row["prod_name"].startswith(kind):
-                    grade = 2 if f"img/{int(row['sku'][1:])}.jpg" and _colour_of(row, root) == colour else 1
-                    qrels.append(f"q{qid}\t{row['sku']}\t{grade}")
-    (root / "catalog.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (root / "queries.tsv").write_text("\n".join(queries) + "\n")
-    (root / "qrels.tsv").write_text("\n".join(qrels) + "\n")
-    return {"root": root}
-
-
-def _colour_of(row: dict, root: Path) -> str:
-    rgb = Image.open(root / row["picture"]).getpixel((0, 0))
-    return min(COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLOURS[c], rgb, strict=True)))
-
-
 def _settings(root: Path) -> Settings:
     return Settings(
         cache_dir=root / "cache", id_field="sku", text_fields=["prod_name", "detail_desc"], image_field="picture"
@@ -98,8 +58,8 @@ def _inputs(root: Path) -> TrainingInputs:
                           dev_fraction=0.2)
 
 
-def test_two_stage_training_on_another_catalog_by_configuration(synthetic: dict[str, Path], tmp_path: Path) -> None:
-    root = synthetic["root"]
+def test_two_stage_training_on_another_catalog_by_configuration(synthetic_shop: Path, tmp_path: Path) -> None:
+    root = synthetic_shop
     settings = _settings(root)
     model = MultimodalModel.from_config(ModelConfig.tiny(fusion="gated"), settings=settings)
     untrained_id = model.model_id
@@ -115,8 +75,8 @@ def test_two_stage_training_on_another_catalog_by_configuration(synthetic: dict[
     assert saved.config.provenance["best_epoch"] == list(result.best_epoch)
 
 
-def test_training_is_deterministic_and_resumes(synthetic: dict[str, Path], tmp_path: Path) -> None:
-    root = synthetic["root"]
+def test_training_is_deterministic_and_resumes(synthetic_shop: Path, tmp_path: Path) -> None:
+    root = synthetic_shop
     settings = _settings(root)
     cfg = TrainConfig(stage1_epochs=2, stage2_epochs=2, batch_size=16, patience=10)
     full = MultimodalModel.from_config(ModelConfig.tiny(), settings=settings)

@@ -1,0 +1,53 @@
+"""``mm-opensearch train``: fine-tune the towers on a team's own catalog and judged queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mm_opensearch.config import get_settings
+
+console = Console()
+
+
+def train(
+    catalog: Annotated[Path, typer.Option(help="Products, JSON Lines (.jsonl or .jsonl.gz).")],
+    out: Annotated[Path, typer.Option(help="Folder of the model artifact to write.")],
+    queries: Annotated[Path | None, typer.Option(help="TSV: query_id, query[, split, template].")] = None,
+    qrels: Annotated[Path | None, typer.Option(help="TSV: query_id, product_id, grade.")] = None,
+    clicks: Annotated[Path | None, typer.Option(help="TSV: query, product_id (instead of queries+qrels).")] = None,
+    split: Annotated[str, typer.Option(help="Query split to train on; dev slice is carved from it.")] = "train",
+    product_splits: Annotated[Path | None, typer.Option(help="TSV product_id, split: train only on that split's products.")] = None,
+    fusion: Annotated[str, typer.Option(help="weighted_sum | concat_mlp | gated | cross_attention")] = "gated",
+    text_only: Annotated[bool, typer.Option(help="Train a text-only tower (the dense_text baseline).")] = False,
+    dim: int = 256,
+    stage1_epochs: int = 8,
+    stage2_epochs: int = 8,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    dev_fraction: float = 0.1,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints.")] = False,
+) -> None:
+    """Stage 1: query<->text and query<->image; stage 2: query<->fused (stage-1 losses kept as auxiliaries)."""
+    from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: PLC0415 - torch only when training
+    from mm_opensearch.training import TrainConfig, TrainingInputs, train_from_files  # noqa: PLC0415
+
+    settings = get_settings()
+    model = MultimodalModel.from_config(ModelConfig(dim=dim, fusion=fusion, seed=seed), settings=settings)
+    cfg = TrainConfig(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, batch_size=batch_size, lr=lr,
+                      seed=seed, modalities="text" if text_only else "multimodal")
+    inputs = TrainingInputs(catalog=catalog, queries=queries, qrels=qrels, clicks=clicks, query_split=split,
+                            product_splits=product_splits, dev_fraction=dev_fraction)
+
+    def show(record: dict) -> None:
+        console.print(f"stage {record['stage']} epoch {record['epoch']:>2}  loss {record['loss']:.4f}  "
+                      f"dev nDCG@10 {record['dev_ndcg@10']:.4f}  T {record['temperature']:.4f}")
+
+    result = train_from_files(model, inputs, settings, cfg, out_dir=out, resume=resume, on_epoch=show,
+                              on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
+    console.print(f"best dev nDCG@10 {result.best_dev_ndcg:.4f} at stage/epoch {result.best_epoch}; "
+                  f"model {model.model_id} saved to {out}")

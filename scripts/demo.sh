@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Fresh machine to results: virtualenv + Python deps + OpenSearch jars, start OpenSearch and Redis,
+# then index the sample catalog, answer hybrid queries and print metrics. Extra args go to `demo`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$(scripts/setup.sh | tail -n 1)"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$VENV/bin/mm-opensearch" dev up
+"$VENV/bin/mm-opensearch" demo "$@"
+echo "services keep running: '$VENV/bin/mm-opensearch dev down' stops them"
