@@ -8,7 +8,7 @@ import os
 import typer
 from rich.console import Console
 
-from mm_opensearch.cli import demo, dev
+from mm_opensearch.cli import demo, dev, evaluate, index, jobs, search, serve, train
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import MMOpenSearchError
 
@@ -23,6 +23,12 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.command("demo")(demo.demo)
+app.add_typer(index.app, name="index")
+jobs.register(app)
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
+app.command("search")(search.search)
+app.command("serve")(serve.serve)
 
 config_app = typer.Typer(help="Inspect the configuration (MMOS_* environment variables).", no_args_is_help=True)
 app.add_typer(config_app, name="config")

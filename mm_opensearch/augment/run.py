@@ -1,0 +1,114 @@
+"""Carry out an :class:`AugmentPlan` while the index keeps serving queries.
+
+Reading never stops: until the atomic alias swap readers use the old index, afterwards the new
+one. Writing stops only for the final catch-up (a write block on the old index while the last
+changes are replayed and the aliases move), so no write lands in an index that is about to be
+left behind. Embedding is delegated to an :class:`Embedder` (the workers, or in-process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from opensearchpy import OpenSearch
+
+from mm_opensearch.augment.aliases import record_previous, set_write_block, swap_aliases
+from mm_opensearch.augment.inspect import inspect_index
+from mm_opensearch.augment.plan import AugmentPlan, copy_index_body, vector_mapping_update
+from mm_opensearch.augment.sync import delete_removed, reindex, replay_changes
+from mm_opensearch.catalog import CatalogSchema
+
+__all__ = ["AugmentResult", "Embedder", "run_augment"]
+
+CLOCK_SKEW = timedelta(seconds=5)  # replay a little before the copy began: updated_at comes from app clocks
+MAX_LIVE_REPLAYS = 3
+
+
+class Embedder(Protocol):
+    """Gives products vectors and returns when they are written."""
+
+    def backfill(self, index: str, *, tune: bool) -> None: ...
+
+    def embed(self, index: str, ids: list[str]) -> None: ...
+
+
+@dataclass
+class AugmentResult:
+    plan: AugmentPlan
+    copied: int = 0
+    replayed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def run_augment(
+    client: OpenSearch,
+    plan: AugmentPlan,
+    embedder: Embedder,
+    *,
+    schema: CatalogSchema,
+    image_dir: Path | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> AugmentResult:
+    """Add vectors as ``plan`` says; the source index is kept (write-blocked) after a swap."""
+    step = on_step or (lambda _message: None)
+    result = AugmentResult(plan)
+    report = inspect_index(client, plan.source, schema)
+    update = vector_mapping_update(
+        report.mappings, model_id=plan.model_id, dim=plan.dim, modalities=plan.modalities, engine=plan.engine
+    )
+    if plan.strategy in ("ready", "in_place"):
+        if plan.strategy == "in_place":
+            step(f"adding vector fields to '{plan.source}'")
+            client.indices.put_mapping(index=plan.source, body=update)
+        step(f"backfilling '{plan.source}' in place")
+        embedder.backfill(plan.source, tune=False)
+        return result
+
+    body = copy_index_body(report, update)
+    step(f"creating '{plan.target}'")
+    client.indices.create(index=plan.target, body=body)
+    since = (_now() - CLOCK_SKEW).isoformat()
+    step(f"copying '{plan.source}' -> '{plan.target}'")
+    result.copied = reindex(client, plan.source, plan.target)
+    step(f"backfilling '{plan.target}'")
+    embedder.backfill(plan.target, tune=True)
+
+    for _ in range(MAX_LIVE_REPLAYS):  # catch up while writes continue, so the blocked window is short
+        checkpoint = (_now() - CLOCK_SKEW).isoformat()
+        client.indices.refresh(index=plan.source)
+        changed = replay_changes(client, plan.source, plan.target, since=since, schema=schema, image_dir=image_dir)
+        since = checkpoint
+        result.replayed += changed
+        step(f"replayed {len(changed)} products changed during the copy")
+        if changed:
+            embedder.embed(plan.target, changed)
+        if len(changed) < 100:
+            break
+
+    step(f"blocking writes on '{plan.source}' for the final catch-up and the swap")
+    set_write_block(client, plan.source, blocked=True)
+    swapped = False
+    try:
+        client.indices.refresh(index=plan.source)
+        changed = replay_changes(client, plan.source, plan.target, since=since, schema=schema, image_dir=image_dir)
+        result.replayed += changed
+        result.deleted = delete_removed(client, plan.source, plan.target)
+        if changed:
+            embedder.embed(plan.target, changed)
+        client.indices.refresh(index=plan.target)
+        record_previous(client, plan.target, plan.source, list(plan.aliases))
+        step(f"moving aliases {list(plan.aliases)} to '{plan.target}'")
+        swap_aliases(client, list(plan.aliases), to_index=plan.target, from_index=plan.source)
+        swapped = True
+    finally:
+        if not swapped:  # the source keeps serving; leave the half-built target for inspection
+            set_write_block(client, plan.source, blocked=False)
+    return result

@@ -1,0 +1,170 @@
+"""``backfill``: give every product of an index a current vector, resumably.
+
+The scan runs here (one thread per slice); the encoding runs wherever the queue sends the batches.
+Each slice checkpoints the last ``_id`` it enqueued, so a killed backfill started again with the
+same job id continues after it. Products whose content hash and model id are already current are
+skipped at scan time and never reach a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from opensearchpy import OpenSearch
+
+from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
+from mm_opensearch.backfill.pipeline import is_current, read_product
+from mm_opensearch.backfill.scan import point_in_time, scan_slice
+from mm_opensearch.backfill.store import JobCounts, JobStore
+from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
+from mm_opensearch.catalog import CatalogSchema, content_hash
+from mm_opensearch.errors import IndexCompatibilityError, MMOpenSearchError
+from mm_opensearch.indexing.mappings import read_model_meta
+
+__all__ = ["BackfillTimeoutError", "backfill_job_id", "run_backfill", "wait_for_job"]
+
+ProgressCallback = Callable[[JobCounts], None]
+
+
+class BackfillTimeoutError(MMOpenSearchError):
+    """The batches were not all settled in time; the job keeps its state and can be waited on again."""
+
+
+def backfill_job_id(index: str) -> str:
+    """The default job id: one resumable backfill per index."""
+    return f"backfill-{index}"
+
+
+def _source_fields(schema: CatalogSchema) -> list[str]:
+    fields = [schema.id_field, *schema.text_fields, "mm_content_hash", "mm_model_id"]
+    return fields + [schema.image_field] if schema.image_field else fields
+
+
+def _scan_slice(
+    client: OpenSearch,
+    store: JobStore,
+    queue: JobQueue,
+    *,
+    index: str,
+    pit_id: str,
+    job_id: str,
+    slice_id: int,
+    slices: int,
+    batch_size: int,
+    schema: CatalogSchema,
+    model_id: str,
+    image_dir: Path | None,
+) -> None:
+    after, done = store.cursor(job_id, slice_id)
+    if done:
+        return
+    pages = scan_slice(
+        client, pit_id, slice_id=slice_id, slices=slices, size=batch_size, after=after, source=_source_fields(schema)
+    )
+    for hits, after in pages:
+        batch_id = f"{job_id}.s{slice_id}.{hits[0]['_id']}"
+        stale = []
+        for hit in hits:
+            product = read_product(hit, schema, image_dir)
+            if not is_current(hit["_source"], content_hash(product.text, product.image), model_id):
+                stale.append(hit["_id"])
+        if stale:
+            store.mark_enqueued(job_id, batch_id)
+            queue.submit_embed(EmbedJob(index, tuple(stale), job_id, batch_id))
+        if len(stale) < len(hits):
+            store.mark_enqueued(job_id, f"{batch_id}.skip")
+            store.settle(job_id, f"{batch_id}.skip", skipped=len(hits) - len(stale))
+        store.add_scanned(job_id, len(hits))
+        store.save_cursor(job_id, slice_id, after)
+    store.save_cursor(job_id, slice_id, after, done=True)
+
+
+def wait_for_job(
+    store: JobStore,
+    job_id: str,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = 0.5,
+    on_progress: ProgressCallback | None = None,
+) -> JobCounts:
+    """Block until every batch of the job is written or dead-lettered; marks the job finished."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        counts = store.counts(job_id)
+        if counts is None:
+            msg = f"job '{job_id}' does not exist; list jobs with `mm-opensearch jobs status`"
+            raise MMOpenSearchError(msg)
+        if on_progress is not None:
+            on_progress(counts)
+        if counts.settled:
+            store.set_status(job_id, "finished")
+            return counts
+        if deadline is not None and time.monotonic() > deadline:
+            msg = (
+                f"job '{job_id}' has {counts.batches_enqueued - counts.batches_settled} batches in flight after "
+                f"{timeout_s:.0f} s; is a worker running (`mm-opensearch worker`)? Run the same command to resume"
+            )
+            raise BackfillTimeoutError(msg)
+        time.sleep(poll_s)
+
+
+def run_backfill(
+    client: OpenSearch,
+    store: JobStore,
+    queue: JobQueue,
+    index: str,
+    *,
+    schema: CatalogSchema,
+    image_dir: Path | None = None,
+    job_id: str | None = None,
+    slices: int = 2,
+    batch_size: int = 64,
+    tune: bool = False,
+    restart: bool = False,
+    wait: bool = True,
+    timeout_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> JobCounts:
+    """Enqueue every product of ``index`` whose vector is missing or stale, then wait for the workers.
+
+    ``tune`` turns refresh and replicas off meanwhile (for an index not yet serving queries) and
+    restores them afterwards, also on failure. Without ``restart`` an unfinished job resumes.
+    ``image_dir`` must be the workers' ``MMOS_DATA_DIR`` so both sides hash the same inputs.
+    """
+    mapping = client.indices.get_mapping(index=index)
+    (concrete, body), *rest = mapping.items()
+    meta = read_model_meta(body["mappings"])
+    if meta is None or rest:
+        msg = (
+            f"index '{index}' has no vector fields (or is an alias of several indices); "
+            f"run `mm-opensearch index augment {index}` first"
+        )
+        raise IndexCompatibilityError(msg)
+    job_id = job_id or backfill_job_id(concrete)
+    client.indices.refresh(index=index)  # the scan sees what was written before it (a copy, a bulk load)
+    total = int(client.count(index=index)["count"])
+    store.start_job(job_id, index, total=total, resume=not restart)
+    if not tune:
+        restore_index_settings(client, store, concrete)  # left changed by a run that was killed
+    with bulk_load_settings(client, store, concrete) if tune else nullcontext():
+        with point_in_time(client, index) as pit_id, ThreadPoolExecutor(slices, thread_name_prefix="mmos-scan") as pool:
+            kwargs: dict[str, Any] = {
+                "index": index, "pit_id": pit_id, "job_id": job_id, "slices": slices,
+                "batch_size": batch_size, "schema": schema, "model_id": meta["model_id"], "image_dir": image_dir,
+            }
+            futures = [pool.submit(_scan_slice, client, store, queue, slice_id=s, **kwargs) for s in range(slices)]
+            for future in futures:
+                future.result()
+        store.set_status(job_id, "scanned")
+        if not wait:
+            counts = store.counts(job_id)
+            assert counts is not None
+            return counts
+        counts = wait_for_job(store, job_id, timeout_s=timeout_s, on_progress=on_progress)
+    client.indices.refresh(index=index)
+    return counts

@@ -1,0 +1,234 @@
+"""Job state in Redis: progress, scan checkpoints, saved index settings and dead letters.
+
+Redis is already there as the Celery broker, and keeping the state beside the queue means a
+restarted backfill (or a restarted worker) resumes from it. A batch counts once however often it
+is delivered: settling is a set insertion and the counters move only on the first one (Lua script,
+atomic), so redelivery after a crash never double counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from mm_opensearch.config import Settings
+
+__all__ = ["JobStore", "JobCounts", "DeadLetter", "redis_client"]
+
+COUNTERS = ("written", "skipped", "missing", "failed", "dead")
+
+_SETTLE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  return 1
+end
+return 0
+"""
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client that rides out a Redis restart: connection errors are retried for ~30 s."""
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=10,
+    )
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """Progress of one job: batches enqueued/settled and product counters."""
+
+    job_id: str
+    index: str
+    status: str
+    total: int
+    scanned: int
+    batches_enqueued: int
+    batches_settled: int
+    written: int
+    skipped: int
+    missing: int
+    failed: int
+    dead: int
+    started_at: float
+
+    @property
+    def settled(self) -> bool:
+        """The scan has finished and every batch it enqueued has been written or dead-lettered."""
+        return self.status in ("scanned", "finished") and self.batches_settled >= self.batches_enqueued
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A batch that failed for good: what it was, why, and how often it was tried."""
+
+    id: str
+    kind: str  # "embed" or "write"
+    payload: dict[str, Any]
+    reason: str
+    failed_at: float
+
+
+class JobStore:
+    """Typed access to the ``mmos:*`` keys; every method is one or two Redis round trips."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "mmos") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._settle = client.register_script(_SETTLE)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def start_job(self, job_id: str, index: str, *, total: int = 0, resume: bool = True) -> bool:
+        """Create the job, or keep an unfinished one when ``resume``; True when it was resumed."""
+        meta = self._key("job", job_id)
+        status = self.redis.hget(meta, "status")
+        if resume and status is not None and status.decode() != "finished":
+            self.redis.hset(meta, mapping={"total": total, "status": "running"})
+            return True
+        self.redis.delete(meta, self._key("job", job_id, "enqueued"), self._key("job", job_id, "settled"),
+                          self._key("job", job_id, "cursors"), self._key("job", job_id, "errors"))
+        fields: dict[str, Any] = {"index": index, "status": "running", "total": total, "scanned": 0,
+                                  "started_at": time.time()}
+        fields.update(dict.fromkeys(COUNTERS, 0))
+        self.redis.hset(meta, mapping=fields)
+        return False
+
+    def ensure_job(self, job_id: str, index: str) -> None:
+        """Create an open-ended job (incremental updates) unless it exists."""
+        meta = self._key("job", job_id)
+        if not self.redis.exists(meta):
+            self.redis.hset(meta, mapping={"index": index, "status": "scanned", "total": 0, "scanned": 0,
+                                           "started_at": time.time(), **dict.fromkeys(COUNTERS, 0)})
+
+    def set_status(self, job_id: str, status: str) -> None:
+        self.redis.hset(self._key("job", job_id), "status", status)
+
+    def add_scanned(self, job_id: str, n: int) -> None:
+        self.redis.hincrby(self._key("job", job_id), "scanned", n)
+
+    def mark_enqueued(self, job_id: str, batch_id: str) -> None:
+        self.redis.sadd(self._key("job", job_id, "enqueued"), batch_id)
+
+    def settle(self, job_id: str, batch_id: str, **counts: int) -> bool:
+        """Count a finished batch once; False when it had been counted before (a redelivery)."""
+        unknown = set(counts) - set(COUNTERS)
+        if unknown:
+            msg = f"unknown counters {sorted(unknown)}; use {COUNTERS}"
+            raise ValueError(msg)
+        args: list[Any] = [batch_id]
+        for name, value in counts.items():
+            args += [name, value]
+        keys = [self._key("job", job_id, "settled"), self._key("job", job_id)]
+        return bool(self._settle(keys=keys, args=args))
+
+    def counts(self, job_id: str) -> JobCounts | None:
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._key("job", job_id))
+        pipe.scard(self._key("job", job_id, "enqueued"))
+        pipe.scard(self._key("job", job_id, "settled"))
+        meta, enqueued, settled = pipe.execute()
+        if not meta:
+            return None
+        data = {k.decode(): v.decode() for k, v in meta.items()}
+        return JobCounts(
+            job_id=job_id,
+            index=data["index"],
+            status=data["status"],
+            total=int(data.get("total", 0)),
+            scanned=int(data.get("scanned", 0)),
+            batches_enqueued=int(enqueued),
+            batches_settled=int(settled),
+            started_at=float(data.get("started_at", 0)),
+            **{name: int(data.get(name, 0)) for name in COUNTERS},
+        )
+
+    def record_errors(self, job_id: str, errors: list[dict[str, Any]], *, keep: int = 10_000) -> None:
+        """Per-product errors (refused writes, unencodable products), newest first."""
+        if not errors:
+            return
+        key = self._key("job", job_id, "errors")
+        pipe = self.redis.pipeline()
+        pipe.lpush(key, *(json.dumps(error) for error in errors))
+        pipe.ltrim(key, 0, keep - 1)
+        pipe.execute()
+
+    def errors(self, job_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(self._key("job", job_id, "errors"), 0, limit - 1)]
+
+    # --- scan checkpoints -------------------------------------------------------------------
+
+    def save_cursor(self, job_id: str, slice_id: int, after: list[Any] | None, *, done: bool = False) -> None:
+        value = json.dumps({"after": after, "done": done})
+        self.redis.hset(self._key("job", job_id, "cursors"), str(slice_id), value)
+
+    def cursor(self, job_id: str, slice_id: int) -> tuple[list[Any] | None, bool]:
+        raw = self.redis.hget(self._key("job", job_id, "cursors"), str(slice_id))
+        if raw is None:
+            return None, False
+        data = json.loads(raw)
+        return data["after"], bool(data["done"])
+
+    # --- index settings changed for a bulk load (restored even after a crash) --------------
+
+    def save_index_settings(self, index: str, original: dict[str, Any]) -> dict[str, Any]:
+        """Remember ``original`` unless an earlier (crashed) run already did; returns the kept one."""
+        key = self._key("tuning", index)
+        self.redis.set(key, json.dumps(original), nx=True)
+        return json.loads(self.redis.get(key))
+
+    def saved_index_settings(self, index: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key("tuning", index))
+        return json.loads(raw) if raw is not None else None
+
+    def forget_index_settings(self, index: str) -> None:
+        self.redis.delete(self._key("tuning", index))
+
+    # --- change feed --------------------------------------------------------------------------
+
+    def change_checkpoint(self, index: str) -> str | None:
+        raw = self.redis.get(self._key("changes", index))
+        return raw.decode() if raw is not None else None
+
+    def set_change_checkpoint(self, index: str, value: str) -> None:
+        self.redis.set(self._key("changes", index), value)
+
+    # --- dead letters -------------------------------------------------------------------------
+
+    def add_dead_letter(self, kind: str, payload: dict[str, Any], reason: str) -> str:
+        letter_id = uuid.uuid4().hex[:12]
+        record = {"kind": kind, "payload": payload, "reason": reason, "failed_at": time.time()}
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key("dead"), letter_id, json.dumps(record))
+        pipe.zadd(self._key("dead", "order"), {letter_id: record["failed_at"]})
+        pipe.execute()
+        return letter_id
+
+    def dead_letters(self) -> list[DeadLetter]:
+        ids = [raw.decode() for raw in self.redis.zrange(self._key("dead", "order"), 0, -1)]
+        records = self.redis.hmget(self._key("dead"), ids) if ids else []
+        return [
+            DeadLetter(id=letter_id, **json.loads(raw))
+            for letter_id, raw in zip(ids, records, strict=True)
+            if raw is not None
+        ]
+
+    def remove_dead_letter(self, letter_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hdel(self._key("dead"), letter_id)
+        pipe.zrem(self._key("dead", "order"), letter_id)
+        pipe.execute()

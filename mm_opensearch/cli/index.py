@@ -1,0 +1,220 @@
+"""``mm-opensearch index``: create, inspect, augment, swap, roll back and clean up product indices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mm_opensearch.augment import (
+    AugmentPlan,
+    cleanup_previous,
+    index_status,
+    inspect_index,
+    plan_augment,
+    rollback,
+    run_augment,
+    swap_aliases,
+)
+from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder, redis_client
+from mm_opensearch.backfill.pipeline import EmbedContext
+from mm_opensearch.catalog import CatalogSchema, read_catalog
+from mm_opensearch.cli.jobs import progress_display
+from mm_opensearch.client import create_client
+from mm_opensearch.config import get_settings
+from mm_opensearch.errors import ModelError
+from mm_opensearch.indexing.load import create_product_index, load_products
+
+if TYPE_CHECKING:
+    from mm_opensearch.towers import MultimodalModel
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Product indices: create, inspect, augment with vectors, swap, roll back.", no_args_is_help=True)
+console = Console()
+
+class Engine(str, Enum):
+    lucene = "lucene"
+    faiss = "faiss"
+
+
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
+
+
+def _model() -> MultimodalModel:
+    settings = get_settings()
+    if settings.model_dir is None:
+        msg = "this command needs a model; set MMOS_MODEL_DIR to a model folder (written by MultimodalModel.save)"
+        raise ModelError(msg)
+    from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415 - torch loads only when needed
+
+    return MultimodalModel.load(settings.model_dir, settings=settings, use_feature_cache=False)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if not yes and not typer.confirm(question):
+        raise typer.Abort
+
+
+def _print_plan(plan: AugmentPlan) -> None:
+    console.print(f"[bold]augment plan[/] ({plan.strategy}): '{plan.source}' -> '{plan.target}', model {plan.model_id}")
+    for number, step in enumerate(plan.steps, start=1):
+        console.print(f"  {number}. {step}")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="New index name, e.g. products_v1.")],
+    catalog: Annotated[Path | None, typer.Option(help="JSON Lines catalog to load into it.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Load only the first N products.")] = None,
+    vectors: Annotated[bool, typer.Option(help="Add vector fields (needs MMOS_MODEL_DIR); --no-vectors = BM25 only.")] = True,
+    modalities: Annotated[bool, typer.Option(help="Also per-modality vector fields.")] = False,
+    alias: Annotated[list[str] | None, typer.Option(help="Aliases to point at the new index.")] = None,
+    yes: Yes = False,
+) -> None:
+    """Create a product index from the mappings/ templates, optionally loading a catalog."""
+    settings = get_settings()
+    client = create_client(settings)
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(catalog, schema, limit=limit)) if catalog else []
+    model = _model() if vectors else None
+    if client.indices.exists(index=name):
+        _confirm(f"index '{name}' exists; delete and recreate it?", yes)
+    create_product_index(client, name, schema, sample=products[0].source if products else None, model=model,
+                         modalities=modalities, replace=True)
+    if products:
+        report = load_products(client, name, products, model=model, modalities=modalities)
+        console.print(f"loaded {report.succeeded} products, {len(report.failed)} failed")
+    if alias:
+        swap_aliases(client, alias, to_index=name)
+    console.print(f"created '{name}'" + (f" with aliases {alias}" if alias else ""))
+
+
+@app.command()
+def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> None:
+    """What the index has, and what augmenting it takes."""
+    settings = get_settings()
+    report = inspect_index(create_client(settings), name, CatalogSchema.from_settings(settings))
+    table = Table("property", "value", show_header=False)
+    rows = {
+        "index": report.index, "aliases": ", ".join(report.aliases) or "-", "documents": str(report.docs),
+        "index.knn": str(report.knn), "write blocked": str(report.write_blocked),
+        "vector fields": ", ".join(report.vector_fields) or "-",
+        "model": f"{report.model['model_id']} (dim {report.model['dim']})" if report.model else "-",
+        f"{settings.updated_at_field} field": "yes" if report.has_updated_at else "missing",
+        "missing text fields": ", ".join(report.missing_text_fields) or "-",
+        "augment strategy": report.strategy,
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+    if settings.model_dir is not None:
+        model = _model()
+        _print_plan(plan_augment(report, model_id=model.model_id, dim=model.dim))
+
+
+@app.command()
+def augment(
+    name: Annotated[str, typer.Argument(help="Index or alias serving traffic.")],
+    modalities: Annotated[bool, typer.Option(help="Also per-modality vector fields.")] = False,
+    engine: Annotated[Engine, typer.Option(help="lucene, or faiss where the cluster has it.")] = Engine.lucene,
+    inline: Annotated[bool, typer.Option(help="Encode in this process instead of the workers.")] = False,
+    slices: Annotated[int, typer.Option(min=1)] = 2,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the workers per phase.")] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Add vectors to an index without interrupting its queries (in place, or copy + alias swap)."""
+    settings = get_settings()
+    client = create_client(settings)
+    schema = CatalogSchema.from_settings(settings)
+    model = _model()
+    plan = plan_augment(inspect_index(client, name, schema), model_id=model.model_id, dim=model.dim,
+                        modalities=modalities, engine=engine.value)
+    _print_plan(plan)
+    if dry_run:
+        return
+    _confirm("go ahead?", yes)
+    store = JobStore(redis_client(settings))
+    if inline:
+        queue = InlineQueue(lambda q: EmbedContext(client, store, q, schema, model, image_dir=settings.data_dir))
+    else:
+        from workers.app import CeleryJobQueue, app as celery_app  # noqa: PLC0415 - adapter, not library
+
+        queue = CeleryJobQueue(celery_app)
+    with progress_display("embedding") as update:
+        embedder = QueueEmbedder(client, store, queue, schema, settings.data_dir, settings.backfill_batch_size,
+                                 slices, timeout, update)
+        result = run_augment(client, plan, embedder, schema=schema, image_dir=settings.data_dir,
+                             on_step=lambda message: console.print(f"· {message}"))
+    console.print(f"done: copied {result.copied}, replayed {len(result.replayed)}, deleted {len(result.deleted)}")
+
+
+@app.command()
+def swap(
+    alias: Annotated[list[str], typer.Option(help="Alias to move (repeat for read and write aliases).")],
+    to: Annotated[str, typer.Option(help="Index the aliases will point to.")],
+    from_index: Annotated[str | None, typer.Option("--from", help="Index they point to now.")] = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Move aliases to another index in one atomic request."""
+    console.print(f"move {alias} from {from_index or '(nowhere)'} to '{to}'")
+    if dry_run:
+        return
+    _confirm("go ahead?", yes)
+    swap_aliases(create_client(get_settings()), alias, to_index=to, from_index=from_index)
+    console.print("done")
+
+
+@app.command("rollback")
+def rollback_command(
+    name: Annotated[str, typer.Argument(help="Index or alias made by augment.")],
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Point the aliases back at the index augment replaced (products written since are carried over)."""
+    settings = get_settings()
+    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
+    status = index_status(client, name, schema)
+    console.print(f"roll back '{status.report.index}' -> '{status.previous_index}' (aliases {list(status.report.aliases)})")
+    if dry_run:
+        return
+    _confirm("go ahead?", yes)
+    result = rollback(client, name, schema)
+    console.print(f"aliases {result.aliases} now point to '{result.to_index}'; {result.replayed} products carried over")
+
+
+@app.command()
+def cleanup(
+    name: Annotated[str, typer.Argument(help="Index or alias made by augment.")],
+    dry_run: DryRun = False,
+    yes: Yes = False,
+) -> None:
+    """Delete the previous index kept for rollback (rollback is impossible afterwards)."""
+    settings = get_settings()
+    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
+    status = index_status(client, name, schema)
+    console.print(f"delete '{status.previous_index}' (replaced by '{status.report.index}')")
+    if dry_run:
+        return
+    _confirm("delete it for good?", yes)
+    console.print(f"deleted '{cleanup_previous(client, name, schema)}'")
+
+
+@app.command()
+def status(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> None:
+    """Vector coverage, errors, aliases and the index kept for rollback."""
+    settings = get_settings()
+    state = index_status(create_client(settings), name, CatalogSchema.from_settings(settings))
+    report = state.report
+    console.print(f"'{report.index}' aliases {list(report.aliases)}: {report.docs} products, "
+                  f"{state.with_vector} with vectors ({state.coverage:.1%}), {state.with_error} with embedding errors")
+    if state.previous_index:
+        kept = "kept for rollback" if state.previous_exists else "cleaned up"
+        console.print(f"replaced '{state.previous_index}' ({kept})")

@@ -1,0 +1,150 @@
+"""Augment a BM25-only index serving queries: copy, backfill, replay, atomic alias swap, rollback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opensearchpy import OpenSearch
+
+from mm_opensearch.augment import cleanup_previous, index_status, inspect_index, plan_augment, rollback, run_augment
+from mm_opensearch.backfill import JobStore, QueueEmbedder, redis_client
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog, to_product
+from mm_opensearch.config import Settings
+from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
+from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
+from workers.app import CeleryJobQueue, app
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def worker(model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    purge_queues(settings)
+    process = WorkerProcess(model_dir, tmp_path_factory.mktemp("logs") / "worker.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def _stamp(day: int) -> str:
+    """``updated_at`` as the application sets it: a day in 2024, or now (day 0)."""
+    return (datetime.now(UTC) if day == 0 else datetime(2024, 1, day, tzinfo=UTC)).isoformat()
+
+
+class QueryLoop(threading.Thread):
+    """Queries the read alias without pause and counts failures, like live traffic."""
+
+    def __init__(self, client: OpenSearch, alias: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.alias = client, alias
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                hits = self.client.search(index=self.alias, body={"query": {"match": {"title": "shirt"}}, "size": 5})
+                assert hits["hits"]["total"]["value"] > 0
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failures.append(repr(e))
+
+
+def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writes(
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, model_dir: Path,
+    myntra_dir: Path,
+) -> None:
+    schema = CatalogSchema.from_settings(settings)
+    products = [
+        Product(p.id, {**p.source, "updated_at": _stamp(1)}, p.text, p.image)
+        for p in read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=1000)
+    ]
+    source, read_alias, write_alias = f"{index_name}_v1", f"{index_name}-read", f"{index_name}-write"
+    create_product_index(client, source, schema, sample=products[0].source)  # BM25 only, index.knn=false
+    load_products(client, source, products)
+    client.indices.update_aliases(body={"actions": [
+        {"add": {"index": source, "alias": read_alias}}, {"add": {"index": source, "alias": write_alias}}]})
+    client.indices.refresh(index=source)
+
+    model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
+    report = inspect_index(client, read_alias, schema)
+    assert report.strategy == "reindex" and report.index == source
+    plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
+    assert plan.target == f"{index_name}_v2" and plan.aliases == tuple(sorted([read_alias, write_alias]))
+
+    deleted, changed = products[10], products[20]
+    new_source = {**changed.source, "title": "Bright Yellow Rain Jacket", "updated_at": _stamp(0)}
+
+    def write_during_copy(message: str) -> None:  # the application keeps writing through its alias
+        if message.startswith("backfilling"):
+            client.delete(index=write_alias, id=deleted.id)
+            client.index(index=write_alias, id=changed.id, body=new_source)
+
+    store = JobStore(redis_client(settings))
+    embedder = QueueEmbedder(client, store, CeleryJobQueue(app), schema, batch_size=50, timeout_s=90)
+    queries = QueryLoop(client, read_alias)
+    queries.start()
+    try:
+        result = run_augment(client, plan, embedder, schema=schema, on_step=write_during_copy)
+    finally:
+        queries.stop.set()
+        queries.join(10)
+
+    assert queries.failures == [] and queries.ok > 10
+    assert inspect_index(client, read_alias, schema).index == plan.target
+    assert inspect_index(client, write_alias, schema).index == plan.target
+    assert deleted.id in result.deleted and changed.id in result.replayed
+    assert not client.exists(index=read_alias, id=deleted.id)
+    assert client.get(index=read_alias, id=changed.id)["_source"]["title"] == new_source["title"]
+    stored = fused_vectors(client, plan.target)
+    assert len(stored) == len(products) - 1 == client.count(index=plan.target)["count"]
+    new_product = to_product(new_source, schema)
+    expected = product_vectors(model, [new_product])[0]
+    assert expected is not None
+    np.testing.assert_allclose(stored[changed.id], expected["mm_fused"], atol=1e-5)
+    status = index_status(client, read_alias, schema)
+    assert status.coverage == 1.0 and status.previous_index == source and status.previous_exists
+
+    back = rollback(client, read_alias, schema)
+    assert back.to_index == source and inspect_index(client, read_alias, schema).index == source
+    client.index(index=write_alias, id="after-rollback", body={**products[0].source, "id": "after-rollback"})  # writable
+    swap_back = [{"remove": {"index": source, "alias": a}} for a in (read_alias, write_alias)]
+    swap_back += [{"add": {"index": plan.target, "alias": a}} for a in (read_alias, write_alias)]
+    client.indices.update_aliases(body={"actions": swap_back})
+    assert cleanup_previous(client, read_alias, schema) == source
+    assert not client.indices.exists(index=source)
+
+
+def test_augment_in_place_when_knn_is_already_on(
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, model_dir: Path,
+    myntra_dir: Path,
+) -> None:
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=200))
+    body = create_product_index(client, index_name, schema, sample=products[0].source)
+    assert body["settings"]["index"]["knn"] is False
+    client.indices.delete(index=index_name)
+    body["settings"]["index"]["knn"] = True
+    client.indices.create(index=index_name, body=body)
+    load_products(client, index_name, products)
+    client.indices.refresh(index=index_name)
+    model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
+    plan = plan_augment(inspect_index(client, index_name, schema), model_id=model.model_id, dim=model.dim)
+    assert plan.strategy == "in_place" and plan.target == index_name
+    embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
+    run_augment(client, plan, embedder, schema=schema)
+    assert len(fused_vectors(client, index_name)) == len(products)

@@ -1,0 +1,264 @@
+"""Backfill through a real Celery worker: crashes, Redis restarts, stale writes, failing images."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opensearchpy import OpenSearch
+
+from mm_opensearch.backfill import (
+    EmbedContext,
+    EmbedJob,
+    JobStore,
+    WriteJob,
+    embed_step,
+    enqueue,
+    redis_client,
+    retry_dead_letters,
+    run_backfill,
+    wait_for_job,
+    write_step,
+)
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.config import Settings
+from mm_opensearch.devservices import RedisServer
+from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
+from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.integration.celery_worker import REPO, WorkerProcess, fused_vectors, purge_queues
+from workers.app import CeleryJobQueue, app
+
+pytestmark = pytest.mark.services
+
+N_PRODUCTS = 2000
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path, settings: Settings) -> MultimodalModel:
+    return MultimodalModel.load(model_dir, settings=settings.model_copy(
+        update={"image_fetch_allow_networks": ["127.0.0.0/8"]}), use_feature_cache=False)
+
+
+@pytest.fixture(scope="module")
+def worker(model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    purge_queues(settings)
+    process = WorkerProcess(model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
+                            MMOS_IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", MMOS_IMAGE_FETCH_TIMEOUT_S="2")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore(redis_client(settings))
+
+
+@pytest.fixture(scope="module")
+def schema(settings: Settings) -> CatalogSchema:
+    return CatalogSchema.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
+    stamp = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
+    products = read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=N_PRODUCTS)
+    return [Product(p.id, {**p.source, "updated_at": stamp}, p.text, p.image) for p in products]
+
+
+def _index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
+                           model: MultimodalModel) -> None:
+    create_product_index(client, index, schema, sample=products[0].source, model=model)
+    report = load_products(client, index, products)
+    assert report.succeeded == len(products) and not report.failed
+    client.indices.refresh(index=index)
+
+
+def _assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> None:
+    assert client.count(index=index)["count"] == len(products)  # none duplicated, none lost
+    stored = fused_vectors(client, index)
+    assert sorted(stored) == sorted(p.id for p in products)  # none missing
+    fresh = product_vectors(model, products)
+    for product, expected in zip(products, fresh, strict=True):
+        assert expected is not None
+        np.testing.assert_allclose(stored[product.id], expected["mm_fused"], atol=1e-5)
+
+
+def _wait_until(predicate, timeout_s: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_backfill_survives_sigkill_of_the_worker(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    _index_without_vectors(client, index_name, schema, catalog, model)
+    result: dict[str, object] = {}
+
+    def backfill() -> None:
+        result["counts"] = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema,
+                                        batch_size=25, tune=True, timeout_s=120)
+
+    thread = threading.Thread(target=backfill)
+    thread.start()
+    job = f"backfill-{index_name}"
+    _wait_until(lambda: (c := store.counts(job)) is not None and c.written >= N_PRODUCTS // 4)
+    worker.kill()
+    killed_at = store.counts(job)
+    worker.start()
+    thread.join(150)
+    counts = result["counts"]
+    assert killed_at is not None and killed_at.written < N_PRODUCTS
+    # a batch written just before the kill is redelivered and then skipped as already current
+    assert counts.written + counts.skipped == N_PRODUCTS and counts.failed == counts.dead == 0  # type: ignore[attr-defined]
+    settings = client.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
+    assert settings["refresh_interval"] == "1s"  # restored after the bulk-load tuning
+    _assert_all_vectors_fresh(client, index_name, model, catalog)
+
+
+def test_backfill_completes_across_a_redis_restart(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product], settings: Settings,
+) -> None:
+    products = catalog[:1000]
+    _index_without_vectors(client, index_name, schema, products, model)
+    result: dict[str, object] = {}
+
+    def backfill() -> None:
+        result["counts"] = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema,
+                                        batch_size=25, timeout_s=120)
+
+    thread = threading.Thread(target=backfill)
+    thread.start()
+    job = f"backfill-{index_name}"
+    _wait_until(lambda: (c := store.counts(job)) is not None and c.written >= 200)
+    server = RedisServer(settings)
+    assert server.stop()
+    time.sleep(1.0)
+    server.start()
+    thread.join(150)
+    assert not thread.is_alive()
+    assert result["counts"].written + result["counts"].skipped >= len(products)  # type: ignore[attr-defined]
+    _assert_all_vectors_fresh(client, index_name, model, products)
+
+
+class RecordingQueue:
+    """Keeps submitted jobs so the test decides when (and in which order) they run."""
+
+    def __init__(self) -> None:
+        self.embeds: list[EmbedJob] = []
+        self.writes: list[WriteJob] = []
+
+    def submit_embed(self, job: EmbedJob) -> None:
+        self.embeds.append(job)
+
+    def submit_write(self, job: WriteJob) -> None:
+        self.writes.append(job)
+
+
+def test_a_vector_of_an_older_version_is_refused(
+    client: OpenSearch, index_name: str, store: JobStore, model: MultimodalModel, schema: CatalogSchema,
+    catalog: list[Product],
+) -> None:
+    products = catalog[:3]
+    _index_without_vectors(client, index_name, schema, products, model)
+    queue = RecordingQueue()
+    ctx = EmbedContext(client, store, queue, schema, model)
+    target = products[0]
+    embed_step(ctx, EmbedJob(index_name, (target.id,), "stale-test", "b0"))
+    (stale_write,) = queue.writes
+    new_source = {**target.source, "title": "Completely Different Red Raincoat", "updated_at": "2024-06-01T00:00:00Z"}
+    client.index(index=index_name, id=target.id, body=new_source, refresh=True)
+
+    write_step(ctx, stale_write)  # arrives after the newer version: must not land
+
+    doc = client.get(index=index_name, id=target.id)["_source"]
+    assert "mm_fused" not in doc and doc["title"] == new_source["title"]
+    (reread,) = queue.embeds  # the refused product goes back to be read and encoded again
+    assert reread.ids == (target.id,) and reread.attempt == 1
+    embed_step(ctx, reread)
+    write_step(ctx, queue.writes[-1])
+    changed = Product(target.id, new_source, *_inputs(new_source, schema))
+    stored = fused_vectors(client, index_name)[target.id]
+    expected = product_vectors(model, [changed])[0]
+    assert expected is not None
+    np.testing.assert_allclose(stored, expected["mm_fused"], atol=1e-5)
+    assert not np.allclose(stored, product_vectors(model, [target])[0]["mm_fused"], atol=1e-3)  # type: ignore[index]
+
+
+def _inputs(source: dict, schema: CatalogSchema) -> tuple[str | None, str | None]:
+    from mm_opensearch.catalog import to_product  # noqa: PLC0415
+
+    product = to_product(source, schema)
+    return product.text, product.image
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_images_give_text_only_vectors_with_the_error_recorded(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    urls = [f"http://127.0.0.1:{_closed_port()}/x.jpg", "http://169.254.169.254/latest/meta-data/x.jpg"]
+    products = [Product(p.id, {**p.source, "image": url}, p.text, url) for p, url in zip(catalog, urls, strict=False)]
+    _index_without_vectors(client, index_name, schema, products, model)
+    counts = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, timeout_s=60)
+    assert counts.written == 2
+    client.indices.refresh(index=index_name)
+    docs = {d["_id"]: d["_source"] for d in client.mget(index=index_name, body={"ids": [p.id for p in products]})["docs"]}
+    assert docs[products[0].id]["mm_embedding_error"].startswith("connection_failed")
+    assert docs[products[1].id]["mm_embedding_error"].startswith("address_not_allowed")
+    text_only = product_vectors(model, [Product(p.id, p.source, p.text, None) for p in products])
+    for product, expected in zip(products, text_only, strict=True):
+        np.testing.assert_allclose(docs[product.id]["mm_fused"], expected["mm_fused"], atol=1e-5)  # type: ignore[index]
+
+
+def test_a_batch_that_keeps_failing_is_dead_lettered_and_can_be_retried(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, schema: CatalogSchema,
+    catalog: list[Product],
+) -> None:
+    create_product_index(client, index_name, schema, sample=catalog[0].source)  # BM25 only: no model entry
+    load_products(client, index_name, catalog[:3])
+    job_id = enqueue(store, CeleryJobQueue(app), index_name, [p.id for p in catalog[:3]])
+    counts = wait_for_job(store, job_id, timeout_s=60)
+    assert counts.dead == 3 and counts.written == 0
+    letters = [d for d in store.dead_letters() if d.payload["job_id"] == job_id]
+    assert len(letters) == 1 and "index augment" in letters[0].reason
+    assert retry_dead_letters(store, CeleryJobQueue(app), [letters[0].id]) == [letters[0].id]
+    assert letters[0].id not in {d.id for d in store.dead_letters()}
+    wait_for_job(store, job_id, timeout_s=60)
+    for letter in store.dead_letters():
+        if letter.payload["job_id"] == job_id:
+            store.remove_dead_letter(letter.id)
+
+
+def test_the_worker_refuses_a_visibility_timeout_shorter_than_the_time_limit(model_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MMOS_MODEL_DIR": str(model_dir),
+           "MMOS_WORKER_TASK_TIME_LIMIT_S": "600", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "300"}
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"],  # noqa: S603
+                          env=env, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode != 0
+    assert "visibility_timeout (300 s) must be longer than the hard task time limit (600 s)" in done.stdout + done.stderr

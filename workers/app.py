@@ -1,0 +1,99 @@
+"""The Celery app: Redis broker and backend, JSON only, late acks, two queues.
+
+Late acks make a task killed mid-way (worker SIGKILLed, machine lost) run again, which is safe
+because every write is idempotent and guarded by ``if_seq_no``. Redis redelivers an unacknowledged
+task after ``visibility_timeout``; if that were shorter than the hard time limit, a slow but healthy
+task would be handed to a second worker while the first still runs it, so the worker refuses to
+start with such a config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+
+from mm_opensearch.backfill import EmbedJob, WriteJob
+from mm_opensearch.config import Settings, get_settings
+from mm_opensearch.errors import ConfigError
+
+__all__ = ["IO_QUEUE", "MODEL_QUEUE", "CeleryJobQueue", "app", "check_time_limits", "create_app"]
+
+MODEL_QUEUE = "mmos.model"  # encoding: CPU/GPU bound, one task per process at a time
+IO_QUEUE = "mmos.io"  # bulk writes to OpenSearch: network bound
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` (passed in, never read behind the caller's back)."""
+    url = settings.redis_url.get_secret_value()
+    visibility = settings.worker_visibility_timeout_s
+    # kombu scans for unacknowledged tasks every 10th restore interval; a tenth of the timeout keeps
+    # the redelivery of a killed worker's task within about twice the visibility timeout.
+    # A worker killed while holding kombu's restore mutex blocks restores until the mutex expires.
+    transport = {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": min(10, max(1, visibility // 100)),
+        "unacked_mutex_expire": min(300, visibility),
+    }
+    celery = Celery("mm_opensearch", broker=url, backend=url, include=["workers.tasks"], set_as_current=False)
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.worker_task_time_limit_s,
+        task_soft_time_limit=max(1, int(settings.worker_task_time_limit_s * 0.9)),
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # ride out a Redis restart
+        task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
+        task_ignore_result=True,  # progress lives in the job store, not in results
+        result_expires=3600,
+        task_default_queue=IO_QUEUE,
+        task_routes={"mmos.embed_batch": {"queue": MODEL_QUEUE}, "mmos.write_batch": {"queue": IO_QUEUE}},
+        worker_hijack_root_logger=False,
+    )
+    celery.conf.mmos_settings = settings
+    return celery
+
+
+def check_time_limits(conf: Any) -> None:
+    """Refuse a visibility timeout that does not exceed the hard time limit (duplicate execution)."""
+    hard = conf.task_time_limit
+    visibility = conf.broker_transport_options.get("visibility_timeout")
+    if hard is None or visibility is None or visibility <= hard:
+        msg = (
+            f"visibility_timeout ({visibility} s) must be longer than the hard task time limit ({hard} s), "
+            "or Redis hands a running task to a second worker; raise MMOS_WORKER_VISIBILITY_TIMEOUT_S "
+            "or lower MMOS_WORKER_TASK_TIME_LIMIT_S"
+        )
+        raise ConfigError(msg)
+
+
+class CeleryJobQueue:
+    """The library's :class:`~mm_opensearch.backfill.JobQueue` on this app's two queues."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def submit_embed(self, job: EmbedJob) -> None:
+        self.celery.send_task("mmos.embed_batch", args=[job.to_dict()], queue=MODEL_QUEUE)
+
+    def submit_write(self, job: WriteJob) -> None:
+        self.celery.send_task("mmos.write_batch", args=[job.to_dict()], queue=IO_QUEUE)
+
+
+app = create_app(get_settings())
+
+
+@worker_init.connect
+def _refuse_inconsistent_limits(sender: Any = None, **_: Any) -> None:
+    try:
+        check_time_limits(app.conf)
+    except ConfigError as e:
+        # Celery logs and swallows Exceptions raised by signal handlers; SystemExit stops the worker.
+        raise SystemExit(f"mm-opensearch worker refuses to start: {e}") from e
