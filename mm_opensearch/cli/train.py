@@ -21,7 +21,7 @@ def train(
     clicks: Annotated[Path | None, typer.Option(help="TSV: query, product_id (instead of queries+qrels).")] = None,
     split: Annotated[str, typer.Option(help="Query split to train on; dev slice is carved from it.")] = "train",
     product_splits: Annotated[Path | None, typer.Option(help="TSV product_id, split: train only on that split's products.")] = None,
-    fusion: Annotated[str, typer.Option(help="weighted_sum | concat_mlp | gated | cross_attention")] = "gated",
+    fusion: Annotated[str, typer.Option(help="weighted_sum | concat_mlp | gated | cross_attention (weighted_sum won on the Myntra dev slice).")] = "weighted_sum",
     text_only: Annotated[bool, typer.Option(help="Train a text-only tower (the dense_text baseline).")] = False,
     dim: int = 256,
     stage1_epochs: int = 8,
@@ -30,7 +30,7 @@ def train(
     lr: float = 2e-3,
     seed: int = 0,
     dev_fraction: float = 0.1,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of a run with the same --out.")] = False,
 ) -> None:
     """Stage 1: query<->text and query<->image; stage 2: query<->fused (stage-1 losses kept as auxiliaries)."""
     from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: PLC0415 - torch only when training

@@ -31,9 +31,15 @@ VectorKind = Literal["fused", "text", "image"]
 SOURCE_EXCLUDES = sorted(VECTOR_FIELDS.values())  # vectors are large and of no use to a caller
 
 
-def lexical_query(text: str, fields: Sequence[str], filters: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """BM25 over ``fields`` (``name^boost`` strings), restricted by ``filters``."""
-    match = {"multi_match": {"query": text, "fields": list(fields), "type": "best_fields"}}
+def lexical_query(
+    text: str, fields: Sequence[str], filters: Sequence[dict[str, Any]], *, match_type: str = "best_fields"
+) -> dict[str, Any]:
+    """BM25 over ``fields`` (``name^boost`` strings), restricted by ``filters``.
+
+    ``match_type`` is the ``multi_match`` type; ``cross_fields`` scores the fields as one bag of
+    words, which suits queries that mix facets (brand + colour + type) spread over several fields.
+    """
+    match = {"multi_match": {"query": text, "fields": list(fields), "type": match_type}}
     return {"bool": {"must": [match], "filter": list(filters)}}
 
 

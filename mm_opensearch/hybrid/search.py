@@ -176,6 +176,7 @@ class HybridSearcher:
     ) -> None:
         self.client = client
         self.schema = CatalogSchema.from_settings(settings)
+        self.lexical_match_type = settings.lexical_match_type
         self.index = index or settings.read_alias or settings.index_name
         self.tower = tower
         self.tower_model_id = tower.model_id if tower is not None else None  # a content hash: compute once
@@ -258,7 +259,9 @@ class HybridSearcher:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         filters = build_filters(request.filters, self.schema.filter_fields)
-        lexical = lexical_query(request.query, self.schema.multi_match_fields(), filters)
+        lexical = lexical_query(
+            request.query, self.schema.multi_match_fields(), filters, match_type=self.lexical_match_type
+        )
         vector, degraded_reason = (None, None)
         if request.mode != "bm25":
             vector, degraded_reason = self._query_vector(request, timings)

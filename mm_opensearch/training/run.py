@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
 from mm_opensearch.training.data import build_training_data, feature_table, split_dev
 from mm_opensearch.training.trainer import TrainConfig, TrainResult, train_model
 
-__all__ = ["TrainingInputs", "train_from_files", "git_commit"]
+__all__ = ["TrainingInputs", "checkpoint_dir", "git_commit", "train_from_files"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ def git_commit() -> str | None:
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                           cwd=Path(__file__).resolve().parent)
     return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def checkpoint_dir(settings: Settings, out_dir: Path) -> Path:
+    """Checkpoints live in the cache, keyed by the output folder, so the artifact stays small."""
+    key = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    return settings.cache_dir / "checkpoints" / key
 
 
 def _split_ids(path: Path, split: str) -> set[str]:
@@ -85,7 +92,7 @@ def train_from_files(
     dev_qrels = {q: qrels[q] for q in dev.query_ids}
     notify(f"training on {len(train.pairs)} pairs, early stopping on {len(dev.query_ids)} dev queries")
     started = time.monotonic()
-    result = train_model(model, train, dev, dev_qrels, cfg, checkpoint_dir=out_dir / "checkpoints",
+    result = train_model(model, train, dev, dev_qrels, cfg, checkpoint_dir=checkpoint_dir(settings, out_dir),
                          resume=resume, on_epoch=on_epoch)
     provenance = {
         "command": " ".join(["mm-opensearch", *sys.argv[1:]]) if sys.argv else None,
