@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mm_opensearch.augment import (
     AugmentPlan,
+    IndexStatus,
     cleanup_previous,
     index_status,
     inspect_index,
@@ -30,6 +31,8 @@ from mm_opensearch.errors import ModelError
 from mm_opensearch.indexing.load import create_product_index, load_products
 
 if TYPE_CHECKING:
+    from opensearchpy import OpenSearch
+
     from mm_opensearch.towers import MultimodalModel
 
 __all__ = ["app"]
@@ -172,6 +175,13 @@ def swap(
     console.print("done")
 
 
+def _augmented(name: str) -> tuple[OpenSearch, CatalogSchema, IndexStatus]:
+    """Client, schema and status of an index that augment made (for rollback and cleanup)."""
+    settings = get_settings()
+    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
+    return client, schema, index_status(client, name, schema)
+
+
 @app.command("rollback")
 def rollback_command(
     name: Annotated[str, typer.Argument(help="Index or alias made by augment.")],
@@ -179,9 +189,7 @@ def rollback_command(
     yes: Yes = False,
 ) -> None:
     """Point the aliases back at the index augment replaced (products written since are carried over)."""
-    settings = get_settings()
-    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
-    status = index_status(client, name, schema)
+    client, schema, status = _augmented(name)
     console.print(f"roll back '{status.report.index}' -> '{status.previous_index}' (aliases {list(status.report.aliases)})")
     if dry_run:
         return
@@ -197,9 +205,7 @@ def cleanup(
     yes: Yes = False,
 ) -> None:
     """Delete the previous index kept for rollback (rollback is impossible afterwards)."""
-    settings = get_settings()
-    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
-    status = index_status(client, name, schema)
+    client, schema, status = _augmented(name)
     console.print(f"delete '{status.previous_index}' (replaced by '{status.report.index}')")
     if dry_run:
         return

@@ -32,9 +32,9 @@ class TrainConfig:
     """Hyper-parameters; chosen on the dev slice carved from the training queries."""
 
     stage1_epochs: int = 8
-    stage2_epochs: int = 8
+    stage2_epochs: int = 16
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
     aux_weight: float = 0.5
@@ -125,7 +125,9 @@ def train_model(
         result = TrainResult(saved["best_dev_ndcg"], tuple(saved["best_epoch"]), saved["history"])
         best_state, done = saved["best_state"], {tuple(e) for e in saved["done"]}
     text_only = cfg.modalities == "text"
-    for stage, epochs in ((1, cfg.stage1_epochs), (2, 0 if text_only else cfg.stage2_epochs)):
+    # A text-only tower has no fusion stage: it gets the same epoch budget in stage 1 instead.
+    schedule = ((1, cfg.stage1_epochs + cfg.stage2_epochs),) if text_only else ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs))
+    for stage, epochs in schedule:
         stale = 0
         for epoch in range(1, epochs + 1):
             if (stage, epoch) in done:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -11,6 +12,7 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
+from mm_opensearch.towers import ModelConfig, MultimodalModel
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,14 @@ def index_name(client: OpenSearch) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random-init tiny model (what workers load through MMOS_MODEL_DIR)."""
+    folder = tmp_path_factory.mktemp("model")
+    MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False).save(folder)
+    return folder
 
 
 @pytest.fixture

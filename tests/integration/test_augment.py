@@ -16,7 +16,7 @@ from mm_opensearch.backfill import JobStore, QueueEmbedder, redis_client
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog, to_product
 from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
-from mm_opensearch.towers import ModelConfig, MultimodalModel
+from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
 from workers.app import CeleryJobQueue, app
 
@@ -24,16 +24,9 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def worker(model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     purge_queues(settings)
-    process = WorkerProcess(model_dir, tmp_path_factory.mktemp("logs") / "worker.log")
+    process = WorkerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "worker.log")
     process.start()
     yield process
     process.stop()
@@ -65,7 +58,7 @@ class QueryLoop(threading.Thread):
 
 
 def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writes(
-    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, model_dir: Path,
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
     myntra_dir: Path,
 ) -> None:
     schema = CatalogSchema.from_settings(settings)
@@ -80,7 +73,7 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
         {"add": {"index": source, "alias": read_alias}}, {"add": {"index": source, "alias": write_alias}}]})
     client.indices.refresh(index=source)
 
-    model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
     report = inspect_index(client, read_alias, schema)
     assert report.strategy == "reindex" and report.index == source
     plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
@@ -130,7 +123,7 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
 
 
 def test_augment_in_place_when_knn_is_already_on(
-    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, model_dir: Path,
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
     myntra_dir: Path,
 ) -> None:
     schema = CatalogSchema.from_settings(settings)
@@ -142,7 +135,7 @@ def test_augment_in_place_when_knn_is_already_on(
     client.indices.create(index=index_name, body=body)
     load_products(client, index_name, products)
     client.indices.refresh(index=index_name)
-    model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
     plan = plan_augment(inspect_index(client, index_name, schema), model_id=model.model_id, dim=model.dim)
     assert plan.strategy == "in_place" and plan.target == index_name
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)

@@ -33,7 +33,7 @@ from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import RedisServer
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
-from mm_opensearch.towers import ModelConfig, MultimodalModel
+from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import REPO, WorkerProcess, fused_vectors, purge_queues
 from workers.app import CeleryJobQueue, app
 
@@ -43,22 +43,15 @@ N_PRODUCTS = 2000
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path, settings: Settings) -> MultimodalModel:
-    return MultimodalModel.load(model_dir, settings=settings.model_copy(
+def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
+    return MultimodalModel.load(tiny_model_dir, settings=settings.model_copy(
         update={"image_fetch_allow_networks": ["127.0.0.0/8"]}), use_feature_cache=False)
 
 
 @pytest.fixture(scope="module")
-def worker(model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     purge_queues(settings)
-    process = WorkerProcess(model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
+    process = WorkerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
                             MMOS_IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", MMOS_IMAGE_FETCH_TIMEOUT_S="2")
     process.start()
     yield process
@@ -255,7 +248,7 @@ def test_a_batch_that_keeps_failing_is_dead_lettered_and_can_be_retried(
             store.remove_dead_letter(letter.id)
 
 
-def test_the_worker_refuses_a_visibility_timeout_shorter_than_the_time_limit(model_dir: Path) -> None:
+def test_the_worker_refuses_a_visibility_timeout_shorter_than_the_time_limit(tiny_model_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MMOS_MODEL_DIR": str(model_dir),
            "MMOS_WORKER_TASK_TIME_LIMIT_S": "600", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "300"}
     done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"],  # noqa: S603
