@@ -124,6 +124,8 @@ class ManagedProcess:
                 os.killpg(pid, signal.SIGKILL)
             while _pid_alive(pid):
                 time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it: no zombie is left
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -143,3 +143,27 @@ def test_missing_maven_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DevServiceError, match="apt-get install -y maven"):
         node.fetch()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_second_node_starts_and_stops_without_leaving_a_process(tmp_path: Path, settings: Settings) -> None:
+    own = settings.model_copy(update={
+        "dev_dir": tmp_path, "dev_opensearch_port": _free_port(), "dev_opensearch_transport_port": _free_port(),
+        "dev_redis_port": _free_port(), "dev_opensearch_heap": "512m",
+    })
+    node, server = OpenSearchNode(own), RedisServer(own)
+    try:
+        assert node.start().running and server.start().running
+        pids = [node.status().pid, server.status().pid]
+    finally:
+        node.stop()
+        server.stop()
+    for pid in pids:
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert not node.status().running and node.status().pid is None
+    assert not server.status().running
