@@ -34,6 +34,11 @@ ALL_MODES = (
 )
 
 
+# No timed refreshes and order-preserving merges: segments (and so score ties and HNSW graphs) come
+# out the same in every evaluation of the same catalog.
+_REPRODUCIBLE = {"refresh_interval": "-1", "merge.policy": "log_byte_size"}
+
+
 @dataclass(frozen=True)
 class ModeSpec:
     """Which index (by tower) and which request parameters a mode runs with."""
@@ -122,12 +127,14 @@ def run_evaluation(
             # The text-only tower sees no images; the others index per-modality vectors too.
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
             create_product_index(client, index, _schema(settings), sample=products[0].source, model=tower,
-                                 modalities=name == "multimodal", replace=True)
+                                 modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE)
             report = load_products(client, index, docs, model=tower, modalities=name == "multimodal")
             if report.failed:
                 msg = f"{len(report.failed)} products failed to index into {index}, e.g. {report.failed[0]}"
                 raise RuntimeError(msg)
             client.indices.refresh(index=index)
+            # One segment in indexing order: one HNSW graph and stable tie order, run after run.
+            client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=600)
         seconds[f"index_{name}"] = round(time.monotonic() - started, 1)
         searchers[name] = HybridSearcher(client, settings, index=index, tower=tower)
     judged = [q for q in queries if qrels.get(q.id)]

@@ -37,8 +37,12 @@ def create_product_index(
     model: MultimodalModel | None = None,
     modalities: bool = False,
     replace: bool = False,
+    index_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Create ``index`` (BM25-only without a model). ``replace`` deletes an existing one first."""
+    """Create ``index`` (BM25-only without a model). ``replace`` deletes an existing one first.
+
+    ``index_settings`` override entries of the template's ``settings.index``.
+    """
     body = product_index_body(
         schema,
         sample=sample,
@@ -46,6 +50,7 @@ def create_product_index(
         model_id=model.model_id if model is not None else None,
         modalities=modalities,
     )
+    body["settings"]["index"].update(index_settings or {})
     if replace and client.indices.exists(index=index):
         client.indices.delete(index=index)
     client.indices.create(index=index, body=body)
