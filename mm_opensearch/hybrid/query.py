@@ -53,9 +53,13 @@ def knn_query(
     return {"knn": {VECTOR_FIELDS[kind]: body}}
 
 
-def leg_request(query: dict[str, Any], *, size: int, from_: int = 0) -> dict[str, Any]:
-    """A search body for one leg: a page of hits without the vector fields."""
-    return {"query": query, "from": from_, "size": size, "_source": {"excludes": SOURCE_EXCLUDES}}
+def leg_request(query: dict[str, Any], *, size: int, from_: int = 0, source: bool = True) -> dict[str, Any]:
+    """A search body for one leg: a page of hits without the vector fields.
+
+    ``source=False`` returns ids and scores only: fusion candidates need no documents, and
+    reading (then filtering out the vectors of) a hundred sources per leg is the slow part.
+    """
+    return {"query": query, "from": from_, "size": size, "_source": {"excludes": SOURCE_EXCLUDES} if source else False}
 
 
 def hybrid_request(

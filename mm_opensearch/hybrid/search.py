@@ -31,6 +31,7 @@ from mm_opensearch.hybrid.filters import build_filters
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
+    SOURCE_EXCLUDES,
     VectorKind,
     hybrid_request,
     knn_query,
@@ -334,7 +335,9 @@ class HybridSearcher:
         return pipeline
 
     def _legs(self, lexical: dict[str, Any], knn: dict[str, Any], depth: int, timings: dict[str, float]) -> list[list[dict[str, Any]]]:
-        responses = self._msearch([leg_request(lexical, size=depth), leg_request(knn, size=depth)])
+        responses = self._msearch(
+            [leg_request(lexical, size=depth, source=False), leg_request(knn, size=depth, source=False)]
+        )
         for leg, response in zip(_LEGS, responses, strict=True):
             timings[leg] = float(response["took"])
         return [response["hits"]["hits"] for response in responses]
@@ -349,19 +352,27 @@ class HybridSearcher:
     ) -> list[SearchHit]:
         legs = self._legs(lexical, knn, request.candidates, timings)
         started = time.perf_counter()
-        sources = {hit["_id"]: hit["_source"] for leg in legs for hit in leg}
         fused: list[FusedHit] = fuse([[(h["_id"], h["_score"]) for h in leg] for leg in legs], fusion)
         page = fused[request.from_ : request.from_ + request.size]
         timings["fuse"] = (time.perf_counter() - started) * 1000
+        sources = self._sources([hit.id for hit in page])
         return [
             SearchHit(
                 id=hit.id,
                 score=hit.score,
-                source=sources[hit.id],
+                source=sources.get(hit.id, {}),
                 legs=dict(zip(_LEGS, hit.legs, strict=True)) if request.explain else None,
             )
             for hit in page
         ]
+
+    def _sources(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Documents of one page (without vectors), fetched after fusion picked them."""
+        if not ids:
+            return {}
+        response = self._call(lambda: self.client.mget(index=self.index, body={"ids": ids},
+                                                       params={"_source_excludes": ",".join(SOURCE_EXCLUDES)}))
+        return {doc["_id"]: doc.get("_source", {}) for doc in response["docs"] if doc.get("found")}
 
     def _server_hybrid(
         self,
