@@ -412,6 +412,7 @@ def open_searcher(
     """A searcher on a new client with the configured model; without a loadable model it runs degraded."""
     try:
         tower: QueryTower | None = load_query_tower(settings, query_cache_size=query_cache_size)
+        tower.encode_queries(["warm up"])  # loads the backbone now, not during the first search
         tower_error = None
     except ModelError as e:
         logger.warning("no query tower (%s); vector and hybrid searches will answer from BM25", e)
