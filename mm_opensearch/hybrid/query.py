@@ -68,13 +68,14 @@ def hybrid_request(
     """A neural-search ``hybrid`` body: each sub-query retrieves ``depth`` hits before fusion.
 
     ``pagination_depth`` fixes the candidate lists, so page 2 is cut from the same fused list as
-    page 1 (no duplicates, no gaps) as long as ``from + size <= depth``.
+    page 1 (no duplicates, no gaps) as long as ``from + size <= depth``. It returns ids and scores
+    only: the plugin fetches documents for every candidate, so the page's are read afterwards.
     """
     return {
         "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": depth}},
         "from": from_,
         "size": size,
-        "_source": {"excludes": SOURCE_EXCLUDES},
+        "_source": False,
     }
 
 

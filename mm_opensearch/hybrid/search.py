@@ -385,6 +385,7 @@ class HybridSearcher:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
         response = self._search(body, search_pipeline=pipeline)
         timings["hybrid"] = float(response["took"])
+        sources = self._sources([hit["_id"] for hit in response["hits"]["hits"]])
         explained: list[dict[str, LegScore]] = [{} for _ in _LEGS]
         if request.explain:  # the plugin does not report per-leg ranks: run the very same legs again
             for where, leg in zip(explained, self._legs(lexical, knn, request.candidates, {}), strict=True):
@@ -393,7 +394,7 @@ class HybridSearcher:
             SearchHit(
                 id=hit["_id"],
                 score=hit["_score"],
-                source=hit["_source"],
+                source=sources.get(hit["_id"], {}),
                 legs={leg: where.get(hit["_id"]) for leg, where in zip(_LEGS, explained, strict=True)}
                 if request.explain
                 else None,

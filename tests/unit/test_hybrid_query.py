@@ -113,7 +113,7 @@ def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:
         "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": 50}},
         "from": 10,
         "size": 10,
-        "_source": {"excludes": SOURCE_EXCLUDES},
+        "_source": False,  # documents of the page are fetched after fusion
     }
 
 
@@ -121,6 +121,7 @@ def test_msearch_sends_every_leg_to_the_index() -> None:
     legs = [leg_request({"match_all": {}}, size=3), leg_request({"match_none": {}}, size=3)]
     assert msearch_body("products", legs) == [{"index": "products"}, legs[0], {"index": "products"}, legs[1]]
     assert legs[0]["_source"] == {"excludes": ["mm_fused", "mm_image", "mm_text"]}
+    assert leg_request({"match_all": {}}, size=3, source=False)["_source"] is False
 
 
 def test_pipelines_are_named_by_their_parameters() -> None:
