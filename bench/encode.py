@@ -12,8 +12,6 @@ Scenarios: the catalog's own 224 px JPEGs, and large 1080x1440 JPEGs generated i
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import tempfile
 import time
@@ -22,24 +20,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.images import load_image
 from mm_opensearch.towers import ModelConfig, MultimodalModel, ProductInput
 from mm_opensearch.towers.preprocess import resize_crop
 
-_TEXT_FIELDS = ("title", "brand", "article_type", "base_colour", "description")
 
-
-def _catalog(data_dir: Path, n: int) -> list[ProductInput]:
-    products = []
-    with gzip.open(data_dir / "products.jsonl.gz", "rt", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            text = " ".join(str(row[f]) for f in _TEXT_FIELDS if row.get(f))
-            products.append(ProductInput(row["id"], text, str(data_dir / row["image"])))
-            if len(products) == n:
-                break
-    return products
+def _catalog(settings: Settings, data_dir: Path, n: int) -> list[ProductInput]:
+    """The first ``n`` products, read through the configured catalog schema as every command does."""
+    products = read_catalog(data_dir / "products.jsonl.gz", CatalogSchema.from_settings(settings), limit=n)
+    return [ProductInput(p.id, p.text, p.image) for p in products]
 
 
 def _enlarge(products: list[ProductInput], folder: Path) -> list[ProductInput]:
@@ -90,7 +81,7 @@ def main() -> None:
     settings = Settings()
     data_dir = (args.data_dir or settings.data_dir).resolve()
     model = MultimodalModel.from_config(ModelConfig(), settings=settings, use_feature_cache=False)
-    catalog = _catalog(data_dir, max(args.n, args.large_n))
+    catalog = _catalog(settings, data_dir, max(args.n, args.large_n))
     model.encode_products(catalog[: args.batch_size], batch_size=args.batch_size)  # load weights, warm up
 
     rows = []

@@ -43,10 +43,6 @@ class IndexReport:
             return "ready"
         return "in_place" if self.knn else "reindex"
 
-    @property
-    def vectors_field(self) -> str:
-        return VECTOR_FIELDS["fused"]
-
 
 def resolve_index(client: OpenSearch, name: str) -> str:
     """The concrete index behind ``name`` (an index, or an alias of exactly one index)."""

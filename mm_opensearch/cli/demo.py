@@ -14,10 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mm_opensearch.cli.evaluate import metrics_table
 from mm_opensearch.config import get_settings
 
 console = Console()
 
+DEMO_PREFIX = "mmos-demo"
 SAMPLE_QUERIES = ("navy blue casual shirts for men", "women red floral dress", "puma sports shoes", "black leather wallet")
 
 
@@ -30,7 +32,9 @@ def demo(
     from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
     from mm_opensearch.client import create_client  # noqa: PLC0415
     from mm_opensearch.devservices import OpenSearchNode, RedisServer  # noqa: PLC0415
-    from mm_opensearch.evaluation.runner import run_evaluation  # noqa: PLC0415
+    from mm_opensearch.augment import swap_aliases  # noqa: PLC0415
+    from mm_opensearch.augment.inspect import resolve_index  # noqa: PLC0415
+    from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: PLC0415
     from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: PLC0415
     from mm_opensearch.hybrid.fusion import tuned_fusion  # noqa: PLC0415
     from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: PLC0415
@@ -52,13 +56,13 @@ def demo(
     result = run_evaluation(
         client, settings, products, load_queries(folder / "queries.tsv", split="val"), load_qrels(folder / "qrels.tsv.gz"),
         model=model, modes=["bm25", "dense_text_zeroshot", "image", "fused", "hybrid_rrf", "hybrid_linear"],
-        index_prefix="mmos-demo", linear=linear, rrf=rrf, reuse_indices=True,
+        index_prefix=DEMO_PREFIX, linear=linear, rrf=rrf, reuse_indices=True,
         on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
     )
-    demo_index = f"mmos-demo-multimodal-{model.model_id}".lower()
+    demo_index = eval_index_name(DEMO_PREFIX, "multimodal", model.model_id)
     alias = index or settings.index_name
-    actions = [{"remove": {"index": "*", "alias": alias}}] if client.indices.exists_alias(name=alias) else []
-    client.indices.update_aliases(body={"actions": [*actions, {"add": {"index": demo_index, "alias": alias}}]})
+    current = resolve_index(client, alias) if client.indices.exists_alias(name=alias) else None
+    swap_aliases(client, [alias], to_index=demo_index, from_index=current)
     console.print(f"index {demo_index} is served as '{alias}' (try: mm-opensearch search \"red dress\" --explain)")
 
     searcher = HybridSearcher(client, settings, index=alias, tower=model, default_fusion=tuned_fusion(model.config.hybrid))
@@ -75,11 +79,5 @@ def demo(
             table.add_row(str(i + 1), *cells)
         console.print(table)
 
-    metrics = Table(title=f"validation queries ({len(result.runs['bm25'])}), whole catalog indexed")
-    for column in ("mode", "nDCG@10", "Recall@100", "MRR@10", "vs BM25"):
-        metrics.add_column(column)
-    base = result.modes["bm25"]["ndcg@10"]
-    for mode, scores in result.modes.items():
-        metrics.add_row(mode, *(f"{scores[m]:.4f}" for m in ("ndcg@10", "recall@100", "mrr@10")),
-                        f"{scores['ndcg@10'] / base:.2f}x")
-    console.print(metrics)
+    title = f"validation queries ({len(result.runs['bm25'])}), whole catalog indexed"
+    console.print(metrics_table(result.modes, title=title))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,20 @@ from rich.table import Table
 from mm_opensearch.config import get_settings
 
 console = Console()
+
+_COLUMNS = {"ndcg@10": "nDCG@10", "recall@100": "Recall@100", "mrr@10": "MRR@10"}
+
+
+def metrics_table(modes: Mapping[str, Mapping[str, float]], *, title: str, baseline: str = "bm25") -> Table:
+    """Metrics per mode, with the nDCG@10 ratio to ``baseline`` when it was run."""
+    table = Table("mode", *_COLUMNS.values(), title=title)
+    base = modes.get(baseline, {}).get("ndcg@10")
+    if base:
+        table.add_column(f"vs {baseline}")
+    for mode, scores in modes.items():
+        ratio = [f"{scores['ndcg@10'] / base:.2f}x"] if base else []
+        table.add_row(mode, *(f"{scores[m]:.4f}" for m in _COLUMNS), *ratio)
+    return table
 
 
 def evaluate(
@@ -30,12 +45,12 @@ def evaluate(
     """Scores nDCG@10 (gain 2^grade-1), Recall@100 and MRR@10 (grade 2 relevant) per mode and template."""
     from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
     from mm_opensearch.client import create_client  # noqa: PLC0415
-    from mm_opensearch.evaluation.report import markdown_table, write_report  # noqa: PLC0415
+    from mm_opensearch.evaluation.report import p_values_line, write_report  # noqa: PLC0415
     from mm_opensearch.evaluation.runner import ALL_MODES, run_evaluation  # noqa: PLC0415
     from mm_opensearch.evaluation.tuning import stored_fusion, tune_fusion  # noqa: PLC0415
     from mm_opensearch.judgments import load_qrels, load_queries  # noqa: PLC0415
     from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415
-    from mm_opensearch.training.run import git_commit  # noqa: PLC0415
+    from mm_opensearch.provenance import command_line, git_commit  # noqa: PLC0415
 
     settings = get_settings()
     client = create_client(settings)
@@ -54,15 +69,12 @@ def evaluate(
     result = run_evaluation(client, settings, products, load_queries(queries, split=split), labels,
                             model=multimodal, text_model=text, modes=selected, linear=linear, rrf=rrf,
                             reuse_indices=reuse_indices, on_stage=say)
-    table = Table("mode", "nDCG@10", "Recall@100", "MRR@10")
-    for mode, scores in result.modes.items():
-        table.add_row(mode, *(f"{scores[m]:.4f}" for m in ("ndcg@10", "recall@100", "mrr@10")))
-    console.print(table)
-    console.print(markdown_table(result).split("\n\n")[1].strip())
+    console.print(metrics_table(result.modes, title=f"{split} queries, {len(products)} products indexed"))
+    console.print(p_values_line(result))
     if out is not None:
-        header = {"command": " ".join(["mm-opensearch", *sys.argv[1:]]), "commit": git_commit(),
+        header = {"command": command_line(), "commit": git_commit(),
                   "model_id": multimodal.model_id, "text_model_id": text.model_id if text else None,
                   "data": {"catalog": str(catalog), "queries": str(queries), "split": split,
                            "products": len(products)},
-                  "fusion": {"linear": linear.__dict__, "rrf": rrf.__dict__}}
+                  "fusion": {"linear": asdict(linear), "rrf": asdict(rrf)}}
         console.print(f"report written to {write_report(result, out, header=header)}")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from ranx import Qrels, Run, compare, evaluate
 
-__all__ = ["METRICS", "Ranking", "evaluate_run", "per_query_scores", "paired_test"]
+__all__ = ["METRICS", "Ranking", "evaluate_run", "paired_test", "score_run"]
 
 # Report name -> ranx metric name.
 METRICS: dict[str, str] = {"ndcg@10": "ndcg_burges@10", "recall@100": "recall@100-l2", "mrr@10": "mrr@10-l2"}
@@ -27,18 +27,22 @@ def _pair(qrels: Mapping[str, Mapping[str, int]], run: Ranking, name: str) -> tu
     return Qrels(judged), Run(scored, name=name)
 
 
+def score_run(
+    qrels: Mapping[str, Mapping[str, int]], run: Ranking, name: str = "run"
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean of each metric over the judged queries, and metric label -> query id -> score.
+
+    One ranx evaluation gives both: the per-query scores feed breakdowns such as per template.
+    """
+    q, r = _pair(qrels, run, name)
+    means = evaluate(q, r, list(METRICS.values()), make_comparable=True)
+    per_query = {label: {qid: float(v) for qid, v in r.scores[metric].items()} for label, metric in METRICS.items()}
+    return {label: float(means[metric]) for label, metric in METRICS.items()}, per_query
+
+
 def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Ranking, name: str = "run") -> dict[str, float]:
     """Mean of each metric over the judged queries."""
-    q, r = _pair(qrels, run, name)
-    scores = evaluate(q, r, list(METRICS.values()), make_comparable=True)
-    return {label: float(scores[metric]) for label, metric in METRICS.items()}
-
-
-def per_query_scores(qrels: Mapping[str, Mapping[str, int]], run: Ranking, name: str = "run") -> dict[str, dict[str, float]]:
-    """metric label -> query id -> score, for per-template breakdowns."""
-    q, r = _pair(qrels, run, name)
-    evaluate(q, r, list(METRICS.values()), make_comparable=True)
-    return {label: {qid: float(v) for qid, v in r.scores[metric].items()} for label, metric in METRICS.items()}
+    return score_run(qrels, run, name)[0]
 
 
 def paired_test(

@@ -9,7 +9,12 @@ from typing import Any
 from mm_opensearch.evaluation.metrics import METRICS
 from mm_opensearch.evaluation.runner import EvalResult
 
-__all__ = ["write_report", "markdown_table"]
+__all__ = ["markdown_table", "p_values_line", "write_report"]
+
+
+def p_values_line(result: EvalResult) -> str:
+    """The paired significance tests of a result, on one line."""
+    return "Paired t-test p-values (nDCG@10): " + ", ".join(f"{k} {v:.2g}" for k, v in result.p_values.items())
 
 
 def markdown_table(result: EvalResult, *, baseline: str = "bm25") -> str:
@@ -20,7 +25,7 @@ def markdown_table(result: EvalResult, *, baseline: str = "bm25") -> str:
         ratio = f"{scores['ndcg@10'] / base:.3f}x" if base else "-"
         lines.append(f"| {mode} | " + " | ".join(f"{scores[m]:.4f}" for m in METRICS) + f" | {ratio} |")
     lines.append("")
-    lines.append("Paired t-test p-values (nDCG@10): " + ", ".join(f"{k} {v:.2g}" for k, v in result.p_values.items()))
+    lines.append(p_values_line(result))
     templates = list(result.per_template)
     if templates:
         lines += ["", "nDCG@10 per query template:", "", "| mode | " + " | ".join(templates) + " |",

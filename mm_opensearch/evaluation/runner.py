@@ -17,9 +17,9 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from mm_opensearch.catalog import Product
+from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
-from mm_opensearch.evaluation.metrics import Ranking, evaluate_run, paired_test, per_query_scores
+from mm_opensearch.evaluation.metrics import Ranking, paired_test, score_run
 from mm_opensearch.evaluation.zeroshot import ZeroShotTextTower
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.search import HybridSearcher, SearchRequest
@@ -27,7 +27,7 @@ from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.judgments import JudgedQuery
 from mm_opensearch.towers import MultimodalModel
 
-__all__ = ["ALL_MODES", "EvalResult", "ModeSpec", "run_evaluation", "rank_queries"]
+__all__ = ["ALL_MODES", "EvalResult", "ModeSpec", "eval_index_name", "rank_queries", "run_evaluation"]
 
 ALL_MODES = (
     "bm25", "dense_text_zeroshot", "dense_text", "image", "fused", "hybrid_rrf", "hybrid_linear", "text_rrf_zeroshot",
@@ -69,6 +69,11 @@ class EvalResult:
     p_values: dict[str, float]
     runs: dict[str, dict[str, dict[str, float]]] = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def eval_index_name(prefix: str, tower: str, model_id: str) -> str:
+    """The index that holds one tower's vectors of the catalog (reused while the model is the same)."""
+    return f"{prefix}-{tower}-{model_id}".lower()
 
 
 def rank_queries(searcher: HybridSearcher, queries: Sequence[JudgedQuery], spec: ModeSpec, *, depth: int = 100) -> dict[str, dict[str, float]]:
@@ -116,17 +121,18 @@ def run_evaluation(
     if "text" in needed and text_model is None:
         msg = "mode dense_text needs a text-only model (train one with `mm-opensearch train --text-only`)"
         raise ValueError(msg)
+    schema = CatalogSchema.from_settings(settings)
     seconds: dict[str, float] = {}
     searchers: dict[str, HybridSearcher] = {}
     for name in sorted(needed):
         tower = towers[name]
-        index = f"{index_prefix}-{name}-{tower.model_id}".lower()
+        index = eval_index_name(index_prefix, name, tower.model_id)
         started = time.monotonic()
         if not (reuse_indices and client.indices.exists(index=index)):
             notify(f"indexing {len(products)} products for the {name} tower into {index}")
             # The text-only tower sees no images; the others index per-modality vectors too.
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
-            create_product_index(client, index, _schema(settings), sample=products[0].source, model=tower,
+            create_product_index(client, index, schema, sample=products[0].source, model=tower,
                                  modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE)
             report = load_products(client, index, docs, model=tower, modalities=name == "multimodal")
             if report.failed:
@@ -145,32 +151,30 @@ def run_evaluation(
         runs[mode] = rank_queries(searchers[specs[mode].tower], judged, specs[mode])
         seconds[f"search_{mode}"] = round(time.monotonic() - started, 1)
     labels = {q.id: dict(qrels[q.id]) for q in judged}
-    results = {mode: evaluate_run(labels, run, mode) for mode, run in runs.items()}
+    scored = {mode: score_run(labels, run, mode) for mode, run in runs.items()}
     return EvalResult(
-        modes=results,
-        per_template=_per_template(labels, runs, judged),
+        modes={mode: means for mode, (means, _) in scored.items()},
+        per_template=_per_template({mode: per_query for mode, (_, per_query) in scored.items()}, judged),
         p_values=_significance(labels, runs),
         runs=runs,
         seconds=seconds,
     )
 
 
-def _schema(settings: Settings):  # noqa: ANN202
-    from mm_opensearch.catalog import CatalogSchema  # noqa: PLC0415
-
-    return CatalogSchema.from_settings(settings)
-
-
-def _per_template(labels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Ranking], queries: Sequence[JudgedQuery]) -> dict[str, dict[str, dict[str, float]]]:
+def _per_template(
+    per_query: Mapping[str, Mapping[str, Mapping[str, float]]], queries: Sequence[JudgedQuery]
+) -> dict[str, dict[str, dict[str, float]]]:
     """template -> mode -> metric -> mean over that template's queries."""
-    templates = sorted({q.template for q in queries})
-    out: dict[str, dict[str, dict[str, float]]] = {t: {} for t in templates}
-    for mode, run in runs.items():
-        scores = per_query_scores(labels, run, mode)
-        for template in templates:
-            ids = [q.id for q in queries if q.template == template]
-            out[template][mode] = {m: sum(scores[m][i] for i in ids) / len(ids) for m in scores}
-    return out
+    by_template: dict[str, list[str]] = {}
+    for q in queries:
+        by_template.setdefault(q.template, []).append(q.id)
+    return {
+        template: {
+            mode: {metric: sum(scores[metric][i] for i in ids) / len(ids) for metric in scores}
+            for mode, scores in per_query.items()
+        }
+        for template, ids in sorted(by_template.items())
+    }
 
 
 def _significance(labels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Ranking]) -> dict[str, float]:

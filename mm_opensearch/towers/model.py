@@ -34,7 +34,7 @@ from mm_opensearch.towers.feature_cache import FeatureCache
 from mm_opensearch.towers.heads import ProductHeads, ProductVectors, QueryHead
 from mm_opensearch.towers.query_cache import QueryCache, normalize_query
 
-__all__ = ["ProductInput", "ProductEncoding", "MultimodalModel"]
+__all__ = ["ProductInput", "ProductEncoding", "ProductFeatures", "MultimodalModel"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,21 @@ class ProductEncoding:
     def has_vector(self) -> np.ndarray:
         """Rows with a usable fused vector."""
         return self.has_text | self.has_image
+
+
+@dataclass(frozen=True)
+class ProductFeatures:
+    """Backbone features of a batch of products; rows of a missing modality are zeros.
+
+    ``errors[i]`` is ``"<reason>: <message>"`` when product i's image failed to load.
+    """
+
+    text: np.ndarray  # (n, text_dim) float32
+    image: np.ndarray  # (n, image_dim) pooled
+    tokens: np.ndarray  # (n, num_tokens, image_dim)
+    has_text: np.ndarray  # (n,) bool
+    has_image: np.ndarray  # (n,) bool: an image was given *and* loaded
+    errors: list[str | None]
 
 
 def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -241,7 +256,7 @@ class MultimodalModel:
         return self.train(False)
 
     @contextmanager
-    def _evaluating(self) -> Iterator[None]:
+    def evaluating(self) -> Iterator[None]:
         """Encode in eval mode even mid-training, and restore the mode afterwards."""
         was_training = self.heads.training
         self.heads.eval()
@@ -306,13 +321,10 @@ class MultimodalModel:
 
     # --- encoding -----------------------------------------------------------------------------
 
-    def encode_products(
-        self, products: Sequence[ProductInput], *, batch_size: int = 64, with_modalities: bool = False
-    ) -> ProductEncoding:
-        """Encode products; a failed image falls back to the text and is reported in ``errors``.
+    def product_features(self, products: Sequence[ProductInput], *, batch_size: int = 64) -> ProductFeatures:
+        """Backbone features of each product's text and image (disk-cached), with presence masks.
 
-        Meant for batches of up to a few thousand products (image tokens are held in memory);
-        iterate over a large catalog in chunks.
+        The one place that turns products into tower inputs: encoding and training both use it.
         """
         n = len(products)
         has_text = np.array([_present(p.text) for p in products], dtype=bool)
@@ -325,6 +337,7 @@ class MultimodalModel:
         image = np.zeros((n, self.image_backbone.dim), dtype=np.float32)
         tokens = np.zeros((n, self.image_backbone.num_tokens, self.image_backbone.dim), dtype=np.float32)
         errors: list[str | None] = [None] * n
+        has_image = np.zeros(n, dtype=bool)
         if wants_image.any():
             where = np.flatnonzero(wants_image)
             loaded = self.image_features([products[j].image for j in where], batch_size=batch_size)
@@ -332,10 +345,21 @@ class MultimodalModel:
             for j, error in zip(where, loaded.errors, strict=True):
                 if error is not None:
                     errors[j] = f"{error.reason}: {error}"
-            has_image = np.zeros(n, dtype=bool)
             has_image[where] = loaded.ok
-        else:
-            has_image = np.zeros(n, dtype=bool)
+        return ProductFeatures(text, image, tokens, has_text, has_image, errors)
+
+    def encode_products(
+        self, products: Sequence[ProductInput], *, batch_size: int = 64, with_modalities: bool = False
+    ) -> ProductEncoding:
+        """Encode products; a failed image falls back to the text and is reported in ``errors``.
+
+        Meant for batches of up to a few thousand products (image tokens are held in memory);
+        iterate over a large catalog in chunks.
+        """
+        n = len(products)
+        features = self.product_features(products, batch_size=batch_size)
+        text, image, tokens = features.text, features.image, features.tokens
+        has_text, has_image, errors = features.has_text, features.has_image, list(features.errors)
         for j in np.flatnonzero(~has_text & ~has_image):
             errors[j] = (
                 f"{errors[j]}; product {products[j].id!r} has no text either, so it has no vector"
@@ -347,7 +371,7 @@ class MultimodalModel:
         text_out = np.full((n, self.dim), np.nan, dtype=np.float32) if with_modalities else None
         image_out = np.full((n, self.dim), np.nan, dtype=np.float32) if with_modalities else None
         rows = np.flatnonzero(ok)
-        with self._evaluating():
+        with self.evaluating():
             for start in range(0, len(rows), 4096):
                 part = rows[start : start + 4096]
                 out = self.product_vectors_from_features(
@@ -378,7 +402,7 @@ class MultimodalModel:
         misses = [key for key in dict.fromkeys(keys) if key not in found]
         if misses:
             features = extract_text_features(self.query_backbone, misses, cache=None, batch_size=batch_size)
-            with self._evaluating():
+            with self.evaluating():
                 vectors = self.query_vectors_from_features(features).cpu().numpy()
             for key, vector in zip(misses, vectors, strict=True):
                 self.query_cache.put(key, vector)

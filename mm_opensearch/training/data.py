@@ -75,22 +75,15 @@ def build_training_data(
 
 
 def feature_table(model, products: Sequence[Product]) -> FeatureTable:  # noqa: ANN001 - MultimodalModel
-    """Cached backbone features of ``products`` (computed once, then read from the feature cache)."""
-    n = len(products)
-    has_text = np.array([bool(p.text) for p in products])
-    text = np.zeros((n, model.text_backbone.dim), dtype=np.float32)
-    text[has_text] = model.product_text_features([p.text for p in products if p.text])
-    with_image = [i for i, p in enumerate(products) if p.image]
-    loaded = model.image_features([products[i].image for i in with_image])
-    image = np.zeros((n, model.image_backbone.dim), dtype=np.float32)
-    tokens = np.zeros((n, model.image_backbone.num_tokens, model.image_backbone.dim), dtype=np.float32)
-    has_image = np.zeros(n, dtype=bool)
-    image[with_image], tokens[with_image], has_image[with_image] = loaded.pooled, loaded.tokens, loaded.ok
+    """Cached backbone features of ``products``, as the tower sees them when it encodes."""
+    from mm_opensearch.towers import ProductInput  # noqa: PLC0415 - keeps this module free of model imports
+
+    features = model.product_features([ProductInput(p.id, p.text, p.image) for p in products])
     return FeatureTable(
         ids=[p.id for p in products],
-        text=torch.from_numpy(text),
-        image=torch.from_numpy(image),
-        tokens=torch.from_numpy(tokens),
-        has_text=torch.from_numpy(has_text),
-        has_image=torch.from_numpy(has_image),
+        text=torch.from_numpy(features.text),
+        image=torch.from_numpy(features.image),
+        tokens=torch.from_numpy(features.tokens),
+        has_text=torch.from_numpy(features.has_text),
+        has_image=torch.from_numpy(features.has_image),
     )

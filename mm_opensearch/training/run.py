@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,10 +14,11 @@ from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
+from mm_opensearch.provenance import command_line, git_commit
 from mm_opensearch.training.data import build_training_data, feature_table, split_dev
 from mm_opensearch.training.trainer import TrainConfig, TrainResult, train_model
 
-__all__ = ["TrainingInputs", "checkpoint_dir", "git_commit", "train_from_files"]
+__all__ = ["TrainingInputs", "checkpoint_dir", "train_from_files"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,6 @@ class TrainingInputs:
     query_split: str | None = "train"
     product_splits: Path | None = None  # TSV product_id, split: restrict products to query_split
     dev_fraction: float = 0.1
-
-
-def git_commit() -> str | None:
-    """The commit of the working tree, for provenance (None outside a git checkout)."""
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                          cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def checkpoint_dir(settings: Settings, out_dir: Path) -> Path:
@@ -95,7 +87,7 @@ def train_from_files(
     result = train_model(model, train, dev, dev_qrels, cfg, checkpoint_dir=checkpoint_dir(settings, out_dir),
                          resume=resume, on_epoch=on_epoch)
     provenance = {
-        "command": " ".join(["mm-opensearch", *sys.argv[1:]]) if sys.argv else None,
+        "command": command_line(),
         "commit": git_commit(),
         "data": {"catalog": inputs.catalog.name, "products": len(products), "train_queries": len(train.query_ids),
                  "dev_queries": len(dev.query_ids), "dev_fraction": inputs.dev_fraction, "pairs": int(len(train.pairs)), "query_split": inputs.query_split},

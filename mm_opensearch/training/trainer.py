@@ -8,7 +8,6 @@ epoch over ~10k pairs takes seconds on a CPU.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,14 +57,11 @@ def _seed_everything(seed: int) -> None:
 
 def rank_products(model, data: TrainingData, *, k: int = 100, text_only: bool = False) -> dict[str, dict[str, float]]:  # noqa: ANN001
     """Exact top-k of every query of ``data`` over its products (for dev early stopping)."""
-    with torch.inference_mode():
-        was = model.heads.training
-        model.heads.eval()
-        table = data.products
+    table = data.products
+    with model.evaluating():
         rows = torch.arange(len(table.ids))
         products = model.product_vectors_from_features(*table.rows(rows, text_only=text_only)).fused
         queries = model.query_vectors_from_features(data.query_features)
-        model.heads.train(was)
     scores, top = (queries @ products.T).topk(min(k, products.shape[0]), dim=1)
     return {
         qid: {table.ids[j]: float(s) for j, s in zip(top[i].tolist(), scores[i].tolist(), strict=True)}
@@ -80,7 +76,7 @@ def _known_relevant(data: TrainingData, batch: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _epoch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tensor, stage: int, cfg: TrainConfig) -> torch.Tensor:  # noqa: ANN001
+def _batch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tensor, stage: int, cfg: TrainConfig) -> torch.Tensor:  # noqa: ANN001
     text_only = cfg.modalities == "text"
     out = model.product_vectors_from_features(*data.products.rows(batch[:, 1], text_only=text_only))
     queries = model.query_vectors_from_features(data.query_features[batch[:, 0]])
@@ -137,7 +133,7 @@ def train_model(
             total, batches = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                loss = _epoch_loss(model, scale, train, batch, stage, cfg)
+                loss = _batch_loss(model, scale, train, batch, stage, cfg)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -172,6 +168,3 @@ def train_model(
     model.eval()
     return result
 
-
-def write_history(path: Path, result: TrainResult) -> None:
-    path.write_text(json.dumps(asdict(result), indent=2))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mm_opensearch.evaluation.metrics import evaluate_run, paired_test, per_query_scores
+from mm_opensearch.evaluation.metrics import evaluate_run, paired_test, score_run
 
 
 def test_graded_ndcg_recall_and_mrr_by_hand() -> None:
@@ -24,7 +24,9 @@ def test_a_query_without_results_counts_as_zero() -> None:
     qrels = {"q1": {"a": 2}, "q2": {"b": 2}}
     scores = evaluate_run(qrels, {"q1": {"a": 1.0}})
     assert scores["ndcg@10"] == pytest.approx(0.5)
-    assert per_query_scores(qrels, {"q1": {"a": 1.0}})["mrr@10"] == {"q1": 1.0, "q2": 0.0}
+    means, per_query = score_run(qrels, {"q1": {"a": 1.0}})
+    assert per_query["mrr@10"] == {"q1": 1.0, "q2": 0.0}
+    assert means == scores
 
 
 def test_paired_test_separates_a_clearly_better_run() -> None:
