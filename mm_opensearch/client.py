@@ -9,7 +9,10 @@ from opensearchpy import OpenSearch, RequestsHttpConnection
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 
-__all__ = ["create_client"]
+__all__ = ["TRANSIENT_STATUSES", "create_client"]
+
+# HTTP statuses that mean "overloaded or restarting, retry later" (not "your request is wrong").
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def _aws_auth(settings: Settings) -> Any:

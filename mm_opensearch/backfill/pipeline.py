@@ -21,6 +21,7 @@ from opensearchpy import OpenSearch
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue, WriteJob, batch_ids, new_job_id
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema, Product, content_hash, to_product
+from mm_opensearch.client import TRANSIENT_STATUSES
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.indexing.bulk import bulk_write, vector_update_action
 from mm_opensearch.indexing.load import product_vectors
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 MAX_STALE_REREADS = 5  # a product edited this often while being embedded is reported, not chased forever
-_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass
@@ -77,7 +77,7 @@ def is_transient(error: BaseException) -> bool:
     """Errors worth retrying: the cluster or Redis was unreachable, overloaded or restarting."""
     if isinstance(error, opensearchpy.ConnectionError | redis.ConnectionError | redis.TimeoutError):
         return True
-    return isinstance(error, opensearchpy.TransportError) and error.status_code in _TRANSIENT_STATUSES
+    return isinstance(error, opensearchpy.TransportError) and error.status_code in TRANSIENT_STATUSES
 
 
 def read_product(hit: dict[str, Any], schema: CatalogSchema, image_dir: Path | None = None) -> Product:
@@ -125,7 +125,7 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
 def write_step(ctx: EmbedContext, job: WriteJob) -> None:
     """Write the vectors; re-embed refused (stale) products; count the batch once."""
     report = bulk_write(ctx.client, job.actions)
-    retryable = [f for f in report.failed if f.status in _TRANSIENT_STATUSES]
+    retryable = [f for f in report.failed if f.status in TRANSIENT_STATUSES]
     if retryable:  # 429s that outlived bulk_write's own backoff: the whole step is retried later
         msg = f"{len(retryable)} writes to '{job.index}' were rejected with {retryable[0].status}; retrying"
         raise opensearchpy.TransportError(retryable[0].status, msg)

@@ -24,7 +24,7 @@ from opensearchpy import ConnectionError as OSConnectionError
 from opensearchpy import NotFoundError, OpenSearch, TransportError
 
 from mm_opensearch.catalog import CatalogSchema
-from mm_opensearch.client import create_client
+from mm_opensearch.client import TRANSIENT_STATUSES, create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError
 from mm_opensearch.hybrid.filters import build_filters
@@ -200,7 +200,7 @@ class HybridSearcher:
             msg = f"index '{self.index}' does not exist; create it (mm-opensearch demo / index) or set MMOS_INDEX_NAME"
             raise ConfigError(msg) from e
         except TransportError as e:
-            if isinstance(e.status_code, int) and e.status_code in (429, 502, 503, 504):
+            if e.status_code in TRANSIENT_STATUSES:
                 raise _unavailable(e) from e
             raise
 
@@ -235,7 +235,8 @@ class HybridSearcher:
     # --- the query vector (or why there is none) ---------------------------------------------
 
     def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[list[float] | None, str | None]:
-        meta = read_model_meta(self._index_mapping())
+        mapping = self._index_mapping()
+        meta = read_model_meta(mapping)
         if meta is None:
             return None, f"index '{self.index}' has no vectors (run `mm-opensearch index augment {self.index}`)"
         if request.vector != "fused" and not meta.get("modalities"):
@@ -243,7 +244,7 @@ class HybridSearcher:
             raise ConfigError(msg)
         if self.tower is None or self.tower_model_id is None:
             return None, f"query tower unavailable: {self.tower_error or 'no model loaded'}"
-        check_model_compatible(self.index, self._index_mapping(), self.tower_model_id, self.tower.dim)
+        check_model_compatible(self.index, mapping, self.tower_model_id, self.tower.dim)
         started = time.perf_counter()
         try:
             vector = self.tower.encode_queries([request.query])[0]
@@ -304,7 +305,7 @@ class HybridSearcher:
             if "error" in response:
                 error = response["error"]
                 status = response.get("status")
-                if status in (429, 503):
+                if status in TRANSIENT_STATUSES:
                     raise _unavailable(RuntimeError(error))
                 raise TransportError(status, error.get("type", "error") if isinstance(error, dict) else error, error)
         return responses
