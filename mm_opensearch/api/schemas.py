@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mm_opensearch.hybrid import MAX_QUERY_CHARS, MAX_SIZE, MAX_WINDOW, FusionOptions, SearchRequest, SearchResponse
+from mm_opensearch.hybrid.fusion import MAX_RANK_CONSTANT
 
 __all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut"]
 
@@ -26,7 +27,7 @@ class FusionIn(BaseModel):
     weights: tuple[float, float] | None = Field(
         default=None, description="(lexical, vector) weights; default: the server's configured fusion"
     )
-    rank_constant: int = Field(default=60, ge=1, le=10_000, description="rrf only: k in 1 / (k + rank)")
+    rank_constant: int = Field(default=60, ge=1, le=MAX_RANK_CONSTANT, description="rrf only: k in 1 / (k + rank)")
 
     def to_options(self, default: FusionOptions) -> FusionOptions:
         return FusionOptions(
