@@ -33,6 +33,7 @@ from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
     SOURCE_EXCLUDES,
     VectorKind,
+    candidate_id,
     hybrid_request,
     knn_query,
     leg_request,
@@ -335,13 +336,16 @@ class HybridSearcher:
             raise ConfigError(msg)
         return pipeline
 
-    def _legs(self, lexical: dict[str, Any], knn: dict[str, Any], depth: int, timings: dict[str, float]) -> list[list[dict[str, Any]]]:
+    def _legs(
+        self, lexical: dict[str, Any], knn: dict[str, Any], depth: int, timings: dict[str, float]
+    ) -> list[list[tuple[str, float]]]:
+        """Each leg's ``depth`` best (id, score), best first, from one ``_msearch``."""
         responses = self._msearch(
             [leg_request(lexical, size=depth, source=False), leg_request(knn, size=depth, source=False)]
         )
         for leg, response in zip(_LEGS, responses, strict=True):
             timings[leg] = float(response["took"])
-        return [response["hits"]["hits"] for response in responses]
+        return [[(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]] for response in responses]
 
     def _client_hybrid(
         self,
@@ -353,7 +357,7 @@ class HybridSearcher:
     ) -> list[SearchHit]:
         legs = self._legs(lexical, knn, request.candidates, timings)
         started = time.perf_counter()
-        fused: list[FusedHit] = fuse([[(h["_id"], h["_score"]) for h in leg] for leg in legs], fusion)
+        fused: list[FusedHit] = fuse(legs, fusion)
         page = fused[request.from_ : request.from_ + request.size]
         timings["fuse"] = (time.perf_counter() - started) * 1000
         sources = self._sources([hit.id for hit in page])
@@ -386,21 +390,22 @@ class HybridSearcher:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
         response = self._search(body, search_pipeline=pipeline)
         timings["hybrid"] = float(response["took"])
-        sources = self._sources([hit["_id"] for hit in response["hits"]["hits"]])
+        page = [(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]]
+        sources = self._sources([doc_id for doc_id, _ in page])
         explained: list[dict[str, LegScore]] = [{} for _ in _LEGS]
         if request.explain:  # the plugin does not report per-leg ranks: run the very same legs again
             for where, leg in zip(explained, self._legs(lexical, knn, request.candidates, {}), strict=True):
-                where.update({hit["_id"]: LegScore(rank, hit["_score"]) for rank, hit in enumerate(leg, start=1)})
+                where.update({doc_id: LegScore(rank, score) for rank, (doc_id, score) in enumerate(leg, start=1)})
         return [
             SearchHit(
-                id=hit["_id"],
-                score=hit["_score"],
-                source=sources.get(hit["_id"], {}),
-                legs={leg: where.get(hit["_id"]) for leg, where in zip(_LEGS, explained, strict=True)}
+                id=doc_id,
+                score=score,
+                source=sources.get(doc_id, {}),
+                legs={leg: where.get(doc_id) for leg, where in zip(_LEGS, explained, strict=True)}
                 if request.explain
                 else None,
             )
-            for hit in response["hits"]["hits"]
+            for doc_id, score in page
         ]
 
 

@@ -12,6 +12,7 @@ from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.pipelines import pipeline_body, pipeline_name
 from mm_opensearch.hybrid.query import (
     SOURCE_EXCLUDES,
+    candidate_id,
     hybrid_request,
     knn_query,
     leg_request,
@@ -113,7 +114,11 @@ def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:
         "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": 50}},
         "from": 10,
         "size": 10,
-        "_source": False,  # documents of the page are fetched after fusion
+        # ids from doc values, no stored fields: documents of the page are fetched after fusion
+        "_source": False,
+        "stored_fields": "_none_",
+        "docvalue_fields": ["_id"],
+        "track_total_hits": False,
     }
 
 
@@ -121,7 +126,14 @@ def test_msearch_sends_every_leg_to_the_index() -> None:
     legs = [leg_request({"match_all": {}}, size=3), leg_request({"match_none": {}}, size=3)]
     assert msearch_body("products", legs) == [{"index": "products"}, legs[0], {"index": "products"}, legs[1]]
     assert legs[0]["_source"] == {"excludes": ["mm_fused", "mm_image", "mm_text"]}
-    assert leg_request({"match_all": {}}, size=3, source=False)["_source"] is False
+    candidates = leg_request({"match_all": {}}, size=3, source=False)
+    assert candidates["_source"] is False
+    assert candidates["stored_fields"] == "_none_"
+    assert candidates["docvalue_fields"] == ["_id"]
+
+
+def test_a_candidate_id_is_read_from_its_doc_value() -> None:
+    assert candidate_id({"_score": 1.0, "fields": {"_id": ["p-7"]}}) == "p-7"
 
 
 def test_pipelines_are_named_by_their_parameters() -> None:
