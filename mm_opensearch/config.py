@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     data_dir: Path = Field(default=Path("../shared/data/myntra"))
     torch_threads: int | None = None
+    query_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description=(
+            "Weights of the query encoder at search time. auto = bfloat16 on CPUs with native bf16 "
+            "math (AVX512-BF16 or AMX), else float32. Products are always encoded in float32."
+        ),
+    )
     image_fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs the image fetcher may reach although private (tests: 127.0.0.0/8).",

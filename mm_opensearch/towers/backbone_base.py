@@ -10,6 +10,7 @@ read lazily, on the first ``features`` call, so commands that find every feature
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -19,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -97,6 +98,7 @@ class Backbone(ABC):
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
+        self.dtype = torch.float32  # of the weights; features are always returned as float32
         self._module: nn.Module | None = None
         self._lock = threading.Lock()
 
@@ -118,7 +120,7 @@ class Backbone(ABC):
             return self._module
 
     def _place(self, module: nn.Module) -> nn.Module:
-        return module.to(self.device)
+        return module.to(device=self.device, dtype=self.dtype)
 
     def to(self, device: torch.device | str) -> Backbone:
         """Move to ``device`` (now if loaded, else when loaded)."""
@@ -126,6 +128,22 @@ class Backbone(ABC):
         if self._module is not None:
             self._module = self._place(self._module)
         return self
+
+    def with_dtype(self, dtype: torch.dtype) -> Self:
+        """A copy computing with weights of ``dtype``; ``self`` keeps its own (float32) weights.
+
+        Its features equal this backbone's to rounding; it shares whatever else this backbone holds
+        (a tokenizer and the lock that guards it). Feature caches key on the float32 original.
+        """
+        if dtype == self.dtype:
+            return self
+        clone = copy.copy(self)
+        clone.dtype = dtype
+        clone._lock = threading.Lock()
+        with self._lock:
+            loaded = self._module
+        clone._module = None if loaded is None else clone._place(copy.deepcopy(loaded))
+        return clone
 
     def saved_state(self) -> dict[str, torch.Tensor]:
         """Weights that must travel inside a model artifact (only random-init backbones have any)."""
@@ -166,7 +184,7 @@ class ImageBackbone(Backbone):
     num_tokens: int
 
     def _place(self, module: nn.Module) -> nn.Module:
-        module = module.to(self.device)
+        module = module.to(device=self.device, dtype=self.dtype)
         if self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         return module

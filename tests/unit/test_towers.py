@@ -192,8 +192,8 @@ def test_load_of_a_folder_without_an_artifact_names_the_missing_files(settings, 
 def test_a_repeated_query_comes_from_the_lru_cache_without_recomputing(settings, monkeypatch) -> None:
     model = _model(settings)
     calls: list[list[str]] = []
-    original = model.query_backbone.features
-    monkeypatch.setattr(model.query_backbone, "features", lambda texts: calls.append(list(texts)) or original(texts))
+    original = model.query_encoder().features
+    monkeypatch.setattr(model.query_encoder(), "features", lambda texts: calls.append(list(texts)) or original(texts))
     first = model.encode_queries(["Red  shirt "])
     second = model.encode_queries(["Red shirt", "blue jeans"])
     assert calls == [["Red shirt"], ["blue jeans"]]
@@ -204,8 +204,8 @@ def test_a_repeated_query_comes_from_the_lru_cache_without_recomputing(settings,
 def test_a_disabled_query_cache_recomputes_every_time(settings, monkeypatch) -> None:
     model = MultimodalModel.from_config(ModelConfig.tiny(), settings=settings, query_cache_size=0)
     calls: list[list[str]] = []
-    original = model.query_backbone.features
-    monkeypatch.setattr(model.query_backbone, "features", lambda texts: calls.append(list(texts)) or original(texts))
+    original = model.query_encoder().features
+    monkeypatch.setattr(model.query_encoder(), "features", lambda texts: calls.append(list(texts)) or original(texts))
     model.encode_queries(["shirt"])
     model.encode_queries(["shirt"])
     assert calls == [["shirt"], ["shirt"]]
@@ -222,6 +222,22 @@ def test_a_separate_query_backbone_is_its_own_encoder(settings) -> None:
     assert separate.query_backbone is not separate.text_backbone
     assert shared.query_backbone is shared.text_backbone
     assert separate.model_id != shared.model_id
+
+
+def test_queries_encode_in_the_configured_precision_and_products_stay_float32(settings) -> None:
+    full = _model(settings.model_copy(update={"query_precision": "float32"}))
+    half = _model(settings.model_copy(update={"query_precision": "bfloat16"}))
+    assert full.query_encoder() is full.query_backbone
+    assert half.query_encoder().dtype == torch.bfloat16
+    assert half.query_backbone.dtype == torch.float32 and half.text_backbone is half.query_backbone
+    queries = ["red cotton shirt", "blue denim jeans for men"]
+    a, b = full.encode_queries(queries), half.encode_queries(queries)
+    assert b.dtype == np.float32
+    assert not np.array_equal(a, b)  # really computed in bf16
+    assert (a * b).sum(axis=1).min() > 0.99
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    # training reads float32 features from the query backbone, whatever the serving precision
+    np.testing.assert_array_equal(half.query_text_features(queries), full.query_text_features(queries))
 
 
 def test_cross_attention_needs_heads_that_divide_the_dim(settings) -> None:

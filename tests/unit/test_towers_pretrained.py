@@ -32,6 +32,17 @@ def test_minilm_features_equal_sentence_transformers_output(model) -> None:
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
 
+def test_minilm_in_bfloat16_gives_the_float32_features_to_rounding(model) -> None:
+    import torch
+
+    sentences = ["Palm Tree girls white printed skirt", "men black leather formal shoes", "kurta"]
+    full = model.text_backbone.features(sentences).numpy()
+    half = model.text_backbone.with_dtype(torch.bfloat16).features(sentences).numpy()
+    assert model.text_backbone.dtype == torch.float32  # the copy did not cast the original
+    cosine = (full * half).sum(axis=1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cosine.min() > 0.999
+
+
 def test_five_catalog_products_encode_with_the_default_backbones(model, myntra_dir: Path) -> None:
     products = []
     with gzip.open(myntra_dir / "products.jsonl.gz", "rt", encoding="utf-8") as handle:
