@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.errors import IndexCompatibilityError
 from mm_opensearch.indexing import check_model_compatible, product_index_body, vector_properties
+from mm_opensearch.indexing.bulk import json_floats, vector_fields_doc
 
 SCHEMA = CatalogSchema(text_fields={"title": 2.0, "body": 1.0}, filter_fields=("colour", "price"))
 
@@ -49,3 +53,12 @@ def test_query_tower_of_another_model_is_refused() -> None:
         check_model_compatible("p", mapping, "model-a", 128)
     with pytest.raises(IndexCompatibilityError, match="index augment"):
         check_model_compatible("p", product_index_body(SCHEMA)["mappings"], "model-a", 64)
+
+
+def test_vectors_are_written_as_the_shortest_decimals_of_their_float32_values() -> None:
+    vector = np.random.default_rng(0).normal(size=256).astype(np.float32)
+    written = json_floats(vector)
+    np.testing.assert_array_equal(np.asarray(written, dtype=np.float32), vector)  # exact round trip
+    assert len(json.dumps(written)) < 0.7 * len(json.dumps(vector.tolist()))
+    doc = vector_fields_doc(vector, model_id="m", content_hash="h", text=vector[::-1])
+    assert doc["mm_fused"] == written and doc["mm_text"] == json_floats(vector[::-1])
