@@ -30,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: E402
 from mm_opensearch.client import create_client  # noqa: E402
 from mm_opensearch.config import Settings  # noqa: E402
-from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: E402
+from mm_opensearch.hybrid import HybridSearcher, SearchRequest, serving_settings  # noqa: E402
 from mm_opensearch.indexing.load import create_product_index, load_products  # noqa: E402
 from mm_opensearch.indexing.mappings import read_model_meta  # noqa: E402
 from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="distinct queries per scenario")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
-    settings = Settings()
+    settings = serving_settings(Settings())  # as `serve` runs: one torch thread unless MMOS_TORCH_THREADS
     data_dir = args.data_dir or settings.data_dir
     model, model_name = _model(settings)
     print(f"model: {model_name} ({model.model_id}, dim {model.dim})")

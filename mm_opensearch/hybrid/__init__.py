@@ -15,6 +15,7 @@ from mm_opensearch.hybrid.search import (
     SearchRequest,
     SearchResponse,
     open_searcher,
+    serving_settings,
 )
 from mm_opensearch.hybrid.tower import QueryTower, load_query_tower
 
@@ -44,6 +45,7 @@ __all__ = [
     "msearch_body",
     "normalize_scores",
     "open_searcher",
+    "serving_settings",
     "parse_filter_expressions",
     "pipeline_body",
     "pipeline_name",

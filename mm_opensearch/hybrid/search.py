@@ -55,6 +55,7 @@ __all__ = [
     "SearchHit",
     "SearchResponse",
     "HybridSearcher",
+    "serving_settings",
     "open_searcher",
 ]
 
@@ -409,6 +410,19 @@ class HybridSearcher:
         ]
 
 
+def serving_settings(settings: Settings) -> Settings:
+    """``settings`` for a process that answers searches: torch on one thread unless configured.
+
+    A search encodes one short query. Intra-op threads save about a millisecond of it on an idle
+    machine, but they contend with concurrent requests and with a co-located node: on 2 cores
+    shared with OpenSearch, hybrid p99 was 23 ms with 2 threads and 13 ms with one
+    (``bench/query.py``). Set ``MMOS_TORCH_THREADS`` to override.
+    """
+    if settings.torch_threads is not None:
+        return settings
+    return settings.model_copy(update={"torch_threads": 1})
+
+
 def open_searcher(
     settings: Settings,
     *,
@@ -417,6 +431,7 @@ def open_searcher(
     default_fusion: FusionOptions | None = None,
 ) -> HybridSearcher:
     """A searcher on a new client with the configured model; without a loadable model it runs degraded."""
+    settings = serving_settings(settings)
     try:
         tower: QueryTower | None = load_query_tower(settings, query_cache_size=query_cache_size)
         tower.encode_queries(["warm up"])  # loads the backbone now, not during the first search

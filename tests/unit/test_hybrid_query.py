@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.hybrid.filters import build_filters, parse_filter_expressions
 from mm_opensearch.hybrid.fusion import FusionOptions
@@ -19,7 +20,7 @@ from mm_opensearch.hybrid.query import (
     lexical_query,
     msearch_body,
 )
-from mm_opensearch.hybrid.search import MAX_QUERY_CHARS, SearchRequest
+from mm_opensearch.hybrid.search import MAX_QUERY_CHARS, SearchRequest, serving_settings
 
 ALLOWED = ["gender", "brand", "price"]
 
@@ -180,3 +181,8 @@ def test_the_fusion_depth_defaults_to_cover_the_page() -> None:
     assert SearchRequest("q").candidates == 100
     assert SearchRequest("q", from_=190, size=20).candidates == 210
     assert SearchRequest("q", depth=30).candidates == 30
+
+
+def test_a_serving_process_runs_torch_on_one_thread_unless_configured() -> None:
+    assert serving_settings(Settings(torch_threads=None)).torch_threads == 1
+    assert serving_settings(Settings(torch_threads=2)).torch_threads == 2
