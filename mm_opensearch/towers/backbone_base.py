@@ -10,7 +10,6 @@ read lazily, on the first ``features`` call, so commands that find every feature
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
@@ -20,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ from mm_opensearch.towers.preprocess import normalize_batch
 __all__ = [
     "ImageFeatures",
     "Backbone",
+    "TextEncoder",
     "TextBackbone",
     "ImageBackbone",
     "backbone_id",
@@ -98,7 +98,6 @@ class Backbone(ABC):
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
-        self.dtype = torch.float32  # of the weights; features are always returned as float32
         self._module: nn.Module | None = None
         self._lock = threading.Lock()
 
@@ -120,7 +119,7 @@ class Backbone(ABC):
             return self._module
 
     def _place(self, module: nn.Module) -> nn.Module:
-        return module.to(device=self.device, dtype=self.dtype)
+        return module.to(self.device)
 
     def to(self, device: torch.device | str) -> Backbone:
         """Move to ``device`` (now if loaded, else when loaded)."""
@@ -128,22 +127,6 @@ class Backbone(ABC):
         if self._module is not None:
             self._module = self._place(self._module)
         return self
-
-    def with_dtype(self, dtype: torch.dtype) -> Self:
-        """A copy computing with weights of ``dtype``; ``self`` keeps its own (float32) weights.
-
-        Its features equal this backbone's to rounding; it shares whatever else this backbone holds
-        (a tokenizer and the lock that guards it). Feature caches key on the float32 original.
-        """
-        if dtype == self.dtype:
-            return self
-        clone = copy.copy(self)
-        clone.dtype = dtype
-        clone._lock = threading.Lock()
-        with self._lock:
-            loaded = self._module
-        clone._module = None if loaded is None else clone._place(copy.deepcopy(loaded))
-        return clone
 
     def saved_state(self) -> dict[str, torch.Tensor]:
         """Weights that must travel inside a model artifact (only random-init backbones have any)."""
@@ -167,6 +150,16 @@ class Backbone(ABC):
             yield
 
 
+class TextEncoder(Protocol):
+    """Anything that turns strings into features: a text backbone, or its ONNX Runtime export."""
+
+    dim: int
+
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, dim) float32 CPU tensor for a batch of non-empty strings."""
+        ...
+
+
 class TextBackbone(Backbone):
     """Maps strings to one ``dim``-d float32 vector each."""
 
@@ -176,6 +169,11 @@ class TextBackbone(Backbone):
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, dim) float32 CPU tensor for a batch of non-empty strings."""
 
+    def onnx_encoder(self, cache_dir: Path) -> TextEncoder | None:
+        """The same features computed by ONNX Runtime, or None where this backbone has no export."""
+        del cache_dir
+        return None
+
 
 class ImageBackbone(Backbone):
     """Maps preprocessed uint8 image batches to pooled vectors and spatial tokens."""
@@ -184,7 +182,7 @@ class ImageBackbone(Backbone):
     num_tokens: int
 
     def _place(self, module: nn.Module) -> nn.Module:
-        module = module.to(device=self.device, dtype=self.dtype)
+        module = module.to(self.device)
         if self.device.type == "cuda":
             module = module.to(memory_format=torch.channels_last)
         return module

@@ -9,6 +9,7 @@ steps plus input validation, error reporting and numpy conversion.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import nn
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, ModelError
 from mm_opensearch.towers.artifact import compute_model_id, read_artifact, write_artifact
-from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
+from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone, TextEncoder
 from mm_opensearch.towers.backbones import build_image_backbone, build_text_backbone
 from mm_opensearch.towers.config import ModelConfig
 from mm_opensearch.towers.extract import (
@@ -94,24 +95,6 @@ def _present(value: str | None) -> bool:
     return value is not None and bool(value.strip())
 
 
-def _query_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Weights' dtype of the search-time query encoder (see ``Settings.query_precision``).
-
-    One short query is memory-bound on a CPU: the forward pass streams every encoder weight for a
-    handful of tokens, so bfloat16 weights (half the bytes) cut MiniLM's p50 from 6.2 to 3.7 ms
-    here, with features at cosine >= 0.9999 to float32. Without native bf16 math it would be slower.
-    On CUDA the backbone already runs under bf16 autocast.
-    """
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cpu":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-            torch.cpu, "_is_amx_tile_supported", lambda: False
-        )()
-        return torch.bfloat16 if native else torch.float32
-    return torch.float32
-
-
 class MultimodalModel:
     """Backbones (frozen) + trainable heads; save/load as an artifact folder with a content id."""
 
@@ -153,7 +136,8 @@ class MultimodalModel:
         self.heads = nn.ModuleDict({"product": product, "query": query}).to(self.device).eval()
         self.use_feature_cache = use_feature_cache
         self.query_cache = QueryCache(query_cache_size)
-        self._query_encoder: TextBackbone | None = None
+        self._query_encoder: TextEncoder | None = None
+        self._query_encoder_lock = threading.Lock()
         self._model_id: tuple[object, str] | None = None
 
     # --- construction and persistence ---------------------------------------------------------
@@ -312,16 +296,21 @@ class MultimodalModel:
             batch_size=batch_size,
         )
 
-    def query_encoder(self) -> TextBackbone:
-        """The query backbone as search time runs it: in ``Settings.query_precision``.
+    def query_encoder(self) -> TextEncoder:
+        """What encodes queries at search time: ONNX Runtime on a CPU (``Settings.query_runtime``).
 
-        Training and the feature cache use :attr:`query_backbone` (float32) instead, so cached
-        features never depend on the serving precision.
+        Training and the feature cache read :attr:`query_backbone` (PyTorch) instead; both give
+        the same features to float rounding, which the ONNX encoder checks when it is built.
         """
-        if self._query_encoder is None:
-            dtype = _query_dtype(self.settings.query_precision, self.device)
-            self._query_encoder = self.query_backbone.with_dtype(dtype)
-        return self._query_encoder
+        with self._query_encoder_lock:
+            if self._query_encoder is None:
+                onnx = (
+                    self.query_backbone.onnx_encoder(self.settings.cache_dir)
+                    if self.settings.query_runtime == "onnx" and self.device.type == "cpu"
+                    else None
+                )
+                self._query_encoder = onnx or self.query_backbone
+            return self._query_encoder
 
     # --- heads (shared by training and encoding) ------------------------------------------------
 

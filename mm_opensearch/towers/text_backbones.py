@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from mm_opensearch.errors import ModelError
-from mm_opensearch.towers.backbone_base import TextBackbone, backbone_id, files_digest, state_digest
+from mm_opensearch.towers.backbone_base import TextBackbone, TextEncoder, backbone_id, files_digest, state_digest
 
-__all__ = ["HFTextBackbone", "TinyTextBackbone"]
+__all__ = ["HFTextBackbone", "PooledTextEncoder", "TinyTextBackbone"]
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".json", ".txt", ".model"}
 _DUAL_ENCODERS = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip"}
@@ -120,16 +120,19 @@ class HFTextBackbone(TextBackbone):
         try:
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
             if self._layout.kind == "clip":
-                return transformers.CLIPTextModelWithProjection.from_pretrained(source, local_files_only=True)
-            if self._layout.kind == "siglip":
-                return transformers.SiglipTextModel.from_pretrained(source, local_files_only=True)
-            return transformers.AutoModel.from_pretrained(source, local_files_only=True)
+                model = transformers.CLIPTextModelWithProjection.from_pretrained(source, local_files_only=True)
+            elif self._layout.kind == "siglip":
+                model = transformers.SiglipTextModel.from_pretrained(source, local_files_only=True)
+            else:
+                model = transformers.AutoModel.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as e:
             msg = f"cannot load text backbone '{self.name}' from {source}: {e}"
             raise ModelError(msg) from e
+        return PooledTextEncoder(model, self._layout)
 
-    def features(self, texts: Sequence[str]) -> torch.Tensor:
-        module = self.module()
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) on the CPU, padded to the longest text (SigLIP: to max_length)."""
+        self.module()  # the tokenizer is loaded with the weights
         with self._tokenizer_lock:  # fast tokenizers raise "Already borrowed" when shared by threads
             tokens = self._tokenizer(
                 list(texts),
@@ -137,23 +140,48 @@ class HFTextBackbone(TextBackbone):
                 truncation=True,
                 max_length=self.max_length,
                 return_tensors="pt",
-            ).to(self.device)
+            )
+        ids = tokens["input_ids"]
+        return ids, tokens.get("attention_mask", torch.ones_like(ids))
+
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(texts)
         with self._inference():
-            output = module(**tokens)
-            if self._layout.kind == "clip":
-                pooled = output.text_embeds
-            elif self._layout.kind == "siglip":
-                pooled = output.pooler_output
-            elif self._layout.pooling == "cls":
-                pooled = output.last_hidden_state[:, 0]
-            else:
-                hidden = output.last_hidden_state.float()  # pool in float32 whatever the weights' dtype
-                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = pooled.float()
-            if self._layout.normalize:
-                pooled = nn.functional.normalize(pooled, dim=-1)
-        return pooled.cpu()
+            pooled = self.module()(ids.to(self.device), mask.to(self.device))
+        return pooled.float().cpu()
+
+    def onnx_encoder(self, cache_dir: Path) -> TextEncoder | None:
+        from mm_opensearch.towers.onnx_text import OnnxTextEncoder  # noqa: PLC0415 - onnxruntime loads on demand
+
+        return OnnxTextEncoder.for_backbone(self, cache_dir)
+
+
+class PooledTextEncoder(nn.Module):
+    """A transformer plus its folder's pooling: (input_ids, attention_mask) in, one vector per text out.
+
+    Both runtimes run exactly this module: PyTorch directly and ONNX Runtime as its export, so
+    the pooling is written once.
+    """
+
+    def __init__(self, model: nn.Module, layout: _TextLayout) -> None:
+        super().__init__()
+        self.model = model
+        self.kind, self.pooling, self.normalize = layout.kind, layout.pooling, layout.normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.kind == "clip":
+            pooled = output.text_embeds
+        elif self.kind == "siglip":
+            pooled = output.pooler_output
+        elif self.pooling == "cls":
+            pooled = output.last_hidden_state[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+            summed = (output.last_hidden_state * mask).sum(dim=1)
+            pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+        pooled = pooled.float()
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
 class TinyTextBackbone(TextBackbone):

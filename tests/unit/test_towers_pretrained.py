@@ -32,15 +32,34 @@ def test_minilm_features_equal_sentence_transformers_output(model) -> None:
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
 
-def test_minilm_in_bfloat16_gives_the_float32_features_to_rounding(model) -> None:
-    import torch
+def test_minilm_under_onnx_runtime_gives_the_torch_features(model) -> None:
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder
 
     sentences = ["Palm Tree girls white printed skirt", "men black leather formal shoes", "kurta"]
-    full = model.text_backbone.features(sentences).numpy()
-    half = model.text_backbone.with_dtype(torch.bfloat16).features(sentences).numpy()
-    assert model.text_backbone.dtype == torch.float32  # the copy did not cast the original
-    cosine = (full * half).sum(axis=1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
-    assert cosine.min() > 0.999
+    encoder = model.query_encoder()
+    assert isinstance(encoder, OnnxTextEncoder)
+    np.testing.assert_allclose(encoder.features(sentences).numpy(), model.text_backbone.features(sentences).numpy(), atol=1e-5)
+    exported = encoder.path.stat().st_mtime_ns
+    again = OnnxTextEncoder.for_backbone(model.text_backbone, model.settings.cache_dir)
+    assert again is not None and again.path.stat().st_mtime_ns == exported  # reused, not re-exported
+
+    encoder.path.write_bytes(b"not an onnx graph")  # a damaged cache file is exported again
+    repaired = OnnxTextEncoder.for_backbone(model.text_backbone, model.settings.cache_dir)
+    assert repaired is not None and repaired.path.stat().st_size > 1_000_000
+
+
+def test_a_failed_export_leaves_query_encoding_to_torch(model, tmp_path, monkeypatch, caplog) -> None:
+    import torch
+
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    assert OnnxTextEncoder.for_backbone(model.text_backbone, tmp_path) is None
+    assert "unsupported operator" in caplog.text and "encoding with PyTorch" in caplog.text
+    assert not list(tmp_path.rglob("*.onnx*"))  # no half-written export left behind
 
 
 def test_five_catalog_products_encode_with_the_default_backbones(model, myntra_dir: Path) -> None:
