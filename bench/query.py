@@ -130,7 +130,7 @@ def main() -> None:
             p50, p99, qps = results[name, concurrency]
             print(f"{name:<28}{concurrency:>5}{p50:>9.1f}{p99:>9.1f}{qps:>8.1f}")
 
-    print(f"\nquery encoding, cache off, distinct queries (concurrency 1), weights {model.query_encoder().dtype}:")
+    print(f"\nquery encoding, cache off, distinct queries (concurrency 1), by {type(model.query_encoder()).__name__}:")
     encode_p50, encode_p99 = _encoding(model, queries)
     print(f"  {model_name:<40} p50 {encode_p50:6.2f} ms  p99 {encode_p99:6.2f} ms")
     default = MultimodalModel.from_config(ModelConfig(), settings=settings, use_feature_cache=False, query_cache_size=0)

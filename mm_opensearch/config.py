@@ -23,7 +23,7 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration for connecting to OpenSearch/Redis and locating models, data and caches."""
 
-    model_config = SettingsConfigDict(env_prefix="MMOS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MMOS_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     # --- OpenSearch connection -------------------------------------------------------------
     opensearch_hosts: Annotated[list[str], NoDecode] = Field(

@@ -373,11 +373,15 @@ class HybridSearcher:
         ]
 
     def _sources(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Documents of one page (without vectors), fetched after fusion picked them."""
+        """Documents of one page (without vectors), fetched after fusion picked them.
+
+        ``realtime=false`` reads them as the search saw them, from the same refreshed point in time,
+        and skips the per-document version-map lookups of a realtime get.
+        """
         if not ids:
             return {}
-        response = self._call(lambda: self.client.mget(index=self.index, body={"ids": ids},
-                                                       params={"_source_excludes": ",".join(SOURCE_EXCLUDES)}))
+        params = {"_source_excludes": ",".join(SOURCE_EXCLUDES), "realtime": "false"}
+        response = self._call(lambda: self.client.mget(index=self.index, body={"ids": ids}, params=params))
         return {doc["_id"]: doc.get("_source", {}) for doc in response["docs"] if doc.get("found")}
 
     def _server_hybrid(
