@@ -31,7 +31,7 @@ from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: E402
 from mm_opensearch.client import create_client  # noqa: E402
 from mm_opensearch.config import Settings  # noqa: E402
 from mm_opensearch.hybrid import HybridSearcher, SearchRequest, serving_settings  # noqa: E402
-from mm_opensearch.indexing.load import create_product_index, load_products  # noqa: E402
+from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment  # noqa: E402
 from mm_opensearch.indexing.mappings import read_model_meta  # noqa: E402
 from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: E402
 
@@ -55,8 +55,7 @@ def _ensure_index(settings: Settings, index: str, model: MultimodalModel, data_d
     started = time.perf_counter()
     create_product_index(client, index, schema, sample=products[0].source, model=model)
     report = load_products(client, index, products, model=model)
-    client.indices.refresh(index=index)
-    client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=600)
+    merge_to_one_segment(client, index)
     return (
         f"indexed {report.succeeded} products into '{index}' in {time.perf_counter() - started:.0f} s "
         f"({len(report.failed)} failed)"

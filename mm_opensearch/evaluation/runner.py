@@ -23,7 +23,7 @@ from mm_opensearch.evaluation.metrics import Ranking, paired_test, score_run
 from mm_opensearch.evaluation.zeroshot import ZeroShotTextTower
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.search import HybridSearcher, SearchRequest
-from mm_opensearch.indexing.load import create_product_index, load_products
+from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
 from mm_opensearch.judgments import JudgedQuery
 from mm_opensearch.towers import MultimodalModel
 
@@ -138,9 +138,7 @@ def run_evaluation(
             if report.failed:
                 msg = f"{len(report.failed)} products failed to index into {index}, e.g. {report.failed[0]}"
                 raise RuntimeError(msg)
-            client.indices.refresh(index=index)
-            # One segment in indexing order: one HNSW graph and stable tie order, run after run.
-            client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=600)
+            merge_to_one_segment(client, index)
         seconds[f"index_{name}"] = round(time.monotonic() - started, 1)
         searchers[name] = HybridSearcher(client, settings, index=index, tower=tower)
     judged = [q for q in queries if qrels.get(q.id)]

@@ -19,7 +19,7 @@ from mm_opensearch.indexing.mappings import product_index_body
 if TYPE_CHECKING:
     from mm_opensearch.towers import MultimodalModel
 
-__all__ = ["create_product_index", "load_products", "product_vectors"]
+__all__ = ["create_product_index", "load_products", "product_vectors", "merge_to_one_segment"]
 
 
 def _batches(items: Iterable[Product], size: int) -> Iterator[list[Product]]:
@@ -102,3 +102,15 @@ def load_products(
         if on_batch is not None:
             on_batch(len(batch))
     return report
+
+
+def merge_to_one_segment(client: OpenSearch, index: str) -> None:
+    """Make a freshly loaded index one segment in indexing order, and search that segment.
+
+    One segment means one HNSW graph and a stable tie order, so evaluations and benchmarks give
+    the same figures run after run. The refresh after the merge matters: without it searches keep
+    reading the pre-merge segment until the next refresh, and a restarted node opens the merged one.
+    """
+    client.indices.refresh(index=index)
+    client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=600)
+    client.indices.refresh(index=index)
