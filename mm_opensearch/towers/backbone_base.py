@@ -151,7 +151,7 @@ class Backbone(ABC):
 
 
 class TextEncoder(Protocol):
-    """Anything that turns strings into features: a text backbone, or its ONNX Runtime export."""
+    """Anything that turns strings into vectors: a text backbone, or a whole query tower."""
 
     dim: int
 
@@ -168,11 +168,6 @@ class TextBackbone(Backbone):
     @abstractmethod
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, dim) float32 CPU tensor for a batch of non-empty strings."""
-
-    def onnx_encoder(self, cache_dir: Path) -> TextEncoder | None:
-        """The same features computed by ONNX Runtime, or None where this backbone has no export."""
-        del cache_dir
-        return None
 
 
 class ImageBackbone(Backbone):

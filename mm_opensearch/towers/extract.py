@@ -24,7 +24,7 @@ import torch
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ImageLoadError
 from mm_opensearch.images import decode_image, read_image_bytes
-from mm_opensearch.towers.backbone_base import ImageBackbone, TextEncoder
+from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
 from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
 from mm_opensearch.towers.preprocess import resize_crop
 
@@ -62,7 +62,7 @@ def default_workers() -> int:
 
 
 def extract_text_features(
-    backbone: TextEncoder,
+    backbone: TextBackbone,
     texts: Sequence[str],
     *,
     cache: FeatureCache | None,

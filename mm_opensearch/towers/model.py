@@ -86,6 +86,32 @@ class ProductFeatures:
     errors: list[str | None]
 
 
+class _TorchQueryTower:
+    """The query tower in PyTorch: backbone features, then the head, in eval mode."""
+
+    def __init__(self, model: MultimodalModel) -> None:
+        self.model = model
+        self.dim = model.dim
+
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        with self.model.evaluating():
+            features = self.model.query_backbone.features(texts)
+            return self.model.query_vectors_from_features(features).float().cpu()
+
+
+def _onnx_query_tower(model: MultimodalModel, model_id: str, reference: _TorchQueryTower) -> TextEncoder | None:
+    """The query tower exported for ONNX Runtime, or None for backbones that do not read token ids."""
+    backbone = model.query_backbone
+    if not callable(getattr(backbone, "tokenize", None)):
+        return None
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder, QueryTowerGraph  # noqa: PLC0415 - loads onnxruntime
+
+    graph = QueryTowerGraph(backbone.module(), model.heads["query"])
+    path = model.settings.cache_dir / "onnx" / f"query-tower-{model_id}.onnx"
+    with model.evaluating():
+        return OnnxTextEncoder.build(graph, backbone, path=path, dim=model.dim, reference=reference.features)
+
+
 def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under ``prefix``, with the prefix removed."""
     return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
@@ -136,7 +162,7 @@ class MultimodalModel:
         self.heads = nn.ModuleDict({"product": product, "query": query}).to(self.device).eval()
         self.use_feature_cache = use_feature_cache
         self.query_cache = QueryCache(query_cache_size)
-        self._query_encoder: TextEncoder | None = None
+        self._query_encoder: tuple[tuple[tuple[int, int], ...], TextEncoder] | None = None  # (weights stamp, encoder)
         self._query_encoder_lock = threading.Lock()
         self._model_id: tuple[object, str] | None = None
 
@@ -262,12 +288,14 @@ class MultimodalModel:
     def evaluating(self) -> Iterator[None]:
         """Encode in eval mode even mid-training, and restore the mode afterwards."""
         was_training = self.heads.training
-        self.heads.eval()
+        if was_training:  # switching walks every submodule: skip it on the per-query path
+            self.heads.eval()
         try:
             with torch.inference_mode():
                 yield
         finally:
-            self.heads.train(was_training)
+            if was_training:
+                self.heads.train()
 
     # --- features (disk-cached; what training consumes) -----------------------------------------
 
@@ -297,20 +325,25 @@ class MultimodalModel:
         )
 
     def query_encoder(self) -> TextEncoder:
-        """What encodes queries at search time: ONNX Runtime on a CPU (``Settings.query_runtime``).
+        """Query texts -> query vectors as search time runs it: backbone and head in one step.
 
-        Training and the feature cache read :attr:`query_backbone` (PyTorch) instead; both give
-        the same features to float rounding, which the ONNX encoder checks when it is built.
+        On a CPU with ``Settings.query_runtime == "onnx"`` and a backbone that reads token ids,
+        that is ONNX Runtime over an export of the whole query tower, named by the model id and
+        rebuilt when the query head's weights change (never served stale); otherwise PyTorch. Both give the same vectors
+        to float rounding, which the export is checked for when it is built.
         """
+        # Optimizer steps and load_state_dict bump the tensors' version counters: a cheap staleness
+        # check on every query, where hashing the weights into the model id is not.
+        stamp = tuple((t.data_ptr(), t._version) for t in self.heads["query"].state_dict().values())
         with self._query_encoder_lock:
-            if self._query_encoder is None:
-                onnx = (
-                    self.query_backbone.onnx_encoder(self.settings.cache_dir)
-                    if self.settings.query_runtime == "onnx" and self.device.type == "cpu"
-                    else None
-                )
-                self._query_encoder = onnx or self.query_backbone
-            return self._query_encoder
+            if self._query_encoder is None or self._query_encoder[0] != stamp:
+                self.query_cache.clear()  # vectors of other weights
+                torch_tower = _TorchQueryTower(self)
+                onnx = None
+                if self.settings.query_runtime == "onnx" and self.device.type == "cpu":
+                    onnx = _onnx_query_tower(self, self.model_id, torch_tower)
+                self._query_encoder = (stamp, onnx or torch_tower)
+            return self._query_encoder[1]
 
     # --- heads (shared by training and encoding) ------------------------------------------------
 
@@ -417,12 +450,13 @@ class MultimodalModel:
             if not key:
                 msg = f"query {position} is empty; give a non-empty query text"
                 raise ConfigError(msg)
+        encoder = self.query_encoder()  # first: weights changed since the last call empty the cache
         found = {key: vector for key in dict.fromkeys(keys) if (vector := self.query_cache.get(key)) is not None}
         misses = [key for key in dict.fromkeys(keys) if key not in found]
-        if misses:
-            features = extract_text_features(self.query_encoder(), misses, cache=None, batch_size=batch_size)
-            with self.evaluating():
-                vectors = self.query_vectors_from_features(features).cpu().numpy()
+        if misses:  # full precision: these are vectors, not backbone features that a cache rounds
+            vectors = np.concatenate(
+                [encoder.features(misses[start : start + batch_size]).numpy() for start in range(0, len(misses), batch_size)]
+            )
             for key, vector in zip(misses, vectors, strict=True):
                 self.query_cache.put(key, vector)
                 found[key] = vector

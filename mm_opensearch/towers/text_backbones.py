@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mm_opensearch.errors import ModelError
-from mm_opensearch.towers.backbone_base import TextBackbone, TextEncoder, backbone_id, files_digest, state_digest
+from mm_opensearch.towers.backbone_base import TextBackbone, backbone_id, files_digest, state_digest
 
 __all__ = ["HFTextBackbone", "PooledTextEncoder", "TinyTextBackbone"]
 
@@ -149,11 +149,6 @@ class HFTextBackbone(TextBackbone):
         with self._inference():
             pooled = self.module()(ids.to(self.device), mask.to(self.device))
         return pooled.float().cpu()
-
-    def onnx_encoder(self, cache_dir: Path) -> TextEncoder | None:
-        from mm_opensearch.towers.onnx_text import OnnxTextEncoder  # noqa: PLC0415 - onnxruntime loads on demand
-
-        return OnnxTextEncoder.for_backbone(self, cache_dir)
 
 
 class PooledTextEncoder(nn.Module):

@@ -225,9 +225,14 @@ def test_a_separate_query_backbone_is_its_own_encoder(settings) -> None:
 
 
 def test_a_backbone_without_an_onnx_export_encodes_queries_with_torch(settings) -> None:
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder
+
     model = _model(settings.model_copy(update={"query_runtime": "onnx"}))
-    assert model.query_encoder() is model.query_backbone  # the hashing tiny backbone has no export
+    assert not isinstance(model.query_encoder(), OnnxTextEncoder)  # the hashing tiny backbone reads no token ids
     assert not (settings.cache_dir / "onnx").exists()
+    with model.evaluating():
+        expected = model.query_vectors_from_features(model.query_backbone.features(["red shirt"])).numpy()
+    np.testing.assert_allclose(model.encode_queries(["red shirt"]), expected, atol=1e-6)
 
 
 def test_cross_attention_needs_heads_that_divide_the_dim(settings) -> None:

@@ -32,32 +32,57 @@ def test_minilm_features_equal_sentence_transformers_output(model) -> None:
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
 
-def test_minilm_under_onnx_runtime_gives_the_torch_features(model) -> None:
+def _torch_query_vectors(model: MultimodalModel, texts: list[str]) -> np.ndarray:
+    with model.evaluating():
+        return model.query_vectors_from_features(model.query_backbone.features(texts)).numpy()
+
+
+def test_the_query_tower_under_onnx_runtime_gives_the_torch_vectors(model) -> None:
+    import torch
+
     from mm_opensearch.towers.onnx_text import OnnxTextEncoder
 
-    sentences = ["Palm Tree girls white printed skirt", "men black leather formal shoes", "kurta"]
+    queries = ["Palm Tree girls white printed skirt", "men black leather formal shoes", "kurta"]
     encoder = model.query_encoder()
-    assert isinstance(encoder, OnnxTextEncoder)
-    np.testing.assert_allclose(encoder.features(sentences).numpy(), model.text_backbone.features(sentences).numpy(), atol=1e-5)
+    assert isinstance(encoder, OnnxTextEncoder) and model.model_id in encoder.path.name
+    np.testing.assert_allclose(model.encode_queries(queries), _torch_query_vectors(model, queries), atol=1e-5)
+    assert model.query_encoder() is encoder  # built once per model id
+
     exported = encoder.path.stat().st_mtime_ns
-    again = OnnxTextEncoder.for_backbone(model.text_backbone, model.settings.cache_dir)
-    assert again is not None and again.path.stat().st_mtime_ns == exported  # reused, not re-exported
+    model._query_encoder = None  # a new process: the cached export is reused, not made again
+    assert model.query_encoder().path.stat().st_mtime_ns == exported
 
     encoder.path.write_bytes(b"not an onnx graph")  # a damaged cache file is exported again
-    repaired = OnnxTextEncoder.for_backbone(model.text_backbone, model.settings.cache_dir)
-    assert repaired is not None and repaired.path.stat().st_size > 1_000_000
+    model._query_encoder = None
+    assert isinstance(model.query_encoder(), OnnxTextEncoder) and encoder.path.stat().st_size > 1_000_000
+
+    before = model.encode_queries(queries)
+    bias = model.heads["query"].head.net[-1].bias
+    with torch.no_grad():  # new head weights are a new model: never served from the old graph or cache
+        bias.add_(0.01)
+    try:
+        after = model.encode_queries(queries)
+        assert model.query_encoder().path != encoder.path
+        assert not np.allclose(after, before, atol=1e-4)
+        np.testing.assert_allclose(after, _torch_query_vectors(model, queries), atol=1e-5)
+    finally:
+        with torch.no_grad():
+            bias.sub_(0.01)
 
 
 def test_a_failed_export_leaves_query_encoding_to_torch(model, tmp_path, monkeypatch, caplog) -> None:
     import torch
 
-    from mm_opensearch.towers.onnx_text import OnnxTextEncoder
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder, QueryTowerGraph
 
     def refuse(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
-    assert OnnxTextEncoder.for_backbone(model.text_backbone, tmp_path) is None
+    graph = QueryTowerGraph(model.query_backbone.module(), model.heads["query"])
+    built = OnnxTextEncoder.build(graph, model.query_backbone, path=tmp_path / "tower.onnx", dim=model.dim,
+                                  reference=lambda texts: torch.from_numpy(_torch_query_vectors(model, texts)))
+    assert built is None
     assert "unsupported operator" in caplog.text and "encoding with PyTorch" in caplog.text
     assert not list(tmp_path.rglob("*.onnx*"))  # no half-written export left behind
 
