@@ -3,8 +3,10 @@
 Training (issue 4) and encoding share one path: features come from
 :meth:`MultimodalModel.product_text_features` / :meth:`image_features` /
 :meth:`query_text_features` (disk-cached), vectors from :meth:`product_vectors_from_features` /
-:meth:`query_vectors_from_features`. ``encode_products`` and ``encode_queries`` are those two
-steps plus input validation, error reporting and numpy conversion.
+:meth:`query_vectors_from_features`. ``encode_products`` is those two steps plus input
+validation, error reporting and numpy conversion. ``encode_queries`` runs the same query tower
+in one step (:meth:`MultimodalModel.query_encoder`: ONNX Runtime on CPUs), because a search
+waits for it.
 """
 
 from __future__ import annotations
@@ -329,8 +331,8 @@ class MultimodalModel:
 
         On a CPU with ``Settings.query_runtime == "onnx"`` and a backbone that reads token ids,
         that is ONNX Runtime over an export of the whole query tower, named by the model id and
-        rebuilt when the query head's weights change (never served stale); otherwise PyTorch. Both give the same vectors
-        to float rounding, which the export is checked for when it is built.
+        rebuilt when the query head's weights change (never served stale); otherwise PyTorch.
+        Both give the same vectors to float rounding, which the export is checked for when built.
         """
         # Optimizer steps and load_state_dict bump the tensors' version counters: a cheap staleness
         # check on every query, where hashing the weights into the model id is not.
