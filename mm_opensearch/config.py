@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         default="onnx",
         description=(
             "What encodes queries at search time on a CPU: onnx = ONNX Runtime on an export of the "
-            "same weights (cached in cache_dir/onnx; about 2x faster, same features), torch = PyTorch."
+            "whole query tower (cached in cache_dir/onnx; about 2x faster, same vectors), torch = PyTorch."
         ),
     )
     image_fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
