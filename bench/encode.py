@@ -15,25 +15,25 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from mm_opensearch.catalog import CatalogSchema, read_catalog
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.images import load_image
-from mm_opensearch.towers import ModelConfig, MultimodalModel, ProductInput
+from mm_opensearch.towers import EncoderInput, ModelConfig, MultimodalModel, ProductInput
 from mm_opensearch.towers.preprocess import resize_crop
 
 
-def _catalog(settings: Settings, data_dir: Path, n: int) -> list[ProductInput]:
+def _catalog(settings: Settings, data_dir: Path, n: int) -> list[Product]:
     """The first ``n`` products, read through the configured catalog schema as every command does."""
-    products = read_catalog(data_dir / "products.jsonl.gz", CatalogSchema.from_settings(settings), limit=n)
-    return [ProductInput(p.id, p.text, p.image) for p in products]
+    return list(read_catalog(data_dir / "products.jsonl.gz", CatalogSchema.from_settings(settings), limit=n))
 
 
-def _enlarge(products: list[ProductInput], folder: Path) -> list[ProductInput]:
+def _enlarge(products: Sequence[EncoderInput], folder: Path) -> list[ProductInput]:
     """Same products, images upscaled to 1080x1440 JPEGs (what a merchant feed often serves)."""
     large = []
     for product in products:
@@ -45,7 +45,7 @@ def _enlarge(products: list[ProductInput], folder: Path) -> list[ProductInput]:
     return large
 
 
-def _end_to_end(model: MultimodalModel, products: list[ProductInput], batch_size: int) -> float:
+def _end_to_end(model: MultimodalModel, products: Sequence[EncoderInput], batch_size: int) -> float:
     start = time.perf_counter()
     encoding = model.encode_products(products, batch_size=batch_size)
     elapsed = time.perf_counter() - start
@@ -55,7 +55,7 @@ def _end_to_end(model: MultimodalModel, products: list[ProductInput], batch_size
     return len(products) / elapsed
 
 
-def _raw_forward(model: MultimodalModel, products: list[ProductInput], batch_size: int, settings: Settings) -> float:
+def _raw_forward(model: MultimodalModel, products: Sequence[EncoderInput], batch_size: int, settings: Settings) -> float:
     """Backbone forwards only, on the batches encode_products forms (texts sorted by length)."""
     texts = sorted((p.text for p in products), key=len)
     preprocess = model.image_backbone.preprocess

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mm_opensearch.towers import MultimodalModel, ProductInput
+from mm_opensearch.towers import EncoderInput, MultimodalModel
 from mm_opensearch.towers.model import ProductEncoding
 
 __all__ = ["ZeroShotTextTower"]
@@ -31,7 +31,7 @@ class ZeroShotTextTower:
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return _normalize(self._model.query_text_features(list(texts)))
 
-    def encode_products(self, products: Sequence[ProductInput], *, with_modalities: bool = False) -> ProductEncoding:
+    def encode_products(self, products: Sequence[EncoderInput], *, with_modalities: bool = False) -> ProductEncoding:
         has_text = np.array([bool(p.text) for p in products])
         fused = np.full((len(products), self.dim), np.nan, dtype=np.float32)
         if has_text.any():

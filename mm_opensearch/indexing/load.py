@@ -61,11 +61,7 @@ def product_vectors(
     model: MultimodalModel, products: Sequence[Product], *, modalities: bool = False
 ) -> list[dict[str, Any]]:
     """Vector and bookkeeping fields for each product (only the error where nothing could be encoded)."""
-    from mm_opensearch.towers import ProductInput  # noqa: PLC0415 - torch loads only when embedding
-
-    encoding = model.encode_products(
-        [ProductInput(id=p.id, text=p.text, image=p.image) for p in products], with_modalities=modalities
-    )
+    encoding = model.encode_products(products, with_modalities=modalities)
     docs: list[dict[str, Any]] = []
     for row, product in enumerate(products):
         with_text = encoding.text is not None and encoding.has_text[row]

@@ -15,9 +15,10 @@ from mm_opensearch.towers.config import (
 from mm_opensearch.towers.default import load_default_model
 from mm_opensearch.towers.feature_cache import FeatureCache
 from mm_opensearch.towers.heads import ProductVectors
-from mm_opensearch.towers.model import MultimodalModel, ProductEncoding, ProductInput
+from mm_opensearch.towers.model import EncoderInput, MultimodalModel, ProductEncoding, ProductInput
 
 __all__ = [
+    "EncoderInput",
     "FeatureCache",
     "FusionType",
     "ImageBackboneSpec",

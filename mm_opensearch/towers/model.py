@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,7 +37,20 @@ from mm_opensearch.towers.feature_cache import FeatureCache
 from mm_opensearch.towers.heads import ProductHeads, ProductVectors, QueryHead
 from mm_opensearch.towers.query_cache import QueryCache, normalize_query
 
-__all__ = ["ProductInput", "ProductEncoding", "ProductFeatures", "MultimodalModel"]
+__all__ = ["EncoderInput", "ProductInput", "ProductEncoding", "ProductFeatures", "MultimodalModel"]
+
+
+class EncoderInput(Protocol):
+    """What the product tower reads of a product: catalog ``Product``s fit as they are."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def text(self) -> str | None: ...
+
+    @property
+    def image(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -375,7 +388,7 @@ class MultimodalModel:
 
     # --- encoding -----------------------------------------------------------------------------
 
-    def product_features(self, products: Sequence[ProductInput], *, batch_size: int = 64) -> ProductFeatures:
+    def product_features(self, products: Sequence[EncoderInput], *, batch_size: int = 64) -> ProductFeatures:
         """Backbone features of each product's text and image (disk-cached), with presence masks.
 
         The one place that turns products into tower inputs: encoding and training both use it.
@@ -403,7 +416,7 @@ class MultimodalModel:
         return ProductFeatures(text, image, tokens, has_text, has_image, errors)
 
     def encode_products(
-        self, products: Sequence[ProductInput], *, batch_size: int = 64, with_modalities: bool = False
+        self, products: Sequence[EncoderInput], *, batch_size: int = 64, with_modalities: bool = False
     ) -> ProductEncoding:
         """Encode products; a failed image falls back to the text and is reported in ``errors``.
 

@@ -76,9 +76,7 @@ def build_training_data(
 
 def feature_table(model, products: Sequence[Product]) -> FeatureTable:  # noqa: ANN001 - MultimodalModel
     """Cached backbone features of ``products``, as the tower sees them when it encodes."""
-    from mm_opensearch.towers import ProductInput  # noqa: PLC0415 - keeps this module free of model imports
-
-    features = model.product_features([ProductInput(p.id, p.text, p.image) for p in products])
+    features = model.product_features(products)
     return FeatureTable(
         ids=[p.id for p in products],
         text=torch.from_numpy(features.text),
