@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mm_opensearch.indexing.bulk import json_floats
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 
 __all__ = [
@@ -67,7 +66,7 @@ def knn_query(
     kind: VectorKind, vector: np.ndarray | Sequence[float], k: int, filters: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """The ``k`` nearest documents on the ``kind`` vector field among those passing ``filters``."""
-    body: dict[str, Any] = {"vector": json_floats(vector), "k": k}
+    body: dict[str, Any] = {"vector": np.asarray(vector, dtype=np.float64).tolist(), "k": k}
     if filters:
         body["filter"] = {"bool": {"filter": list(filters)}}
     return {"knn": {VECTOR_FIELDS[kind]: body}}

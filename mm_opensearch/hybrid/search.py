@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from opensearchpy import ConnectionError as OSConnectionError
 from opensearchpy import NotFoundError, OpenSearch, TransportError
 
@@ -236,7 +237,7 @@ class HybridSearcher:
 
     # --- the query vector (or why there is none) ---------------------------------------------
 
-    def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[list[float] | None, str | None]:
+    def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[np.ndarray | None, str | None]:
         mapping = self._index_mapping()
         meta = read_model_meta(mapping)
         if meta is None:
@@ -254,7 +255,7 @@ class HybridSearcher:
             logger.exception("query tower failed; answering from BM25")
             return None, f"query tower failed: {type(e).__name__}: {e}"
         timings["encode"] = (time.perf_counter() - started) * 1000
-        return [float(x) for x in vector], None
+        return vector, None
 
     # --- search ------------------------------------------------------------------------------
 
