@@ -37,8 +37,6 @@ class TokenTextBackbone(Protocol):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def module(self) -> nn.Module: ...
-
 
 class QueryTowerGraph(nn.Module):
     """Backbone pooling then the query head: token ids in, L2-normalised query vectors out."""
