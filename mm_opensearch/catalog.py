@@ -11,13 +11,14 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 
-__all__ = ["CatalogSchema", "Product", "read_catalog", "content_hash"]
+__all__ = ["CatalogSchema", "Product", "read_catalog", "content_hash", "parse_instant"]
 
 
 def _split_boost(spec: str) -> tuple[str, float]:
@@ -69,6 +70,18 @@ def product_text(source: dict[str, Any], schema: CatalogSchema) -> str | None:
     parts = [str(source[name]).strip() for name in schema.text_fields if source.get(name) not in (None, "")]
     text = ". ".join(p for p in parts if p)
     return text or None
+
+
+def parse_instant(value: object) -> datetime | None:
+    """An ``updated_at`` value as an aware datetime (a naive one is taken as UTC); None when empty.
+
+    Aware values compare with each other whatever zone they were written in; a naive one beside
+    an aware one would not compare at all.
+    """
+    if value in (None, ""):
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def content_hash(text: str | None, image: str | None) -> str:

@@ -10,16 +10,14 @@ product's encoder inputs did not change.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.pipeline import read_product
-from mm_opensearch.backfill.scan import point_in_time, scan_slice
-from mm_opensearch.catalog import CatalogSchema, content_hash
+from mm_opensearch.backfill.scan import scan_index
+from mm_opensearch.catalog import CatalogSchema, content_hash, parse_instant
 from mm_opensearch.errors import MMOpenSearchError
 from mm_opensearch.indexing.bulk import bulk_write
 
@@ -51,19 +49,6 @@ def reindex(client: OpenSearch, source: str, target: str, *, poll_s: float = 0.5
     return int(response.get("created", 0)) + int(response.get("updated", 0))
 
 
-def _ids(client: OpenSearch, index: str, query: dict[str, Any] | None = None, source: list[str] | bool = False
-         ) -> Iterator[dict[str, Any]]:
-    with point_in_time(client, index, keep_alive="2m") as pit:
-        for hits, _ in scan_slice(client, pit, slice_id=0, slices=1, size=5000, source=source, query=query):
-            yield from hits
-
-
-def _instant(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
 def replay_changes(
     client: OpenSearch,
     source: str,
@@ -81,7 +66,7 @@ def replay_changes(
     """
     field = schema.updated_at_field
     query = {"range": {field: {"gte": since}}}
-    changed = list(_ids(client, source, query, source=True))
+    changed = list(scan_index(client, source, query=query, source=True, size=5000, keep_alive="2m"))
     if not changed:
         return []
     current = {
@@ -96,7 +81,7 @@ def replay_changes(
         old = current.get(hit["_id"], {})
         action: dict[str, Any] = {"_index": target, "_id": hit["_id"], "_source": new}
         if old.get("found"):
-            old_at, new_at = _instant(old["_source"].get(field)), _instant(new.get(field))
+            old_at, new_at = parse_instant(old["_source"].get(field)), parse_instant(new.get(field))
             if old_at is not None and new_at is not None and old_at >= new_at:
                 continue  # the target already has this version or a newer one
             action.update(_op_type="index", if_seq_no=old["_seq_no"], if_primary_term=old["_primary_term"])
@@ -121,8 +106,8 @@ def replay_changes(
 def delete_removed(client: OpenSearch, source: str, target: str) -> list[str]:
     """Delete from ``target`` the products that no longer exist in ``source``; returns their ids."""
     client.indices.refresh(index=f"{source},{target}")
-    kept = {hit["_id"] for hit in _ids(client, source)}
-    gone = [hit["_id"] for hit in _ids(client, target) if hit["_id"] not in kept]
+    kept = {hit["_id"] for hit in scan_index(client, source, size=5000, keep_alive="2m")}
+    gone = [hit["_id"] for hit in scan_index(client, target, size=5000, keep_alive="2m") if hit["_id"] not in kept]
     if gone:
         report = bulk_write(client, [{"_op_type": "delete", "_index": target, "_id": pid} for pid in gone])
         if report.failed:

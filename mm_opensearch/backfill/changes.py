@@ -15,8 +15,9 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
 from mm_opensearch.backfill.pipeline import enqueue
-from mm_opensearch.backfill.scan import point_in_time, scan_slice
+from mm_opensearch.backfill.scan import scan_index
 from mm_opensearch.backfill.store import JobStore
+from mm_opensearch.catalog import parse_instant
 
 __all__ = ["follow_changes", "poll_changes"]
 
@@ -47,23 +48,17 @@ def poll_changes(
         latest = _latest(client, index, field)
         store.set_change_checkpoint(index, latest or datetime.now(UTC).isoformat())
         return 0
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) - timedelta(seconds=overlap_s)
+    start = parse_instant(since) - timedelta(seconds=overlap_s)
     query = {"range": {field: {"gte": start.isoformat()}}}
     ids: list[str] = []
     newest = since
-    with point_in_time(client, index, keep_alive="1m") as pit:
-        for hits, _ in scan_slice(client, pit, slice_id=0, slices=1, size=1000, source=[field], query=query):
-            ids += [hit["_id"] for hit in hits]
-            newest = max([newest, *(str(hit["_source"].get(field) or since) for hit in hits)], key=_instant)
+    for hit in scan_index(client, index, query=query, source=[field]):
+        ids.append(hit["_id"])
+        newest = max(newest, str(hit["_source"].get(field) or since), key=parse_instant)
     if ids:
         enqueue(store, queue, index, ids, batch_size=batch_size, job_id=f"changes-{index}")
     store.set_change_checkpoint(index, newest)
     return len(ids)
-
-
-def _instant(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def follow_changes(

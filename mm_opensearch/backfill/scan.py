@@ -12,7 +12,7 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-__all__ = ["point_in_time", "scan_slice"]
+__all__ = ["point_in_time", "scan_index", "scan_slice"]
 
 
 @contextmanager
@@ -56,3 +56,20 @@ def scan_slice(
             return
         after = hits[-1]["sort"]
         yield hits, after
+
+
+def scan_index(
+    client: OpenSearch,
+    index: str,
+    *,
+    query: dict[str, Any] | None = None,
+    source: list[str] | bool = False,
+    size: int = 1000,
+    keep_alive: str = "1m",
+) -> Iterator[dict[str, Any]]:
+    """Every hit of ``index`` matching ``query``, in one slice, under a PIT deleted afterwards."""
+    with point_in_time(client, index, keep_alive=keep_alive) as pit:
+        for hits, _ in scan_slice(
+            client, pit, slice_id=0, slices=1, size=size, source=source, query=query, keep_alive=keep_alive
+        ):
+            yield from hits

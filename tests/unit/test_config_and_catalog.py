@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mm_opensearch.catalog import CatalogSchema, content_hash, read_catalog
+from mm_opensearch.catalog import CatalogSchema, content_hash, parse_instant, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
@@ -85,3 +85,10 @@ def test_missing_tsv_column_is_named(tmp_path: Path) -> None:
     (tmp_path / "r.tsv").write_text("query_id\tdoc\tgrade\n")
     with pytest.raises(ConfigError, match="product_id"):
         load_qrels(tmp_path / "r.tsv")
+
+
+def test_updated_at_values_parse_to_comparable_utc_instants() -> None:
+    assert parse_instant("2026-11-30T10:00:00Z") == parse_instant("2026-11-30T11:00:00+01:00")
+    assert parse_instant("2026-11-30T10:00:00") == parse_instant("2026-11-30T10:00:00Z")  # naive = UTC
+    assert parse_instant("2026-11-30T10:00:00.001Z") > parse_instant("2026-11-30T10:00:00")
+    assert parse_instant(None) is None and parse_instant("") is None
