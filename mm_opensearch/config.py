@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     )
     worker_retry_backoff_max_s: int = Field(default=120, gt=0, description="Cap of the exponential retry backoff.")
     backfill_batch_size: int = Field(default=64, gt=0, description="Products per embedding task.")
+    backfill_resubmit_after_s: float = Field(
+        default=300, gt=0,
+        description="A waiting job whose batches have not settled for this long sends them again (a Redis restart "
+        "can lose a message a worker had taken); the wait doubles after each resend.",
+    )
 
     # --- HTTP API ---------------------------------------------------------------------------
     api_key: SecretStr | None = Field(

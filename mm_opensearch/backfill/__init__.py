@@ -14,7 +14,9 @@ from mm_opensearch.backfill.pipeline import (
     embed_step,
     enqueue,
     is_transient,
+    resubmit_in_flight,
     retry_dead_letters,
+    submit_embed,
     write_step,
 )
 from mm_opensearch.backfill.run import BackfillTimeoutError, backfill_job_id, run_backfill, wait_for_job
@@ -43,8 +45,10 @@ __all__ = [
     "poll_changes",
     "redis_client",
     "restore_index_settings",
+    "resubmit_in_flight",
     "retry_dead_letters",
     "run_backfill",
+    "submit_embed",
     "wait_for_job",
     "write_step",
 ]

@@ -28,16 +28,18 @@ class QueueEmbedder:
     batch_size: int = 64
     slices: int = 2
     timeout_s: float | None = None
+    resubmit_after_s: float = 300.0
     on_progress: ProgressCallback | None = None
 
     def backfill(self, index: str, *, tune: bool) -> None:
         run_backfill(
             self.client, self.store, self.queue, index, schema=self.schema, image_dir=self.image_dir,
             slices=self.slices, batch_size=self.batch_size, tune=tune, timeout_s=self.timeout_s,
-            on_progress=self.on_progress,
+            resubmit_after_s=self.resubmit_after_s, on_progress=self.on_progress,
         )
 
     def embed(self, index: str, ids: list[str]) -> None:
         job_id = enqueue(self.store, self.queue, index, ids, batch_size=self.batch_size)
-        wait_for_job(self.store, job_id, timeout_s=self.timeout_s, on_progress=self.on_progress)
+        wait_for_job(self.store, job_id, timeout_s=self.timeout_s, on_progress=self.on_progress, queue=self.queue,
+                     resubmit_after_s=self.resubmit_after_s)
         self.client.indices.refresh(index=index)

@@ -40,7 +40,9 @@ __all__ = [
     "is_current",
     "is_transient",
     "read_product",
+    "resubmit_in_flight",
     "retry_dead_letters",
+    "submit_embed",
     "write_step",
 ]
 
@@ -136,8 +138,7 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> None:
         conflicts = []
     if conflicts:
         again = EmbedJob(job.index, tuple(conflicts), job.job_id, f"{job.batch_id}.r{job.attempt + 1}", job.attempt + 1)
-        ctx.store.mark_enqueued(job.job_id, again.batch_id)
-        ctx.queue.submit_embed(again)
+        submit_embed(ctx.store, ctx.queue, again)
     ctx.store.record_errors(job.job_id, [{**e, "batch": job.batch_id} for e in errors])
     ctx.store.settle(
         job.job_id,
@@ -147,6 +148,26 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> None:
         missing=job.missing,
         failed=len(errors),
     )
+
+
+def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:
+    """Send a batch, keeping its message in the job store until it settles (see :func:`resubmit_in_flight`)."""
+    store.mark_enqueued(job.job_id, job.batch_id, job.to_dict())
+    queue.submit_embed(job)
+
+
+def resubmit_in_flight(store: JobStore, queue: JobQueue, job_id: str) -> int:
+    """Send every unsettled batch of the job again; returns how many.
+
+    A Redis restart can lose a message that a worker had taken but not started (Celery drops its
+    prefetched messages when the connection breaks). Sending one again is safe: the embed step
+    skips products whose vector is already current and a batch counts once when it settles. A
+    lost write is sent again as its embed, so the products are read afresh.
+    """
+    messages = store.in_flight(job_id)
+    for message in messages:
+        queue.submit_embed(EmbedJob.from_dict(message))
+    return len(messages)
 
 
 def enqueue(
@@ -163,9 +184,7 @@ def enqueue(
     store.ensure_job(job_id, index)
     call = uuid.uuid4().hex[:8]  # a job (the change feed) may be fed many times
     for number, ids in enumerate(batch_ids(product_ids, batch_size)):
-        job = EmbedJob(index, ids, job_id, f"{job_id}.{call}.{number}")
-        store.mark_enqueued(job_id, job.batch_id)
-        queue.submit_embed(job)
+        submit_embed(store, queue, EmbedJob(index, ids, job_id, f"{job_id}.{call}.{number}"))
     return job_id
 
 
@@ -179,18 +198,21 @@ def dead_letter(store: JobStore, kind: str, payload: dict[str, Any], reason: str
 
 
 def retry_dead_letters(store: JobStore, queue: JobQueue, letter_ids: list[str] | None = None) -> list[str]:
-    """Submit dead-lettered batches again (as new batches of their job); returns the retried ids."""
+    """Submit dead-lettered batches again (as new batches of their job); returns the retried ids.
+
+    Every retry is an embed of the batch's products, also for a failed write: the products may
+    have changed since, and the write's vectors were made from the version read back then.
+    """
     retried = []
     for letter in store.dead_letters():
         if letter_ids is not None and letter.id not in letter_ids:
             continue
-        payload = {**letter.payload, "batch_id": f"{letter.payload['batch_id']}.dl-{letter.id}"}
-        store.ensure_job(payload["job_id"], payload["index"])
-        store.mark_enqueued(payload["job_id"], payload["batch_id"])
-        if letter.kind == "embed":
-            queue.submit_embed(EmbedJob.from_dict(payload))
-        else:
-            queue.submit_write(WriteJob.from_dict(payload))
+        payload = letter.payload
+        ids = payload.get("ids") or [action["_id"] for action in payload["actions"]]
+        job = EmbedJob(payload["index"], tuple(ids), payload["job_id"], f"{payload['batch_id']}.dl-{letter.id}",
+                       payload.get("attempt", 0))
+        store.ensure_job(job.job_id, job.index)
+        submit_embed(store, queue, job)
         store.remove_dead_letter(letter.id)
         retried.append(letter.id)
     return retried

@@ -8,6 +8,7 @@ skipped at scan time and never reach a worker.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
-from mm_opensearch.backfill.pipeline import is_current, read_product
+from mm_opensearch.backfill.pipeline import is_current, read_product, resubmit_in_flight, submit_embed
 from mm_opensearch.backfill.scan import point_in_time, scan_slice
 from mm_opensearch.backfill.store import JobCounts, JobStore
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
@@ -29,6 +30,7 @@ from mm_opensearch.indexing.mappings import read_model_meta
 __all__ = ["BackfillTimeoutError", "backfill_job_id", "run_backfill", "wait_for_job"]
 
 ProgressCallback = Callable[[JobCounts], None]
+log = logging.getLogger(__name__)
 
 
 class BackfillTimeoutError(MMOpenSearchError):
@@ -74,8 +76,7 @@ def _scan_slice(
             if not is_current(hit["_source"], content_hash(product.text, product.image), model_id):
                 stale.append(hit["_id"])
         if stale:
-            store.mark_enqueued(job_id, batch_id)
-            queue.submit_embed(EmbedJob(index, tuple(stale), job_id, batch_id))
+            submit_embed(store, queue, EmbedJob(index, tuple(stale), job_id, batch_id))
         if len(stale) < len(hits):
             store.mark_enqueued(job_id, f"{batch_id}.skip")
             store.settle(job_id, f"{batch_id}.skip", skipped=len(hits) - len(stale))
@@ -91,9 +92,18 @@ def wait_for_job(
     timeout_s: float | None = None,
     poll_s: float = 0.5,
     on_progress: ProgressCallback | None = None,
+    queue: JobQueue | None = None,
+    resubmit_after_s: float = 300.0,
 ) -> JobCounts:
-    """Block until every batch of the job is written or dead-lettered; marks the job finished."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    """Block until every batch of the job is written or dead-lettered; marks the job finished.
+
+    With ``queue``, a job on which no batch has settled for ``resubmit_after_s`` gets its unsettled
+    batches sent again (a broker restart may have lost them); the wait before the next resend
+    doubles, so workers that are merely down see a few duplicates, not a flood.
+    """
+    now = time.monotonic()
+    deadline = None if timeout_s is None else now + timeout_s
+    settled, stalled_since, patience = -1, now, resubmit_after_s
     while True:
         counts = store.counts(job_id)
         if counts is None:
@@ -110,6 +120,14 @@ def wait_for_job(
                 f"{timeout_s:.0f} s; is a worker running (`mm-opensearch worker`)? Run the same command to resume"
             )
             raise BackfillTimeoutError(msg)
+        now = time.monotonic()
+        if counts.batches_settled != settled:
+            settled, stalled_since, patience = counts.batches_settled, now, resubmit_after_s
+        elif queue is not None and counts.status in ("scanned", "finished") and now - stalled_since > patience:
+            resent = resubmit_in_flight(store, queue, job_id)
+            log.warning("job %s: no batch settled for %.0f s; sent its %d unsettled batches again",
+                        job_id, now - stalled_since, resent)
+            stalled_since, patience = now, 2 * patience
         time.sleep(poll_s)
 
 
@@ -128,6 +146,7 @@ def run_backfill(
     restart: bool = False,
     wait: bool = True,
     timeout_s: float | None = None,
+    resubmit_after_s: float = 300.0,
     on_progress: ProgressCallback | None = None,
 ) -> JobCounts:
     """Enqueue every product of ``index`` whose vector is missing or stale, then wait for the workers.
@@ -135,6 +154,7 @@ def run_backfill(
     ``tune`` turns refresh and replicas off meanwhile (for an index not yet serving queries) and
     restores them afterwards, also on failure. Without ``restart`` an unfinished job resumes.
     ``image_dir`` must be the workers' ``MMOS_DATA_DIR`` so both sides hash the same inputs.
+    ``resubmit_after_s`` is :func:`wait_for_job`'s.
     """
     mapping = client.indices.get_mapping(index=index)
     (concrete, body), *rest = mapping.items()
@@ -165,6 +185,7 @@ def run_backfill(
             counts = store.counts(job_id)
             assert counts is not None
             return counts
-        counts = wait_for_job(store, job_id, timeout_s=timeout_s, on_progress=on_progress)
+        counts = wait_for_job(store, job_id, timeout_s=timeout_s, on_progress=on_progress, queue=queue,
+                              resubmit_after_s=resubmit_after_s)
     client.indices.refresh(index=index)
     return counts

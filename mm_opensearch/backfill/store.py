@@ -3,7 +3,8 @@
 Redis is already there as the Celery broker, and keeping the state beside the queue means a
 restarted backfill (or a restarted worker) resumes from it. A batch counts once however often it
 is delivered: settling is a set insertion and the counters move only on the first one (Lua script,
-atomic), so redelivery after a crash never double counts.
+atomic), so redelivery after a crash never double counts. Until it settles, a batch's message is
+kept here too, because a broker restart can lose a message a worker had already taken.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = ["JobStore", "JobCounts", "DeadLetter", "redis_client"]
 COUNTERS = ("written", "skipped", "missing", "failed", "dead")
 
 _SETTLE = """
+redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
   for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
   return 1
@@ -100,8 +102,8 @@ class JobStore:
         if resume and status is not None and status.decode() != "finished":
             self.redis.hset(meta, mapping={"total": total, "status": "running"})
             return True
-        self.redis.delete(meta, self._key("job", job_id, "enqueued"), self._key("job", job_id, "settled"),
-                          self._key("job", job_id, "cursors"), self._key("job", job_id, "errors"))
+        parts = ("enqueued", "settled", "in_flight", "cursors", "errors")
+        self.redis.delete(meta, *(self._key("job", job_id, part) for part in parts))
         fields: dict[str, Any] = {"index": index, "status": "running", "total": total, "scanned": 0,
                                   "started_at": time.time()}
         fields.update(dict.fromkeys(COUNTERS, 0))
@@ -121,8 +123,17 @@ class JobStore:
     def add_scanned(self, job_id: str, n: int) -> None:
         self.redis.hincrby(self._key("job", job_id), "scanned", n)
 
-    def mark_enqueued(self, job_id: str, batch_id: str) -> None:
-        self.redis.sadd(self._key("job", job_id, "enqueued"), batch_id)
+    def mark_enqueued(self, job_id: str, batch_id: str, message: dict[str, Any] | None = None) -> None:
+        """Count a batch as enqueued; ``message`` is what :meth:`in_flight` returns until it settles."""
+        pipe = self.redis.pipeline()
+        pipe.sadd(self._key("job", job_id, "enqueued"), batch_id)
+        if message is not None:
+            pipe.hset(self._key("job", job_id, "in_flight"), batch_id, json.dumps(message))
+        pipe.execute()
+
+    def in_flight(self, job_id: str) -> list[dict[str, Any]]:
+        """The messages of the job's batches that were enqueued and have not settled yet."""
+        return [json.loads(raw) for raw in self.redis.hvals(self._key("job", job_id, "in_flight"))]
 
     def settle(self, job_id: str, batch_id: str, **counts: int) -> bool:
         """Count a finished batch once; False when it had been counted before (a redelivery)."""
@@ -133,7 +144,7 @@ class JobStore:
         args: list[Any] = [batch_id]
         for name, value in counts.items():
             args += [name, value]
-        keys = [self._key("job", job_id, "settled"), self._key("job", job_id)]
+        keys = [self._key("job", job_id, "settled"), self._key("job", job_id), self._key("job", job_id, "in_flight")]
         return bool(self._settle(keys=keys, args=args))
 
     def counts(self, job_id: str) -> JobCounts | None:

@@ -151,8 +151,9 @@ def augment(
 
         queue = CeleryJobQueue(celery_app)
     with progress_display("embedding") as update:
-        embedder = QueueEmbedder(client, store, queue, schema, settings.data_dir, settings.backfill_batch_size,
-                                 slices, timeout, update)
+        embedder = QueueEmbedder(client, store, queue, schema, image_dir=settings.data_dir,
+                                 batch_size=settings.backfill_batch_size, slices=slices, timeout_s=timeout,
+                                 resubmit_after_s=settings.backfill_resubmit_after_s, on_progress=update)
         result = run_augment(client, plan, embedder, schema=schema, image_dir=settings.data_dir,
                              on_step=lambda message: console.print(f"· {message}"))
     console.print(f"done: copied {result.copied}, replayed {len(result.replayed)}, deleted {len(result.deleted)}")

@@ -79,7 +79,8 @@ def backfill(
         counts = _run_backfill(
             create_client(settings), _store(), _queue(), index, schema=CatalogSchema.from_settings(settings),
             image_dir=settings.data_dir, slices=slices, batch_size=batch_size or settings.backfill_batch_size,
-            tune=tune, restart=restart, wait=wait, timeout_s=timeout, on_progress=update,
+            tune=tune, restart=restart, wait=wait, timeout_s=timeout,
+            resubmit_after_s=settings.backfill_resubmit_after_s, on_progress=update,
         )
     print_counts(counts)
 

@@ -17,6 +17,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill import (
+    BackfillTimeoutError,
     EmbedContext,
     EmbedJob,
     JobStore,
@@ -138,7 +139,7 @@ def test_backfill_completes_across_a_redis_restart(
 
     def backfill() -> None:
         result["counts"] = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema,
-                                        batch_size=25, timeout_s=120)
+                                        batch_size=25, timeout_s=120, resubmit_after_s=10)
 
     thread = threading.Thread(target=backfill)
     thread.start()
@@ -152,6 +153,38 @@ def test_backfill_completes_across_a_redis_restart(
     assert not thread.is_alive()
     assert result["counts"].written + result["counts"].skipped >= len(products)  # type: ignore[attr-defined]
     _assert_all_vectors_fresh(client, index_name, model, products)
+
+
+def test_a_batch_the_broker_lost_is_sent_again_when_the_job_stalls(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    products = catalog[:30]
+    _index_without_vectors(client, index_name, schema, products, model)
+    job_id = enqueue(store, CeleryJobQueue(app), index_name, [p.id for p in products[:20]], batch_size=10)
+    lost = EmbedJob(index_name, tuple(p.id for p in products[20:]), job_id, f"{job_id}.lost")
+    store.mark_enqueued(job_id, lost.batch_id, lost.to_dict())  # enqueued, but its message never arrives
+
+    counts = wait_for_job(store, job_id, timeout_s=60, queue=CeleryJobQueue(app), resubmit_after_s=3)
+
+    assert counts.written == len(products) and counts.batches_settled == counts.batches_enqueued == 3
+    assert store.in_flight(job_id) == []
+    _assert_all_vectors_fresh(client, index_name, model, products)
+
+
+def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) -> None:
+    queue = RecordingQueue()
+    job_id = enqueue(store, queue, "no-such-index", [str(i) for i in range(4)], batch_size=2)
+    assert len(queue.embeds) == 2 and len(store.in_flight(job_id)) == 2
+
+    with pytest.raises(BackfillTimeoutError):
+        wait_for_job(store, job_id, timeout_s=5, poll_s=0.05, queue=queue, resubmit_after_s=1)
+
+    # sent again after ~1 s and ~3 s (the wait doubles), not every poll
+    assert len(queue.embeds) == 2 + 2 * 2
+    assert sorted(j.batch_id for j in queue.embeds[2:]) == sorted(2 * [j.batch_id for j in queue.embeds[:2]])
+    store.settle(job_id, queue.embeds[0].batch_id, written=2)
+    assert [m["batch_id"] for m in store.in_flight(job_id)] == [queue.embeds[1].batch_id]
 
 
 class RecordingQueue:
