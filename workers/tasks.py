@@ -28,7 +28,6 @@ from mm_opensearch.backfill import (
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
-from mm_opensearch.errors import ModelError
 from workers.app import CeleryJobQueue, app
 
 __all__ = ["embed_batch", "write_batch"]
@@ -42,15 +41,15 @@ def _settings() -> Settings:
 
 
 def _load_model(settings: Settings) -> Any:
-    if settings.model_dir is None:
-        msg = "the worker needs a model; set MMOS_MODEL_DIR to a model folder (written by MultimodalModel.save)"
-        raise ModelError(msg)
-    import torch  # noqa: PLC0415 - only model workers pay for torch
+    """``MMOS_MODEL_DIR`` or the packaged default, on one torch thread unless ``MMOS_TORCH_THREADS`` says more.
 
-    from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415
+    A prefork worker runs one process per slot; torch's default of a thread per core in each of
+    them would oversubscribe the machine (``mm-opensearch worker`` sets cores / concurrency).
+    """
+    from mm_opensearch.towers import load_default_model  # noqa: PLC0415 - only model workers pay for torch
 
-    torch.set_num_threads(settings.torch_threads or 1)
-    return MultimodalModel.load(settings.model_dir, settings=settings, use_feature_cache=False)
+    threads = settings.torch_threads or 1
+    return load_default_model(settings.model_copy(update={"torch_threads": threads}), use_feature_cache=False)
 
 
 def context(*, with_model: bool) -> EmbedContext:
