@@ -81,7 +81,7 @@ def rank_queries(searcher: HybridSearcher, queries: Sequence[JudgedQuery], spec:
     run: dict[str, dict[str, float]] = {}
     for query in queries:
         request = SearchRequest(query=query.text, mode=spec.mode, size=depth, depth=depth,  # type: ignore[arg-type]
-                                vector=spec.vector, fusion=spec.fusion)  # type: ignore[arg-type]
+                                vector=spec.vector, fusion=spec.fusion, with_source=False)  # type: ignore[arg-type]
         response = searcher.search(request)
         if response.degraded:
             msg = f"mode {spec.mode}/{spec.vector} ran degraded ({response.degraded_reason}); fix the index or model"

@@ -88,6 +88,7 @@ class SearchRequest:
     fusion: FusionOptions | None = None
     explain: bool = False
     fusion_path: FusionPath = "auto"
+    with_source: bool = True  # False: ids and scores only, no document is read (evaluation, re-ranking)
 
     def __post_init__(self) -> None:
         if not self.query.strip():
@@ -316,13 +317,14 @@ class HybridSearcher:
     def _single_leg(
         self, leg: str, query: dict[str, Any], request: SearchRequest, timings: dict[str, float]
     ) -> list[SearchHit]:
-        response = self._search(leg_request(query, size=request.size, from_=request.from_))
+        body = leg_request(query, size=request.size, from_=request.from_, source=request.with_source)
+        response = self._search(body)
         timings[leg] = float(response["took"])
         return [
             SearchHit(
-                id=hit["_id"],
+                id=hit["_id"] if request.with_source else candidate_id(hit),
                 score=hit["_score"],
-                source=hit["_source"],
+                source=hit.get("_source", {}),
                 legs={leg: LegScore(request.from_ + position, hit["_score"])} if request.explain else None,
             )
             for position, hit in enumerate(response["hits"]["hits"], start=1)
@@ -362,7 +364,7 @@ class HybridSearcher:
         fused: list[FusedHit] = fuse(legs, fusion)
         page = fused[request.from_ : request.from_ + request.size]
         timings["fuse"] = (time.perf_counter() - started) * 1000
-        sources = self._sources([hit.id for hit in page])
+        sources = self._sources([hit.id for hit in page]) if request.with_source else {}
         return [
             SearchHit(
                 id=hit.id,
@@ -397,7 +399,7 @@ class HybridSearcher:
         response = self._search(body, search_pipeline=pipeline)
         timings["hybrid"] = float(response["took"])
         page = [(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]]
-        sources = self._sources([doc_id for doc_id, _ in page])
+        sources = self._sources([doc_id for doc_id, _ in page]) if request.with_source else {}
         explained: list[dict[str, LegScore]] = [{} for _ in _LEGS]
         if request.explain:  # the plugin does not report per-leg ranks: run the very same legs again
             for where, leg in zip(explained, self._legs(lexical, knn, request.candidates, {}), strict=True):

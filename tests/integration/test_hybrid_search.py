@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 
@@ -109,6 +110,17 @@ def test_pages_have_no_duplicates_or_gaps(searcher: HybridSearcher, path: str, f
     assert len(pages) == len({h.id for h in pages}) == 42
     paged = SearchResponse(pages, whole.mode, whole.requested_mode, fusion, whole.fusion_path, False, None, {})
     assert tie_groups(paged) == tie_groups(whole)
+
+
+@pytest.mark.parametrize(("mode", "path"), [("bm25", "auto"), ("vector", "auto"), ("hybrid", "server"),
+                                           ("hybrid", "client")])
+def test_ids_only_ranks_like_a_search_with_documents(searcher: HybridSearcher, mode: str, path: str) -> None:
+    request = SearchRequest("blue shirt men", mode=mode, size=20, from_=5, fusion_path=path)  # type: ignore[arg-type]
+    full = searcher.search(request)
+    bare = searcher.search(replace(request, with_source=False))
+    assert [(h.id, h.score) for h in bare.hits] == [(h.id, h.score) for h in full.hits]
+    assert len(full.hits) == 20 and all(h.source for h in full.hits)
+    assert all(h.source == {} for h in bare.hits)
 
 
 @pytest.mark.parametrize("fusion", [RRF, MIN_MAX, L2])
