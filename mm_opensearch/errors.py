@@ -13,7 +13,10 @@ Every message names what was wrong and the fix, so a CLI user or an API client c
 
 from __future__ import annotations
 
+from typing import Any, get_args
+
 __all__ = [
+    "check_choice",
     "MMOpenSearchError",
     "ConfigError",
     "DevServiceError",
@@ -30,6 +33,14 @@ class MMOpenSearchError(Exception):
 
 class ConfigError(MMOpenSearchError, ValueError):
     """A setting or an input field is invalid; the message names the field and the fix."""
+
+
+def check_choice(field: str, value: object, choices: Any) -> None:
+    """Refuse ``value`` unless it is one of the ``Literal`` type ``choices``: one list, in the type and the message."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        msg = f"{field} '{value}' is unknown; use one of {', '.join(map(str, allowed))}"
+        raise ConfigError(msg)
 
 
 class DevServiceError(MMOpenSearchError):

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mm_opensearch.errors import ConfigError
+from mm_opensearch.errors import ConfigError, check_choice
 
 __all__ = [
     "FusionMethod",
@@ -60,12 +60,8 @@ class FusionOptions:
     rank_constant: int = 60
 
     def __post_init__(self) -> None:
-        if self.method not in ("rrf", "linear"):
-            msg = f"fusion method '{self.method}' is unknown; use 'rrf' or 'linear'"
-            raise ConfigError(msg)
-        if self.normalization not in ("min_max", "l2", "z_score"):
-            msg = f"fusion normalization '{self.normalization}' is unknown; use 'min_max', 'l2' or 'z_score'"
-            raise ConfigError(msg)
+        check_choice("fusion method", self.method, FusionMethod)
+        check_choice("fusion normalization", self.normalization, Normalization)
         if not 1 <= self.rank_constant <= MAX_RANK_CONSTANT:
             msg = f"fusion rank_constant must be in [1, {MAX_RANK_CONSTANT}], got {self.rank_constant}"
             raise ConfigError(msg)

@@ -27,7 +27,7 @@ from opensearchpy import NotFoundError, OpenSearch, TransportError
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import TRANSIENT_STATUSES, create_client
 from mm_opensearch.config import Settings
-from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError
+from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
 from mm_opensearch.hybrid.filters import build_filters
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
@@ -102,15 +102,9 @@ class SearchRequest:
         except UnicodeEncodeError as e:
             msg = "query is not valid Unicode text (unpaired surrogate); send UTF-8 text"
             raise ConfigError(msg) from e
-        if self.mode not in ("bm25", "vector", "hybrid"):
-            msg = f"mode '{self.mode}' is unknown; use bm25, vector or hybrid"
-            raise ConfigError(msg)
-        if self.vector not in ("fused", "text", "image"):
-            msg = f"vector '{self.vector}' is unknown; use fused, text or image"
-            raise ConfigError(msg)
-        if self.fusion_path not in ("auto", "server", "client"):
-            msg = f"fusion_path '{self.fusion_path}' is unknown; use auto, server or client"
-            raise ConfigError(msg)
+        check_choice("mode", self.mode, SearchMode)
+        check_choice("vector", self.vector, VectorKind)
+        check_choice("fusion_path", self.fusion_path, FusionPath)
         if not 1 <= self.size <= MAX_SIZE:
             msg = f"size must be in [1, {MAX_SIZE}], got {self.size}"
             raise ConfigError(msg)

@@ -167,9 +167,9 @@ def test_pipelines_are_named_by_their_parameters() -> None:
         ({"query": "x" * (MAX_QUERY_CHARS + 1)}, "characters long"),
         ({"query": "  \t"}, "empty"),
         ({"query": "bad \udc00 text"}, "surrogate"),
-        ({"mode": "sparse"}, "mode"),
-        ({"vector": "audio"}, "vector"),
-        ({"fusion_path": "gpu"}, "fusion_path"),
+        ({"mode": "sparse"}, "mode 'sparse' is unknown; use one of bm25, vector, hybrid"),
+        ({"vector": "audio"}, "vector 'audio' is unknown; use one of fused, text, image"),
+        ({"fusion_path": "gpu"}, "fusion_path 'gpu' is unknown; use one of auto, server, client"),
     ],
 )
 def test_search_requests_out_of_bounds_are_refused(kwargs: dict[str, Any], reason: str) -> None:
