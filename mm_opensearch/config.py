@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -117,9 +117,9 @@ class Settings(BaseSettings):
     worker_retry_backoff_max_s: int = Field(default=120, gt=0, description="Cap of the exponential retry backoff.")
     backfill_batch_size: int = Field(default=64, gt=0, description="Products per embedding task.")
     backfill_resubmit_after_s: float = Field(
-        default=300, gt=0,
-        description="A waiting job whose batches have not settled for this long sends them again (a Redis restart "
-        "can lose a message a worker had taken); the wait doubles after each resend.",
+        default=900, gt=0,
+        description="A batch unsettled this long, overtaken by later ones or in a stalled job, is presumed lost by "
+        "the broker and sent again by whoever watches the job; must exceed the task time limit.",
     )
 
     # --- HTTP API ---------------------------------------------------------------------------
@@ -135,6 +135,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _resend_after_the_time_limit(self) -> Settings:
+        if self.backfill_resubmit_after_s <= self.worker_task_time_limit_s:
+            msg = (
+                f"MMOS_BACKFILL_RESUBMIT_AFTER_S ({self.backfill_resubmit_after_s:g} s) must exceed "
+                f"MMOS_WORKER_TASK_TIME_LIMIT_S ({self.worker_task_time_limit_s} s), or a batch still running is "
+                "sent again; raise the first or lower the second"
+            )
+            raise ValueError(msg)
+        return self
 
     @property
     def jar_cache_dir(self) -> Path:

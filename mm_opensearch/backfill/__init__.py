@@ -4,7 +4,7 @@ The library decides what to embed and writes it safely; a :class:`JobQueue` (Cel
 ``workers/``, or :class:`InlineQueue`) decides where the work runs.
 """
 
-from mm_opensearch.backfill.changes import follow_changes, poll_changes
+from mm_opensearch.backfill.changes import changes_job_id, follow_changes, poll_changes
 from mm_opensearch.backfill.embedder import QueueEmbedder
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue, WriteJob, new_job_id
 from mm_opensearch.backfill.pipeline import (
@@ -14,11 +14,11 @@ from mm_opensearch.backfill.pipeline import (
     embed_step,
     enqueue,
     is_transient,
-    resubmit_in_flight,
     retry_dead_letters,
     submit_embed,
     write_step,
 )
+from mm_opensearch.backfill.recovery import StallGuard
 from mm_opensearch.backfill.run import BackfillTimeoutError, backfill_job_id, run_backfill, wait_for_job
 from mm_opensearch.backfill.store import DeadLetter, JobCounts, JobStore, redis_client
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
@@ -33,9 +33,11 @@ __all__ = [
     "JobQueue",
     "JobStore",
     "QueueEmbedder",
+    "StallGuard",
     "WriteJob",
     "backfill_job_id",
     "bulk_load_settings",
+    "changes_job_id",
     "dead_letter",
     "embed_step",
     "enqueue",

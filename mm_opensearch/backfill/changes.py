@@ -3,7 +3,8 @@ re-embedded.
 
 The checkpoint lives in Redis. Each poll looks back ``overlap_s`` before it, because a document
 written just before a poll may become searchable only after the next refresh; products seen twice
-cost nothing, since the worker skips those whose content hash is unchanged.
+cost nothing, since the worker skips those whose content hash is unchanged. Nobody waits on the
+feed's job, so the follower itself sends again the batches the broker lost (:mod:`.recovery`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
 from mm_opensearch.backfill.pipeline import enqueue
+from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S, StallGuard
 from mm_opensearch.backfill.scan import scan_index
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import parse_instant
 
-__all__ = ["follow_changes", "poll_changes"]
+__all__ = ["changes_job_id", "follow_changes", "poll_changes"]
+
+
+def changes_job_id(index: str) -> str:
+    """The one open-ended job every poll of ``index`` adds its batches to."""
+    return f"changes-{index}"
 
 
 def _latest(client: OpenSearch, index: str, field: str) -> str | None:
@@ -56,7 +63,7 @@ def poll_changes(
         ids.append(hit["_id"])
         newest = max(newest, str(hit["_source"].get(field) or since), key=parse_instant)
     if ids:
-        enqueue(store, queue, index, ids, batch_size=batch_size, job_id=f"changes-{index}")
+        enqueue(store, queue, index, ids, batch_size=batch_size, job_id=changes_job_id(index))
     store.set_change_checkpoint(index, newest)
     return len(ids)
 
@@ -71,8 +78,13 @@ def follow_changes(
     interval_s: float = 5.0,
     field: str = "updated_at",
     batch_size: int = 64,
+    resubmit_after_s: float = RESUBMIT_AFTER_S,
 ) -> None:
-    """Poll until ``stop`` is set."""
+    """Poll until ``stop`` is set; lost batches are sent again after ``resubmit_after_s``."""
+    guard = StallGuard(store, queue, changes_job_id(index), after_s=resubmit_after_s)
     while not stop.is_set():
         poll_changes(client, store, queue, index, field=field, batch_size=batch_size)
+        counts = store.counts(guard.job_id)
+        if counts is not None:
+            guard.check(counts)
         stop.wait(interval_s)

@@ -9,6 +9,7 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
 from mm_opensearch.backfill.pipeline import enqueue
+from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S
 from mm_opensearch.backfill.run import ProgressCallback, run_backfill, wait_for_job
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema
@@ -28,7 +29,7 @@ class QueueEmbedder:
     batch_size: int = 64
     slices: int = 2
     timeout_s: float | None = None
-    resubmit_after_s: float = 300.0
+    resubmit_after_s: float = RESUBMIT_AFTER_S
     on_progress: ProgressCallback | None = None
 
     def backfill(self, index: str, *, tune: bool) -> None:

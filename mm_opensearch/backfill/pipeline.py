@@ -40,7 +40,6 @@ __all__ = [
     "is_current",
     "is_transient",
     "read_product",
-    "resubmit_in_flight",
     "retry_dead_letters",
     "submit_embed",
     "write_step",
@@ -151,23 +150,9 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> None:
 
 
 def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:
-    """Send a batch, keeping its message in the job store until it settles (see :func:`resubmit_in_flight`)."""
+    """Send a batch, keeping its message in the job store until it settles (see :mod:`.recovery`)."""
     store.mark_enqueued(job.job_id, job.batch_id, job.to_dict())
     queue.submit_embed(job)
-
-
-def resubmit_in_flight(store: JobStore, queue: JobQueue, job_id: str) -> int:
-    """Send every unsettled batch of the job again; returns how many.
-
-    A Redis restart can lose a message that a worker had taken but not started (Celery drops its
-    prefetched messages when the connection breaks). Sending one again is safe: the embed step
-    skips products whose vector is already current and a batch counts once when it settles. A
-    lost write is sent again as its embed, so the products are read afresh.
-    """
-    messages = store.in_flight(job_id)
-    for message in messages:
-        queue.submit_embed(EmbedJob.from_dict(message))
-    return len(messages)
 
 
 def enqueue(

@@ -8,7 +8,6 @@ skipped at scan time and never reach a worker.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,8 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
-from mm_opensearch.backfill.pipeline import is_current, read_product, resubmit_in_flight, submit_embed
+from mm_opensearch.backfill.pipeline import is_current, read_product, submit_embed
+from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S, StallGuard
 from mm_opensearch.backfill.scan import point_in_time, scan_slice
 from mm_opensearch.backfill.store import JobCounts, JobStore
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
@@ -30,7 +30,6 @@ from mm_opensearch.indexing.mappings import read_model_meta
 __all__ = ["BackfillTimeoutError", "backfill_job_id", "run_backfill", "wait_for_job"]
 
 ProgressCallback = Callable[[JobCounts], None]
-log = logging.getLogger(__name__)
 
 
 class BackfillTimeoutError(MMOpenSearchError):
@@ -93,17 +92,15 @@ def wait_for_job(
     poll_s: float = 0.5,
     on_progress: ProgressCallback | None = None,
     queue: JobQueue | None = None,
-    resubmit_after_s: float = 300.0,
+    resubmit_after_s: float = RESUBMIT_AFTER_S,
 ) -> JobCounts:
     """Block until every batch of the job is written or dead-lettered; marks the job finished.
 
-    With ``queue``, a job on which no batch has settled for ``resubmit_after_s`` gets its unsettled
-    batches sent again (a broker restart may have lost them); the wait before the next resend
-    doubles, so workers that are merely down see a few duplicates, not a flood.
+    With ``queue``, batches presumed lost by the broker are sent again after ``resubmit_after_s``
+    (:class:`~mm_opensearch.backfill.recovery.StallGuard`).
     """
-    now = time.monotonic()
-    deadline = None if timeout_s is None else now + timeout_s
-    settled, stalled_since, patience = -1, now, resubmit_after_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    guard = StallGuard(store, queue, job_id, after_s=resubmit_after_s) if queue is not None else None
     while True:
         counts = store.counts(job_id)
         if counts is None:
@@ -120,14 +117,8 @@ def wait_for_job(
                 f"{timeout_s:.0f} s; is a worker running (`mm-opensearch worker`)? Run the same command to resume"
             )
             raise BackfillTimeoutError(msg)
-        now = time.monotonic()
-        if counts.batches_settled != settled:
-            settled, stalled_since, patience = counts.batches_settled, now, resubmit_after_s
-        elif queue is not None and counts.status in ("scanned", "finished") and now - stalled_since > patience:
-            resent = resubmit_in_flight(store, queue, job_id)
-            log.warning("job %s: no batch settled for %.0f s; sent its %d unsettled batches again",
-                        job_id, now - stalled_since, resent)
-            stalled_since, patience = now, 2 * patience
+        if guard is not None:
+            guard.check(counts)
         time.sleep(poll_s)
 
 
@@ -146,7 +137,7 @@ def run_backfill(
     restart: bool = False,
     wait: bool = True,
     timeout_s: float | None = None,
-    resubmit_after_s: float = 300.0,
+    resubmit_after_s: float = RESUBMIT_AFTER_S,
     on_progress: ProgressCallback | None = None,
 ) -> JobCounts:
     """Enqueue every product of ``index`` whose vector is missing or stale, then wait for the workers.

@@ -4,7 +4,8 @@ Redis is already there as the Celery broker, and keeping the state beside the qu
 restarted backfill (or a restarted worker) resumes from it. A batch counts once however often it
 is delivered: settling is a set insertion and the counters move only on the first one (Lua script,
 atomic), so redelivery after a crash never double counts. Until it settles, a batch's message is
-kept here too, because a broker restart can lose a message a worker had already taken.
+kept here too, with the time it was sent, because a broker restart can lose a message a worker
+had already taken (:mod:`~mm_opensearch.backfill.recovery` sends such batches again).
 """
 
 from __future__ import annotations
@@ -21,15 +22,47 @@ from redis.retry import Retry
 
 from mm_opensearch.config import Settings
 
-__all__ = ["JobStore", "JobCounts", "DeadLetter", "redis_client"]
+__all__ = ["JobStore", "JobCounts", "DeadLetter", "Overdue", "redis_client"]
 
 COUNTERS = ("written", "skipped", "missing", "failed", "dead")
 
+# KEYS: settled set, job hash, in-flight messages, in-flight send times, in-flight resend counts.
+# The send time of the newest settled batch is kept in the job hash: an older batch still unsettled
+# has been overtaken by the queue (see recovery.StallGuard).
 _SETTLE = """
-redis.call('HDEL', KEYS[3], ARGV[1])
+local sent = redis.call('ZSCORE', KEYS[4], ARGV[1])
+if sent then
+  if tonumber(sent) > tonumber(redis.call('HGET', KEYS[2], 'settled_sent_at') or '0') then
+    redis.call('HSET', KEYS[2], 'settled_sent_at', sent)
+  end
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
+end
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
   for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
   return 1
+end
+return 0
+"""
+
+# KEYS: enqueued set, in-flight messages, in-flight send times. Times are the Redis server's, so
+# producers and watchers on other machines agree on them.
+_ENQUEUE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[3], t[1] + t[2] / 1e6, ARGV[1])
+end
+"""
+
+# KEYS: in-flight send times, in-flight resend counts. Only a batch that has not settled meanwhile.
+_RESENT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[1], t[1] + t[2] / 1e6, ARGV[1])
+  return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 end
 return 0
 """
@@ -64,11 +97,21 @@ class JobCounts:
     failed: int
     dead: int
     started_at: float
+    settled_sent_at: float = 0.0  # when the newest settled batch was sent (Redis server time)
 
     @property
     def settled(self) -> bool:
         """The scan has finished and every batch it enqueued has been written or dead-lettered."""
         return self.status in ("scanned", "finished") and self.batches_settled >= self.batches_enqueued
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """An unsettled batch due to be sent again: its message and how often it was resent already."""
+
+    batch_id: str
+    message: dict[str, Any]
+    resent: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +132,8 @@ class JobStore:
         self.redis = client
         self.prefix = prefix
         self._settle = client.register_script(_SETTLE)
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._resent = client.register_script(_RESENT)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -102,7 +147,7 @@ class JobStore:
         if resume and status is not None and status.decode() != "finished":
             self.redis.hset(meta, mapping={"total": total, "status": "running"})
             return True
-        parts = ("enqueued", "settled", "in_flight", "cursors", "errors")
+        parts = ("enqueued", "settled", "in_flight", "in_flight_at", "in_flight_resent", "cursors", "errors")
         self.redis.delete(meta, *(self._key("job", job_id, part) for part in parts))
         fields: dict[str, Any] = {"index": index, "status": "running", "total": total, "scanned": 0,
                                   "started_at": time.time()}
@@ -123,17 +168,40 @@ class JobStore:
     def add_scanned(self, job_id: str, n: int) -> None:
         self.redis.hincrby(self._key("job", job_id), "scanned", n)
 
-    def mark_enqueued(self, job_id: str, batch_id: str, message: dict[str, Any] | None = None) -> None:
-        """Count a batch as enqueued; ``message`` is what :meth:`in_flight` returns until it settles."""
-        pipe = self.redis.pipeline()
-        pipe.sadd(self._key("job", job_id, "enqueued"), batch_id)
-        if message is not None:
-            pipe.hset(self._key("job", job_id, "in_flight"), batch_id, json.dumps(message))
-        pipe.execute()
+    def _in_flight_keys(self, job_id: str) -> list[str]:
+        return [self._key("job", job_id, part) for part in ("in_flight", "in_flight_at", "in_flight_resent")]
 
-    def in_flight(self, job_id: str) -> list[dict[str, Any]]:
-        """The messages of the job's batches that were enqueued and have not settled yet."""
-        return [json.loads(raw) for raw in self.redis.hvals(self._key("job", job_id, "in_flight"))]
+    def mark_enqueued(self, job_id: str, batch_id: str, message: dict[str, Any] | None = None) -> None:
+        """Count a batch as enqueued; its ``message`` is kept (for :meth:`overdue`) until it settles."""
+        keys = [self._key("job", job_id, "enqueued"), *self._in_flight_keys(job_id)[:2]]
+        self._enqueue(keys=keys, args=[batch_id, json.dumps(message) if message is not None else ""])
+
+    def overdue(self, job_id: str, *, after_s: float, sent_before: float | None = None) -> list[Overdue]:
+        """Unsettled batches sent more than ``after_s * 2**resent`` seconds ago (and before ``sent_before``)."""
+        messages, sent_at, resent = self._in_flight_keys(job_id)
+        seconds, micros = self.redis.time()
+        now = seconds + micros / 1e6
+        cutoff = now - after_s if sent_before is None else min(now - after_s, sent_before)
+        candidates = self.redis.zrange(sent_at, "-inf", f"({cutoff}", byscore=True, withscores=True)
+        if not candidates:
+            return []
+        ids = [batch_id for batch_id, _ in candidates]
+        counts = [int(n or 0) for n in self.redis.hmget(resent, ids)]
+        due = [(batch_id, n) for (batch_id, sent), n in zip(candidates, counts, strict=True)
+               if now - sent > after_s * 2**n]
+        if not due:
+            return []
+        raws = self.redis.hmget(messages, [batch_id for batch_id, _ in due])
+        return [Overdue(batch_id.decode(), json.loads(raw), n) for (batch_id, n), raw in zip(due, raws, strict=True)
+                if raw is not None]
+
+    def in_flight(self, job_id: str) -> list[str]:
+        """Ids of the job's batches that were sent and have not settled, oldest send first."""
+        return [raw.decode() for raw in self.redis.zrange(self._in_flight_keys(job_id)[1], 0, -1)]
+
+    def mark_resent(self, job_id: str, batch_id: str) -> None:
+        """Restart the batch's clock and count the resend, unless it settled meanwhile."""
+        self._resent(keys=self._in_flight_keys(job_id)[1:], args=[batch_id])
 
     def settle(self, job_id: str, batch_id: str, **counts: int) -> bool:
         """Count a finished batch once; False when it had been counted before (a redelivery)."""
@@ -144,7 +212,7 @@ class JobStore:
         args: list[Any] = [batch_id]
         for name, value in counts.items():
             args += [name, value]
-        keys = [self._key("job", job_id, "settled"), self._key("job", job_id), self._key("job", job_id, "in_flight")]
+        keys = [self._key("job", job_id, "settled"), self._key("job", job_id), *self._in_flight_keys(job_id)]
         return bool(self._settle(keys=keys, args=args))
 
     def counts(self, job_id: str) -> JobCounts | None:
@@ -165,6 +233,7 @@ class JobStore:
             batches_enqueued=int(enqueued),
             batches_settled=int(settled),
             started_at=float(data.get("started_at", 0)),
+            settled_sent_at=float(data.get("settled_sent_at", 0)),
             **{name: int(data.get(name, 0)) for name in COUNTERS},
         )
 

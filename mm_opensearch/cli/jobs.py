@@ -139,7 +139,8 @@ def follow(
     console.print(f"following '{index}' by {settings.updated_at_field} every {interval} s (Ctrl-C stops)")
     try:
         follow_changes(create_client(settings), _store(), _queue(), index, stop=stop, interval_s=interval,
-                       field=settings.updated_at_field, batch_size=settings.backfill_batch_size)
+                       field=settings.updated_at_field, batch_size=settings.backfill_batch_size,
+                       resubmit_after_s=settings.backfill_resubmit_after_s)
     except KeyboardInterrupt:
         stop.set()
 

@@ -22,8 +22,11 @@ from mm_opensearch.backfill import (
     EmbedJob,
     JobStore,
     WriteJob,
+    changes_job_id,
     embed_step,
     enqueue,
+    follow_changes,
+    poll_changes,
     redis_client,
     retry_dead_letters,
     run_backfill,
@@ -155,6 +158,13 @@ def test_backfill_completes_across_a_redis_restart(
     _assert_all_vectors_fresh(client, index_name, model, products)
 
 
+def _plant_lost_batch(store: JobStore, job_id: str, index: str, products: list[Product]) -> None:
+    """A batch counted as enqueued whose message the broker lost (it never reaches a worker)."""
+    lost = EmbedJob(index, tuple(p.id for p in products), job_id, f"{job_id}.lost")
+    store.ensure_job(job_id, index)
+    store.mark_enqueued(job_id, lost.batch_id, lost.to_dict())
+
+
 def test_a_batch_the_broker_lost_is_sent_again_when_the_job_stalls(
     client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
     schema: CatalogSchema, catalog: list[Product],
@@ -162,14 +172,59 @@ def test_a_batch_the_broker_lost_is_sent_again_when_the_job_stalls(
     products = catalog[:30]
     _index_without_vectors(client, index_name, schema, products, model)
     job_id = enqueue(store, CeleryJobQueue(app), index_name, [p.id for p in products[:20]], batch_size=10)
-    lost = EmbedJob(index_name, tuple(p.id for p in products[20:]), job_id, f"{job_id}.lost")
-    store.mark_enqueued(job_id, lost.batch_id, lost.to_dict())  # enqueued, but its message never arrives
+    _plant_lost_batch(store, job_id, index_name, products[20:])
 
     counts = wait_for_job(store, job_id, timeout_s=60, queue=CeleryJobQueue(app), resubmit_after_s=3)
 
     assert counts.written == len(products) and counts.batches_settled == counts.batches_enqueued == 3
     assert store.in_flight(job_id) == []
     _assert_all_vectors_fresh(client, index_name, model, products)
+
+
+def test_the_change_feed_re_embeds_edited_products(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    products = catalog[:20]
+    _index_without_vectors(client, index_name, schema, products, model)
+    run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, timeout_s=60)
+    queue, job_id = CeleryJobQueue(app), changes_job_id(index_name)
+    assert poll_changes(client, store, queue, index_name) == 0  # the first poll only sets the checkpoint
+
+    edited = {**products[0].source, "title": "Completely Different Red Raincoat", "updated_at": "2024-06-01T00:00:00Z"}
+    client.index(index=index_name, id=products[0].id, body=edited, refresh=True)
+    assert poll_changes(client, store, queue, index_name) == len(products)  # the overlap takes the old stamp too
+    counts = wait_for_job(store, job_id, timeout_s=60)
+    assert (counts.written, counts.skipped) == (1, len(products) - 1)  # unchanged products are not encoded again
+    assert poll_changes(client, store, queue, index_name) == 1  # the checkpoint moved to the edit
+
+    now = [Product(products[0].id, edited, *_inputs(edited, schema)), *products[1:]]
+    wait_for_job(store, job_id, timeout_s=60)
+    _assert_all_vectors_fresh(client, index_name, model, now)
+
+
+def test_the_change_feed_follower_sends_a_lost_batch_again(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    products = catalog[:10]
+    _index_without_vectors(client, index_name, schema, products, model)
+    newest = {**products[-1].source, "updated_at": "2024-06-01T00:00:00Z"}  # the feed keeps polling this one
+    client.index(index=index_name, id=products[-1].id, body=newest, refresh=True)
+    job_id = changes_job_id(index_name)
+    _plant_lost_batch(store, job_id, index_name, products[:-1])  # older edits, out of the feed's overlap
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_changes, args=(client, store, CeleryJobQueue(app), index_name),
+                                kwargs={"stop": stop, "interval_s": 0.2, "resubmit_after_s": 2})
+    follower.start()
+    try:  # later batches settle, so the queue went past the lost one: it is sent again after 2 s
+        _wait_until(lambda: f"{job_id}.lost" not in store.in_flight(job_id))
+    finally:
+        stop.set()
+        follower.join(10)
+    assert store.counts(job_id).written == len(products)  # type: ignore[union-attr]
+    now = [*products[:-1], Product(products[-1].id, newest, *_inputs(newest, schema))]
+    _assert_all_vectors_fresh(client, index_name, model, now)
 
 
 def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) -> None:
@@ -180,11 +235,11 @@ def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) 
     with pytest.raises(BackfillTimeoutError):
         wait_for_job(store, job_id, timeout_s=5, poll_s=0.05, queue=queue, resubmit_after_s=1)
 
-    # sent again after ~1 s and ~3 s (the wait doubles), not every poll
+    # the job stalled: each batch is sent again after ~1 s and ~3 s (its wait doubles), not every poll
     assert len(queue.embeds) == 2 + 2 * 2
     assert sorted(j.batch_id for j in queue.embeds[2:]) == sorted(2 * [j.batch_id for j in queue.embeds[:2]])
     store.settle(job_id, queue.embeds[0].batch_id, written=2)
-    assert [m["batch_id"] for m in store.in_flight(job_id)] == [queue.embeds[1].batch_id]
+    assert store.in_flight(job_id) == [queue.embeds[1].batch_id]
 
 
 class RecordingQueue:

@@ -1,0 +1,58 @@
+"""Batches the broker lost: noticed because the queue went past them, and sent again.
+
+A Redis restart can lose a message that a worker had taken but not started: Celery drops its
+prefetched messages when the connection breaks, and only a message still listed as unacknowledged
+comes back (after the visibility timeout). The job store keeps every batch's message and send time
+until the batch settles, so whoever watches a job (a waiting backfill, the change feed) can send
+the lost ones again. That is safe: the embed step skips products whose vector is already current,
+and a batch counts once however often it settles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
+from mm_opensearch.backfill.store import JobCounts, JobStore
+
+__all__ = ["RESUBMIT_AFTER_S", "StallGuard"]
+
+log = logging.getLogger(__name__)
+RESUBMIT_AFTER_S = 900.0  # above the default task time limit (600 s); Settings.backfill_resubmit_after_s
+
+
+class StallGuard:
+    """Sends again a job's batches that are presumed lost.
+
+    A batch is presumed lost once it has been unsettled for ``after_s`` and either a batch sent
+    after it has settled (the queue went past it) or no batch of the job has settled for
+    ``after_s`` (the job stalled; this catches the last batch). ``after_s`` should exceed the
+    task time limit, so a batch still running is never duplicated. Each resend doubles that
+    batch's wait, so workers that are merely down get a few duplicates, not one per poll.
+    """
+
+    def __init__(self, store: JobStore, queue: JobQueue, job_id: str, *, after_s: float) -> None:
+        self.store, self.queue, self.job_id, self.after_s = store, queue, job_id, after_s
+        self._settled = -1
+        self._since = time.monotonic()
+
+    def check(self, counts: JobCounts) -> int:
+        """Call on every poll of the job; returns how many batches it sent again."""
+        now = time.monotonic()
+        if counts.batches_settled != self._settled:
+            self._settled, self._since = counts.batches_settled, now
+        if counts.settled or counts.status not in ("scanned", "finished"):
+            return 0  # nothing unsettled, or still scanning: its batches are being sent right now
+        stalled = now - self._since > self.after_s
+        overdue = self.store.overdue(
+            self.job_id, after_s=self.after_s, sent_before=None if stalled else counts.settled_sent_at
+        )
+        for batch in overdue:
+            self.queue.submit_embed(EmbedJob.from_dict(batch.message))  # a lost write is read and encoded afresh
+            self.store.mark_resent(self.job_id, batch.batch_id)
+        if overdue:
+            reason = "the job stalled" if stalled else "later batches have settled"
+            log.warning("job %s: %d batches unsettled after %.0f s while %s; sent them again",
+                        self.job_id, len(overdue), self.after_s, reason)
+        return len(overdue)
