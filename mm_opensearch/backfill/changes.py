@@ -2,8 +2,10 @@
 re-embedded.
 
 The checkpoint lives in Redis. Each poll looks back ``overlap_s`` before it, because a document
-written just before a poll may become searchable only after the next refresh; products seen twice
-cost nothing, since the worker skips those whose content hash is unchanged. Nobody waits on the
+written just before a poll may become searchable only after the next refresh. The products already
+enqueued in that overlap (with the same ``updated_at``) are remembered and not enqueued again, so a
+quiet catalog costs no tasks; one seen twice anyway costs little, as the worker skips a product
+whose content hash is unchanged. Nobody waits on the
 feed's job, so the follower itself sends again the batches the broker lost (:mod:`.recovery`).
 """
 
@@ -50,22 +52,24 @@ def poll_changes(
     The first poll of an index only sets the checkpoint to its newest product: older products are
     the backfill's job.
     """
-    since = store.change_checkpoint(index)
+    since, seen = store.change_checkpoint(index)
     if since is None:
         latest = _latest(client, index, field)
         store.set_change_checkpoint(index, latest or datetime.now(UTC).isoformat())
         return 0
     start = parse_instant(since) - timedelta(seconds=overlap_s)
     query = {"range": {field: {"gte": start.isoformat()}}}
-    ids: list[str] = []
-    newest = since
-    for hit in scan_index(client, index, query=query, source=[field]):
-        ids.append(hit["_id"])
-        newest = max(newest, str(hit["_source"].get(field) or since), key=parse_instant)
-    if ids:
-        enqueue(store, queue, index, ids, batch_size=batch_size, job_id=changes_job_id(index))
-    store.set_change_checkpoint(index, newest)
-    return len(ids)
+    stamps = {hit["_id"]: str(hit["_source"].get(field) or since)
+              for hit in scan_index(client, index, query=query, source=[field])}
+    changed = [pid for pid, stamp in stamps.items() if seen.get(pid) != stamp]
+    if changed:
+        enqueue(store, queue, index, changed, batch_size=batch_size, job_id=changes_job_id(index))
+    newest = max([since, *stamps.values()], key=parse_instant)
+    horizon = parse_instant(newest) - timedelta(seconds=overlap_s)  # where the next poll will look from
+    store.set_change_checkpoint(
+        index, newest, {pid: stamp for pid, stamp in stamps.items() if parse_instant(stamp) >= horizon}
+    )
+    return len(changed)
 
 
 def follow_changes(

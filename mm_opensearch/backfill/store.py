@@ -280,12 +280,21 @@ class JobStore:
 
     # --- change feed --------------------------------------------------------------------------
 
-    def change_checkpoint(self, index: str) -> str | None:
-        raw = self.redis.get(self._key("changes", index))
-        return raw.decode() if raw is not None else None
+    def change_checkpoint(self, index: str) -> tuple[str | None, dict[str, str]]:
+        """The feed's newest ``updated_at`` seen, and the products it enqueued near it (id -> stamp)."""
+        pipe = self.redis.pipeline()
+        pipe.get(self._key("changes", index))
+        pipe.hgetall(self._key("changes", index, "seen"))
+        raw, seen = pipe.execute()
+        return (raw.decode() if raw is not None else None), {k.decode(): v.decode() for k, v in seen.items()}
 
-    def set_change_checkpoint(self, index: str, value: str) -> None:
-        self.redis.set(self._key("changes", index), value)
+    def set_change_checkpoint(self, index: str, value: str, seen: dict[str, str] | None = None) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self._key("changes", index), value)
+        pipe.delete(self._key("changes", index, "seen"))
+        if seen:
+            pipe.hset(self._key("changes", index, "seen"), mapping=seen)
+        pipe.execute()
 
     # --- dead letters -------------------------------------------------------------------------
 

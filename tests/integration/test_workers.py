@@ -196,11 +196,15 @@ def test_the_change_feed_re_embeds_edited_products(
     assert poll_changes(client, store, queue, index_name) == len(products)  # the overlap takes the old stamp too
     counts = wait_for_job(store, job_id, timeout_s=60)
     assert (counts.written, counts.skipped) == (1, len(products) - 1)  # unchanged products are not encoded again
-    assert poll_changes(client, store, queue, index_name) == 1  # the checkpoint moved to the edit
+    assert poll_changes(client, store, queue, index_name) == 0  # the edit was enqueued already: no task
 
-    now = [Product(products[0].id, edited, *_inputs(edited, schema)), *products[1:]]
-    wait_for_job(store, job_id, timeout_s=60)
-    _assert_all_vectors_fresh(client, index_name, model, now)
+    later = {**products[1].source, "title": "Yellow Polka Dot Umbrella", "updated_at": "2024-06-02T00:00:00Z"}
+    client.index(index=index_name, id=products[1].id, body=later, refresh=True)
+    assert poll_changes(client, store, queue, index_name) == 1
+    counts = wait_for_job(store, job_id, timeout_s=60)
+    assert counts.written == 2
+    now = [Product(p.id, source, *_inputs(source, schema)) for p, source in zip(products, (edited, later), strict=False)]
+    _assert_all_vectors_fresh(client, index_name, model, [*now, *products[2:]])
 
 
 def test_the_change_feed_follower_sends_a_lost_batch_again(
