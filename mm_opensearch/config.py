@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         default=5, ge=0, description="Retries of a batch on transient errors before it goes to the dead letters."
     )
     worker_retry_backoff_max_s: int = Field(default=120, gt=0, description="Cap of the exponential retry backoff.")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve the worker's Prometheus metrics (all its processes) here."
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
     backfill_batch_size: int = Field(default=64, gt=0, description="Products per embedding task.")
     backfill_resubmit_after_s: float = Field(
         default=900, gt=0,

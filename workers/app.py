@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.metrics import serve_metrics  # first: it sets up prometheus_client's multiprocess mode
+
 from celery import Celery
 from celery.signals import worker_init
 
@@ -97,3 +99,4 @@ def _refuse_inconsistent_limits(sender: Any = None, **_: Any) -> None:
     except ConfigError as e:
         # Celery logs and swallows Exceptions raised by signal handlers; SystemExit stops the worker.
         raise SystemExit(f"mm-opensearch worker refuses to start: {e}") from e
+    serve_metrics(app.conf.mmos_settings)

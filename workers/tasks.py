@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.signals import worker_process_init
@@ -29,10 +29,13 @@ from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from workers.app import CeleryJobQueue, app
+from workers.metrics import metrics
 
 __all__ = ["embed_batch", "write_batch"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 _contexts: dict[bool, EmbedContext] = {}
 
 
@@ -79,22 +82,27 @@ class BatchTask(Task):
 
     kind = ""
 
-    def run_step(self, step: Callable[[EmbedContext, Any], Any], ctx: EmbedContext, job: Any) -> None:
+    def run_step(self, step: Callable[[EmbedContext, T], R], ctx: EmbedContext, job: T) -> R:
         try:
-            step(ctx, job)
+            with metrics.seconds.labels(task=self.kind).time():
+                result = step(ctx, job)
         except Exception as e:
             if is_transient(e) and self.request.retries < _settings().worker_max_retries:
                 countdown = get_exponential_backoff_interval(
                     factor=1, retries=self.request.retries, maximum=_settings().worker_retry_backoff_max_s,
                     full_jitter=True,
                 )
-                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown)
+                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown)  # type: ignore[attr-defined]
+                metrics.batches.labels(task=self.kind, outcome="retry").inc()
                 raise self.retry(exc=e, countdown=countdown) from e
             raise
+        metrics.batches.labels(task=self.kind, outcome="ok").inc()
+        return result
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         reason = f"{type(exc).__name__}: {exc} (after {self.request.retries} retries)"
         letter = dead_letter(context(with_model=False).store, self.kind, args[0], reason)
+        metrics.batches.labels(task=self.kind, outcome="dead").inc()
         log.error("batch %s dead-lettered as %s: %s", args[0].get("batch_id"), letter, reason)
 
 
@@ -115,4 +123,4 @@ def embed_batch(self: BatchTask, job: dict[str, Any]) -> None:
 @app.task(base=WriteTask, bind=True, name="mmos.write_batch")
 def write_batch(self: BatchTask, job: dict[str, Any]) -> None:
     """Write one batch of vectors with ``if_seq_no`` guards."""
-    self.run_step(write_step, context(with_model=False), WriteJob.from_dict(job))
+    metrics.settled(self.run_step(write_step, context(with_model=False), WriteJob.from_dict(job)))

@@ -123,8 +123,8 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
     return write
 
 
-def write_step(ctx: EmbedContext, job: WriteJob) -> None:
-    """Write the vectors; re-embed refused (stale) products; count the batch once."""
+def write_step(ctx: EmbedContext, job: WriteJob) -> dict[str, int]:
+    """Write the vectors; re-embed refused (stale) products; count the batch once. Returns its product counts."""
     report = bulk_write(ctx.client, job.actions)
     retryable = [f for f in report.failed if f.status in TRANSIENT_STATUSES]
     if retryable:  # 429s that outlived bulk_write's own backoff: the whole step is retried later
@@ -139,14 +139,9 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> None:
         again = EmbedJob(job.index, tuple(conflicts), job.job_id, f"{job.batch_id}.r{job.attempt + 1}", job.attempt + 1)
         submit_embed(ctx.store, ctx.queue, again)
     ctx.store.record_errors(job.job_id, [{**e, "batch": job.batch_id} for e in errors])
-    ctx.store.settle(
-        job.job_id,
-        job.batch_id,
-        written=report.succeeded,
-        skipped=job.skipped,
-        missing=job.missing,
-        failed=len(errors),
-    )
+    counts = {"written": report.succeeded, "skipped": job.skipped, "missing": job.missing, "failed": len(errors)}
+    ctx.store.settle(job.job_id, job.batch_id, **counts)
+    return counts
 
 
 def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from opensearchpy import OpenSearch
+from prometheus_client.parser import text_string_to_metric_families
 
 from mm_opensearch.backfill import (
     BackfillTimeoutError,
@@ -56,7 +58,8 @@ def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
 def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     purge_queues(settings)
     process = WorkerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
-                            MMOS_IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", MMOS_IMAGE_FETCH_TIMEOUT_S="2")
+                            MMOS_IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", MMOS_IMAGE_FETCH_TIMEOUT_S="2",
+                            MMOS_WORKER_METRICS_PORT=str(_closed_port()))
     process.start()
     yield process
     process.stop()
@@ -301,6 +304,37 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _worker_metrics(worker: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, labels) -> value, scraped from the worker's metrics port."""
+    url = f"http://127.0.0.1:{worker.env['MMOS_WORKER_METRICS_PORT']}/metrics"
+    text = httpx.get(url, timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_worker_exports_prometheus_metrics_summed_over_its_processes(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product],
+) -> None:
+    products = catalog[:40]
+    _index_without_vectors(client, index_name, schema, products, model)
+    before = _worker_metrics(worker)
+
+    run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, batch_size=10, timeout_s=60)
+
+    after = _worker_metrics(worker)
+    def delta(name: str, **labels: str) -> float:  # noqa: E306
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("mmos_worker_products_total", outcome="written") == len(products)  # only this index is alive
+    assert delta("mmos_worker_products_total", outcome="failed") == 0
+    # at least this backfill's 4 batches (a duplicate left by an earlier test may run meanwhile)
+    assert delta("mmos_worker_batches_total", task="embed", outcome="ok") >= 4
+    assert delta("mmos_worker_batches_total", task="write", outcome="ok") >= 4
+    assert delta("mmos_worker_batch_seconds_count", task="embed") >= 4
 
 
 def test_unreachable_images_give_text_only_vectors_with_the_error_recorded(
