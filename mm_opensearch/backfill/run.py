@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def wait_for_job(
             on_progress(counts)
         if counts.settled:
             store.set_status(job_id, "finished")
-            return counts
+            return replace(counts, status="finished")
         if deadline is not None and time.monotonic() > deadline:
             msg = (
                 f"job '{job_id}' has {counts.batches_enqueued - counts.batches_settled} batches in flight after "

@@ -15,7 +15,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mm_opensearch.backfill import JobCounts, JobQueue, JobStore, enqueue, follow_changes, redis_client, retry_dead_letters
+from mm_opensearch.backfill import (
+    JobCounts,
+    JobQueue,
+    JobStore,
+    enqueue,
+    follow_changes,
+    redis_client,
+    retry_dead_letters,
+    wait_for_job,
+)
 from mm_opensearch.backfill import run_backfill as _run_backfill
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
@@ -83,6 +92,8 @@ def backfill(
             resubmit_after_s=settings.backfill_resubmit_after_s, on_progress=update,
         )
     print_counts(counts)
+    if not wait:
+        console.print(f"the workers go on; `mm-opensearch jobs wait {counts.job_id}` waits for them")
 
 
 def enqueue_ids(
@@ -107,6 +118,19 @@ def job_status(job_id: Annotated[str, typer.Argument(help="Job id, e.g. backfill
     print_counts(counts)
     for error in store.errors(job_id, limit=20):
         console.print(f"  {error.get('id', error.get('batch'))}: [{error.get('status')}] {error.get('error')}")
+
+
+@jobs_app.command("wait")
+def job_wait(
+    job_id: Annotated[str, typer.Argument(help="Job id, e.g. backfill-products_v2 (see `backfill --no-wait`).")],
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the workers.")] = None,
+) -> None:
+    """Wait until every batch of a job is settled, sending again those the broker lost."""
+    settings, store = get_settings(), _store()
+    with progress_display(f"job {job_id}") as update:
+        counts = wait_for_job(store, job_id, timeout_s=timeout, on_progress=update, queue=_queue(),
+                              resubmit_after_s=settings.backfill_resubmit_after_s)
+    print_counts(counts)
 
 
 @jobs_app.command("dead-letters")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -232,6 +233,27 @@ def test_the_change_feed_follower_sends_a_lost_batch_again(
     assert store.counts(job_id).written == len(products)  # type: ignore[union-attr]
     now = [*products[:-1], Product(products[-1].id, newest, *_inputs(newest, schema))]
     _assert_all_vectors_fresh(client, index_name, model, now)
+
+
+def test_a_backfill_started_without_waiting_is_waited_for_from_the_cli(
+    client: OpenSearch, index_name: str, worker: WorkerProcess, model: MultimodalModel, schema: CatalogSchema,
+    catalog: list[Product], tiny_model_dir: Path,
+) -> None:
+    products = catalog[:30]
+    _index_without_vectors(client, index_name, schema, products, model)
+    cli = [str(Path(sys.executable).with_name("mm-opensearch"))]
+    env = {**os.environ, "MMOS_MODEL_DIR": str(tiny_model_dir), "COLUMNS": "200"}
+
+    started = subprocess.run([*cli, "backfill", index_name, "--no-wait", "--batch-size", "10"],  # noqa: S603
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert started.returncode == 0, started.stderr
+    assert f"mm-opensearch jobs wait backfill-{index_name}" in started.stdout
+    waited = subprocess.run([*cli, "jobs", "wait", f"backfill-{index_name}", "--timeout", "60"],  # noqa: S603
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    assert waited.returncode == 0, waited.stderr
+    assert re.search(r"finished\s*│\s*30\s*│\s*30\s*│", waited.stdout), waited.stdout  # status, total, written
+    _assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) -> None:
