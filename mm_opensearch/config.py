@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from mm_opensearch.logs import LogFormat
+
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mm-opensearch"
@@ -105,6 +107,9 @@ class Settings(BaseSettings):
     dev_java_home: Path | None = None
 
     # --- Workers and backfill (Celery on Redis) ----------------------------------------------
+    log_format: LogFormat = Field(default="text", description="text (people) or json (one object per line).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
     worker_task_time_limit_s: int = Field(
         default=600, gt=0, description="Hard limit for one batch task; the worker process is killed past it."
     )

@@ -14,11 +14,12 @@ from typing import Any
 from workers.metrics import serve_metrics  # first: it sets up prometheus_client's multiprocess mode
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import setup_logging, worker_init
 
 from mm_opensearch.backfill import EmbedJob, WriteJob
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError
+from mm_opensearch.logs import configure_logging
 
 __all__ = ["IO_QUEUE", "MODEL_QUEUE", "CeleryJobQueue", "app", "check_time_limits", "create_app"]
 
@@ -90,6 +91,13 @@ class CeleryJobQueue:
 
 
 app = create_app(get_settings())
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Celery leaves logging to us when this signal has a receiver: the same format as every command."""
+    settings: Settings = app.conf.mmos_settings
+    configure_logging(settings.log_format, settings.log_level)
 
 
 @worker_init.connect

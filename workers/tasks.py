@@ -92,7 +92,8 @@ class BatchTask(Task):
                     factor=1, retries=self.request.retries, maximum=_settings().worker_retry_backoff_max_s,
                     full_jitter=True,
                 )
-                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown)  # type: ignore[attr-defined]
+                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown,  # type: ignore[attr-defined]
+                            extra={"batch": job.batch_id, "task": self.kind, "retry": self.request.retries + 1})  # type: ignore[attr-defined]
                 metrics.batches.labels(task=self.kind, outcome="retry").inc()
                 raise self.retry(exc=e, countdown=countdown) from e
             raise
@@ -103,7 +104,8 @@ class BatchTask(Task):
         reason = f"{type(exc).__name__}: {exc} (after {self.request.retries} retries)"
         letter = dead_letter(context(with_model=False).store, self.kind, args[0], reason)
         metrics.batches.labels(task=self.kind, outcome="dead").inc()
-        log.error("batch %s dead-lettered as %s: %s", args[0].get("batch_id"), letter, reason)
+        log.error("batch %s dead-lettered as %s: %s", args[0].get("batch_id"), letter, reason,
+                  extra={"batch": args[0].get("batch_id"), "task": self.kind, "dead_letter": letter})
 
 
 class EmbedTask(BatchTask):

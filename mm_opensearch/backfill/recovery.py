@@ -54,5 +54,6 @@ class StallGuard:
         if overdue:
             reason = "the job stalled" if stalled else "later batches have settled"
             log.warning("job %s: %d batches unsettled after %.0f s while %s; sent them again",
-                        self.job_id, len(overdue), self.after_s, reason)
+                        self.job_id, len(overdue), self.after_s, reason,
+                        extra={"job": self.job_id, "batches": [batch.batch_id for batch in overdue]})
         return len(overdue)

@@ -6,11 +6,13 @@ import json
 import os
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from mm_opensearch.cli import demo, dev, evaluate, index, jobs, search, serve, train
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import MMOpenSearchError
+from mm_opensearch.logs import configure_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,6 +23,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _logging() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
 app.add_typer(dev.app, name="dev")
 app.command("demo")(demo.demo)
 app.add_typer(index.app, name="index")
@@ -46,4 +56,11 @@ def main() -> None:
         app()
     except MMOpenSearchError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        raise SystemExit(1) from e
+    except ValidationError as e:  # MMOS_* settings
+        errors = "; ".join(
+            f"{'MMOS_' + '_'.join(map(str, err['loc'])).upper() if err['loc'] else 'MMOS_*'}: {err['msg']}"
+            for err in e.errors()
+        )
+        Console(stderr=True).print(f"[bold red]error:[/] invalid configuration: {errors}")
         raise SystemExit(1) from e

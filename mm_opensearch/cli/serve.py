@@ -6,6 +6,9 @@ from typing import Annotated
 
 import typer
 
+from mm_opensearch.config import get_settings
+from mm_opensearch.logs import logging_config
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the API to the network.")] = "127.0.0.1",
@@ -15,4 +18,6 @@ def serve(
     """Serve POST /search, GET /healthz and GET /metrics (OpenAPI at /docs)."""
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
-    uvicorn.run("mm_opensearch.api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    settings = get_settings()
+    uvicorn.run("mm_opensearch.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_config=logging_config(settings.log_format, settings.log_level))
