@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +28,7 @@ from mm_opensearch.towers.config import ImagePreprocess
 from mm_opensearch.towers.preprocess import normalize_batch
 
 __all__ = [
+    "ArtifactWeights",
     "ImageFeatures",
     "Backbone",
     "TextEncoder",
@@ -148,6 +149,20 @@ class Backbone(ABC):
         )
         with torch.inference_mode(), autocast:
             yield
+
+
+class ArtifactWeights:
+    """Mixin of the random-init backbones (tests): their weights travel inside the model artifact."""
+
+    _id: str | None  # the cached backbone id, stale once other weights are loaded
+    module: Callable[[], nn.Module]  # Backbone.module, later in the MRO
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.module().state_dict())
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.module().load_state_dict(state)
+        self._id = None
 
 
 class TextEncoder(Protocol):

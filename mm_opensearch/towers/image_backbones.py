@@ -18,6 +18,7 @@ from torch import nn
 
 from mm_opensearch.errors import ModelError
 from mm_opensearch.towers.backbone_base import (
+    ArtifactWeights,
     ImageBackbone,
     ImageFeatures,
     backbone_id,
@@ -164,7 +165,7 @@ class MobileNetV2Backbone(_FeatureMapBackbone):
         return module.features(pixels)
 
 
-class TinyImageBackbone(_FeatureMapBackbone):
+class TinyImageBackbone(ArtifactWeights, _FeatureMapBackbone):
     """Random-init two-layer CNN (16-d) on 32 px images: deterministic from its seed, for tests."""
 
     name = "tiny-image"
@@ -190,13 +191,6 @@ class TinyImageBackbone(_FeatureMapBackbone):
 
     def _weights_fingerprint(self) -> str:
         return state_digest(self.module().state_dict())
-
-    def saved_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.module().state_dict())
-
-    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.module().load_state_dict(state)
-        self._id = None
 
     def _feature_map(self, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         return module(pixels)

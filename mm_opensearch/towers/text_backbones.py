@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mm_opensearch.errors import ModelError
-from mm_opensearch.towers.backbone_base import TextBackbone, backbone_id, files_digest, state_digest
+from mm_opensearch.towers.backbone_base import ArtifactWeights, TextBackbone, backbone_id, files_digest, state_digest
 
 __all__ = ["HFTextBackbone", "PooledTextEncoder", "TinyTextBackbone"]
 
@@ -179,7 +179,7 @@ class PooledTextEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-class TinyTextBackbone(TextBackbone):
+class TinyTextBackbone(ArtifactWeights, TextBackbone):
     """Random-init hashing bag-of-words (32-d): deterministic from its seed, for fast tests."""
 
     name = "tiny-text"
@@ -204,13 +204,6 @@ class TinyTextBackbone(TextBackbone):
         if self._id is None:
             self._id = backbone_id(self.name, {"state": state_digest(self.module().state_dict())})
         return self._id
-
-    def saved_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.module().state_dict())
-
-    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.module().load_state_dict(state)
-        self._id = None
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         ids: list[int] = []
