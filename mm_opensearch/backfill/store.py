@@ -199,6 +199,15 @@ class JobStore:
         """Ids of the job's batches that were sent and have not settled, oldest send first."""
         return [raw.decode() for raw in self.redis.zrange(self._in_flight_keys(job_id)[1], 0, -1)]
 
+    def oldest_in_flight(self, job_id: str) -> tuple[str, float] | None:
+        """The unsettled batch sent longest ago and how many seconds ago, for ``jobs status``."""
+        oldest = self.redis.zrange(self._in_flight_keys(job_id)[1], 0, 0, withscores=True)
+        if not oldest:
+            return None
+        seconds, micros = self.redis.time()
+        (batch_id, sent_at), = oldest
+        return batch_id.decode(), seconds + micros / 1e6 - sent_at
+
     def mark_resent(self, job_id: str, batch_id: str) -> None:
         """Restart the batch's clock and count the resend, unless it settled meanwhile."""
         self._resent(keys=self._in_flight_keys(job_id)[1:], args=[batch_id])

@@ -260,6 +260,8 @@ def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) 
     queue = RecordingQueue()
     job_id = enqueue(store, queue, "no-such-index", [str(i) for i in range(4)], batch_size=2)
     assert len(queue.embeds) == 2 and len(store.in_flight(job_id)) == 2
+    oldest = store.oldest_in_flight(job_id)
+    assert oldest is not None and oldest[0] == queue.embeds[0].batch_id and 0 <= oldest[1] < 5
 
     with pytest.raises(BackfillTimeoutError):
         wait_for_job(store, job_id, timeout_s=5, poll_s=0.05, queue=queue, resubmit_after_s=1)
