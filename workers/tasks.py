@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from celery import Task
 from celery.signals import worker_process_init
@@ -34,7 +34,13 @@ from workers.metrics import metrics
 __all__ = ["embed_batch", "write_batch"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+
+class _Batch(Protocol):
+    batch_id: str
+
+
+T = TypeVar("T", bound=_Batch)
 R = TypeVar("R")
 _contexts: dict[bool, EmbedContext] = {}
 
@@ -92,8 +98,8 @@ class BatchTask(Task):
                     factor=1, retries=self.request.retries, maximum=_settings().worker_retry_backoff_max_s,
                     full_jitter=True,
                 )
-                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown,  # type: ignore[attr-defined]
-                            extra={"batch": job.batch_id, "task": self.kind, "retry": self.request.retries + 1})  # type: ignore[attr-defined]
+                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown,
+                            extra={"batch": job.batch_id, "task": self.kind, "retry": self.request.retries + 1})
                 metrics.batches.labels(task=self.kind, outcome="retry").inc()
                 raise self.retry(exc=e, countdown=countdown) from e
             raise
