@@ -57,6 +57,15 @@ class WorkerMetrics:
             "mmos_worker_batch_seconds", "Wall time of one batch step", ["task"], buckets=_BUCKETS, registry=registry,
         )
 
+    def zeros(self) -> None:
+        """Create every series at 0, so a dashboard's rate() sees a worker before its first batch."""
+        for task in ("embed", "write"):
+            self.seconds.labels(task=task)
+            for outcome in ("ok", "retry", "dead"):
+                self.batches.labels(task=task, outcome=outcome)
+        for outcome in ("written", "skipped", "missing", "failed"):
+            self.products.labels(outcome=outcome)
+
     def settled(self, counts: dict[str, int]) -> None:
         for outcome, n in counts.items():
             self.products.labels(outcome=outcome).inc(n)

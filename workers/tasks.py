@@ -79,6 +79,7 @@ def context(*, with_model: bool) -> EmbedContext:
 
 @worker_process_init.connect
 def _load_after_fork(**_: Any) -> None:
+    metrics.zeros()
     if _settings().model_dir is not None:  # I/O-only workers run without a model
         context(with_model=True)
 

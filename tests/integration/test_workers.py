@@ -345,6 +345,7 @@ def test_the_worker_exports_prometheus_metrics_summed_over_its_processes(
     products = catalog[:40]
     _index_without_vectors(client, index_name, schema, products, model)
     before = _worker_metrics(worker)
+    assert ("mmos_worker_batches_total", (("outcome", "dead"), ("task", "write"))) in before  # zero, yet listed
 
     run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, batch_size=10, timeout_s=60)
 
