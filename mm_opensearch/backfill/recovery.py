@@ -1,11 +1,10 @@
 """Batches the broker lost: noticed because the queue went past them, and sent again.
 
-A Redis restart can lose a message outright, even with append-only persistence and late acks:
-kombu pops it (BRPOP) and lists it as unacknowledged only once the reply has arrived, so a message
-popped as Redis shuts down is neither queued nor unacknowledged, and no visibility timeout brings
-it back. Measured with Celery and kombu 5.7: 30 restarts while a worker drained 20,000 messages
-lost 2 to 4 of them. The job store keeps every batch's message and send time
-until the batch settles, so whoever watches a job (a waiting backfill, the change feed) can send
+A Redis restart can lose a message outright, even with append-only persistence and late acks.
+Measured with Celery and kombu 5.7: 30 restarts while a worker drained 20,000 messages lost 2 to 4
+of them, neither queued nor listed as unacknowledged, so no visibility timeout brings them back
+(probably popped by BRPOP as Redis shut down, before kombu could list them as unacknowledged).
+The job store keeps every batch's message and send time until the batch settles, so whoever watches a job (a waiting backfill, the change feed) can send
 the lost ones again. That is safe: the embed step skips products whose vector is already current,
 and a batch counts once however often it settles.
 """
