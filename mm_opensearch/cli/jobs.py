@@ -118,8 +118,7 @@ def job_status(job_id: Annotated[str, typer.Argument(help="Job id, e.g. backfill
     print_counts(counts)
     oldest = store.oldest_in_flight(job_id)
     if oldest is not None:
-        console.print(f"{len(store.in_flight(job_id))} batches in flight; the oldest, {oldest[0]}, "
-                      f"was sent {oldest[1]:.0f} s ago")
+        console.print(f"the oldest unsettled batch, {oldest[0]}, was sent {oldest[1]:.0f} s ago")
     for error in store.errors(job_id, limit=20):
         console.print(f"  {error.get('id', error.get('batch'))}: [{error.get('status')}] {error.get('error')}")
 
