@@ -17,6 +17,8 @@ from typing_extensions import Annotated
 
 from mm_opensearch.logs import LogFormat
 
+RESUBMIT_AFTER_S = 900.0  # above the default task time limit (600 s); the library's default too
+
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mm-opensearch"
@@ -126,7 +128,7 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker metrics bind to.")
     backfill_batch_size: int = Field(default=64, gt=0, description="Products per embedding task.")
     backfill_resubmit_after_s: float = Field(
-        default=900, gt=0,
+        default=RESUBMIT_AFTER_S, gt=0,
         description="A batch unsettled this long, overtaken by later ones or in a stalled job, is presumed lost by "
         "the broker and sent again by whoever watches the job; must exceed the task time limit.",
     )

@@ -18,10 +18,11 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
 from mm_opensearch.backfill.pipeline import enqueue
-from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S, StallGuard
+from mm_opensearch.backfill.recovery import StallGuard
 from mm_opensearch.backfill.scan import scan_index
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import parse_instant
+from mm_opensearch.config import RESUBMIT_AFTER_S
 
 __all__ = ["changes_job_id", "follow_changes", "poll_changes"]
 

@@ -9,10 +9,10 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
 from mm_opensearch.backfill.pipeline import enqueue
-from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S
 from mm_opensearch.backfill.run import ProgressCallback, run_backfill, wait_for_job
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.config import RESUBMIT_AFTER_S
 
 __all__ = ["QueueEmbedder"]
 

@@ -18,10 +18,9 @@ import time
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
 from mm_opensearch.backfill.store import JobCounts, JobStore
 
-__all__ = ["RESUBMIT_AFTER_S", "StallGuard"]
+__all__ = ["StallGuard"]
 
 log = logging.getLogger(__name__)
-RESUBMIT_AFTER_S = 900.0  # above the default task time limit (600 s); Settings.backfill_resubmit_after_s
 
 
 class StallGuard:

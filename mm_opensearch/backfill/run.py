@@ -20,11 +20,12 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
 from mm_opensearch.backfill.pipeline import is_current, read_product, submit_embed
-from mm_opensearch.backfill.recovery import RESUBMIT_AFTER_S, StallGuard
+from mm_opensearch.backfill.recovery import StallGuard
 from mm_opensearch.backfill.scan import point_in_time, scan_slice
 from mm_opensearch.backfill.store import JobCounts, JobStore
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
 from mm_opensearch.catalog import CatalogSchema, content_hash
+from mm_opensearch.config import RESUBMIT_AFTER_S
 from mm_opensearch.errors import IndexCompatibilityError, MMOpenSearchError
 from mm_opensearch.indexing.mappings import read_model_meta
 
