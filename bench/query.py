@@ -75,20 +75,26 @@ def _percentiles(latencies_ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(latencies_ms, 50)), float(np.percentile(latencies_ms, 99))
 
 
-def _run(fn: Callable[[str], object], queries: list[str], concurrency: int) -> tuple[float, float, float]:
+def _timed(
+    fn: Callable[[str], object], queries: list[str], *, warm: int, concurrency: int = 1
+) -> tuple[list[float], float]:
+    """Milliseconds of each query (after ``warm`` unmeasured ones) and the wall seconds of them all."""
     def timed(query: str) -> float:
         started = time.perf_counter()
         fn(query)
         return (time.perf_counter() - started) * 1000
 
-    for query in queries[:10]:  # warm-up (JIT of the node, connection pool)
+    for query in queries[:warm]:  # JIT of the node, connection pool, caches
         fn(query)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         latencies = list(pool.map(timed, queries))
-    elapsed = time.perf_counter() - started
-    p50, p99 = _percentiles(latencies)
-    return p50, p99, len(queries) / elapsed
+    return latencies, time.perf_counter() - started
+
+
+def _run(fn: Callable[[str], object], queries: list[str], concurrency: int) -> tuple[float, float, float]:
+    latencies, elapsed = _timed(fn, queries, warm=10, concurrency=concurrency)
+    return (*_percentiles(latencies), len(queries) / elapsed)
 
 
 def _paired(
@@ -107,23 +113,12 @@ def _paired(
     for round_, start in enumerate(range(0, len(queries), block)):
         chunk = queries[start : start + block]
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            for query in chunk[:warm]:
-                fns[name](query)
-            for query in chunk:
-                started = time.perf_counter()
-                fns[name](query)
-                latencies[name].append((time.perf_counter() - started) * 1000)
+            latencies[name] += _timed(fns[name], chunk, warm=warm)[0]
     return {name: (*_percentiles(ms), 1000 * len(ms) / sum(ms)) for name, ms in latencies.items()}
 
 
 def _encoding(model: MultimodalModel, queries: list[str]) -> tuple[float, float]:
-    model.encode_queries(queries[:5])
-    latencies = []
-    for query in queries:
-        started = time.perf_counter()
-        model.encode_queries([query])
-        latencies.append((time.perf_counter() - started) * 1000)
-    return _percentiles(latencies)
+    return _percentiles(_timed(lambda query: model.encode_queries([query]), queries, warm=5)[0])
 
 
 def main() -> None:
