@@ -3,7 +3,7 @@
 from mm_opensearch.hybrid.filters import build_filters, parse_filter_expressions
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, linear_scores, normalize_scores, rrf_scores
 from mm_opensearch.hybrid.pipelines import PipelineRegistry, pipeline_body, pipeline_name
-from mm_opensearch.hybrid.query import hybrid_request, knn_query, leg_request, lexical_query, msearch_body
+from mm_opensearch.hybrid.query import hybrid_request, knn_query, leg_request, lexical_query, page_request
 from mm_opensearch.hybrid.search import (
     DEFAULT_DEPTH,
     MAX_QUERY_CHARS,
@@ -42,7 +42,7 @@ __all__ = [
     "lexical_query",
     "linear_scores",
     "load_query_tower",
-    "msearch_body",
+    "page_request",
     "normalize_scores",
     "open_searcher",
     "serving_settings",

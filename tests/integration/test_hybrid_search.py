@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,6 +155,33 @@ def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fus
         assert hit.score == pytest.approx(expected[hit.id].score, abs=1e-5)
     scores = [h.score for h in response.hits]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_the_client_path_sends_the_lexical_leg_before_the_query_is_encoded(
+    client: OpenSearch, settings: Settings, product_index: str, model: MultimodalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tower waits until the node has answered a search: only a leg sent before encoding can let it go on."""
+    searcher = HybridSearcher(client, settings, index=product_index, tower=model)
+    answered = threading.Event()
+    search = client.search
+
+    def recording_search(*args: Any, **kwargs: Any) -> Any:
+        response = search(*args, **kwargs)
+        answered.set()
+        return response
+
+    encode = model.encode_queries
+
+    def waiting_encode(texts: list[str]) -> np.ndarray:
+        assert answered.wait(timeout=10), "no leg reached the node while the query was being encoded"
+        return encode(texts)
+
+    monkeypatch.setattr(client, "search", recording_search)
+    monkeypatch.setattr(model, "encode_queries", waiting_encode)
+    response = searcher.search(SearchRequest("shirt", fusion_path="client", explain=True))
+    assert response.fusion_path == "client" and not response.degraded
+    assert any(hit.legs and hit.legs["lexical"] for hit in response.hits)
+    assert {"lexical", "vector", "encode"} <= response.timings_ms.keys()
 
 
 def test_single_leg_explain_gives_the_rank_on_the_page(searcher: HybridSearcher) -> None:

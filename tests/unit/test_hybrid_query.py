@@ -18,7 +18,7 @@ from mm_opensearch.hybrid.query import (
     knn_query,
     leg_request,
     lexical_query,
-    msearch_body,
+    page_request,
 )
 from mm_opensearch.hybrid.search import MAX_QUERY_CHARS, SearchRequest, serving_settings
 
@@ -123,10 +123,15 @@ def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:
     }
 
 
-def test_msearch_sends_every_leg_to_the_index() -> None:
-    legs = [leg_request({"match_all": {}}, size=3), leg_request({"match_none": {}}, size=3)]
-    assert msearch_body("products", legs) == [{"index": "products"}, legs[0], {"index": "products"}, legs[1]]
-    assert legs[0]["_source"] == {"excludes": ["mm_fused", "mm_image", "mm_text"]}
+def test_pages_are_read_without_vectors() -> None:
+    page = leg_request({"match_all": {}}, size=3)
+    assert page["_source"] == {"excludes": ["mm_fused", "mm_image", "mm_text"]}
+    assert page_request(["b", "a"]) == {
+        "query": {"ids": {"values": ["b", "a"]}},
+        "size": 2,
+        "_source": {"excludes": ["mm_fused", "mm_image", "mm_text"]},
+        "track_total_hits": False,
+    }
     candidates = leg_request({"match_all": {}}, size=3, source=False)
     assert candidates["_source"] is False
     assert candidates["stored_fields"] == "_none_"
