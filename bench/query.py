@@ -6,7 +6,9 @@ encoding p50/p99 with the cache off, for the searched model and for the default-
 tower (MiniLM text backbone) whose latency the issue's 5 ms target is about.
 
 At concurrency 1 the scenarios (and encoding alone) take turns in blocks of 50 queries, so the
-hybrid-vs-BM25 budget compares p99s taken over the same stretches of time (see ``_paired``).
+hybrid-vs-BM25 budget compares p99s taken over the same stretches of time (see ``_paired``). They
+run twice: closed loop (each query sent as soon as the last one answered) and open loop (queries
+arrive on a fixed schedule, ``--rate`` a second, as a service's requests do; see ``_timed``).
 
 Without ``--index`` of an existing index it indexes the Myntra catalog itself (BM25 fields plus
 vectors of the model in MMOS_MODEL_DIR, or of the tiny random-init model when none is set) into
@@ -76,9 +78,22 @@ def _percentiles(latencies_ms: list[float]) -> tuple[float, float]:
 
 
 def _timed(
-    fn: Callable[[str], object], queries: list[str], *, warm: int, concurrency: int = 1
+    fn: Callable[[str], object],
+    queries: list[str],
+    *,
+    warm: int,
+    concurrency: int = 1,
+    interval_s: float = 0.0,
 ) -> tuple[list[float], float]:
-    """Milliseconds of each query (after ``warm`` unmeasured ones) and the wall seconds of them all."""
+    """Milliseconds of each query (after ``warm`` unmeasured ones) and the wall seconds of them all.
+
+    ``interval_s`` > 0 (concurrency 1): an open loop, one query arriving every ``interval_s``, each
+    latency counted from its arrival. A closed loop sends BM25 queries back to back, so the node
+    never idles between them, while a hybrid request reaches the node only after the query was
+    encoded. Measured on the demo index, any 3 ms gap before a request (a sleep, a busy loop or an
+    encoding) costs 0.9-1.4 ms at p50, for BM25 and hybrid alike: the node's threads park when idle.
+    Requests to a service arrive with gaps, so the open loop gives every scenario that cost.
+    """
     def timed(query: str) -> float:
         started = time.perf_counter()
         fn(query)
@@ -87,6 +102,14 @@ def _timed(
     for query in queries[:warm]:  # JIT of the node, connection pool, caches
         fn(query)
     started = time.perf_counter()
+    if interval_s > 0:
+        latencies = []
+        for i, query in enumerate(queries):
+            arrival = started + i * interval_s
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            fn(query)
+            latencies.append((time.perf_counter() - arrival) * 1000)
+        return latencies, time.perf_counter() - started
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         latencies = list(pool.map(timed, queries))
     return latencies, time.perf_counter() - started
@@ -98,7 +121,12 @@ def _run(fn: Callable[[str], object], queries: list[str], concurrency: int) -> t
 
 
 def _paired(
-    fns: dict[str, Callable[[str], object]], queries: list[str], *, block: int = 50, warm: int = 3
+    fns: dict[str, Callable[[str], object]],
+    queries: list[str],
+    *,
+    block: int = 50,
+    warm: int = 3,
+    interval_s: float = 0.0,
 ) -> dict[str, tuple[float, float, float]]:
     """Concurrency 1, the scenarios taking turns in blocks of ``block`` queries, the order rotating.
 
@@ -113,7 +141,7 @@ def _paired(
     for round_, start in enumerate(range(0, len(queries), block)):
         chunk = queries[start : start + block]
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            latencies[name] += _timed(fns[name], chunk, warm=warm)[0]
+            latencies[name] += _timed(fns[name], chunk, warm=warm, interval_s=interval_s)[0]
     return {name: (*_percentiles(ms), 1000 * len(ms) / sum(ms)) for name, ms in latencies.items()}
 
 
@@ -126,6 +154,7 @@ def main() -> None:
     parser.add_argument("--index", default="mmos-bench-myntra")
     parser.add_argument("--queries", type=int, default=1000, help="distinct queries per scenario (p99 of 300 is the 3rd worst: noisy)")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--rate", type=float, default=50.0, help="queries a second arriving in the open-loop run")
     args = parser.parse_args()
     settings = serving_settings(Settings())  # as `serve` runs: one torch thread unless MMOS_TORCH_THREADS
     data_dir = args.data_dir or settings.data_dir
@@ -136,7 +165,6 @@ def main() -> None:
     searcher = HybridSearcher(create_client(settings), settings, index=args.index, tower=model)
     print(f"{len(queries)} distinct queries; neural-search on the node: {searcher.has_neural_search()}")
 
-    print(f"\n{'scenario':<28}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}")
     scenarios: list[tuple[str, dict[str, str]]] = [
         ("bm25", {"mode": "bm25"}),
         ("vector (+encode)", {"mode": "vector"}),
@@ -144,30 +172,31 @@ def main() -> None:
         ("hybrid client rrf (+enc)", {"mode": "hybrid", "fusion_path": "client"}),
     ]
     search = {name: (lambda q, kw=kwargs: searcher.search(SearchRequest(q, **kw))) for name, kwargs in scenarios}  # type: ignore[arg-type, misc]
-    paired = _paired({**search, "encode only": lambda q: model.encode_queries([q])}, queries)
-    results: dict[tuple[str, int], tuple[float, float, float]] = {(name, 1): paired[name] for name in search}
-    for name, fn in search.items():
-        results[name, 8] = _run(fn, queries, 8)
-    for name in search:
-        for concurrency in (1, 8):
-            p50, p99, qps = results[name, concurrency]
-            print(f"{name:<28}{concurrency:>5}{p50:>9.1f}{p99:>9.1f}{qps:>8.1f}")
-    print("(concurrency 1: the scenarios take turns in blocks of 50 queries; concurrency 8: one after the other)")
+    in_turns = {**search, "encode only": lambda q: model.encode_queries([q])}
+    loads = {"closed, c1": _paired(in_turns, queries), f"open {args.rate:g}/s, c1": _paired(in_turns, queries, interval_s=1 / args.rate)}
+    loads["closed, c8"] = {name: _run(fn, queries, 8) for name, fn in search.items()}
+    print(f"\n{'scenario':<28}{'load':>16}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}")
+    for name in in_turns:
+        for load, results in loads.items():
+            if name in results:
+                p50, p99, qps = results[name]
+                print(f"{name:<28}{load:>16}{p50:>9.1f}{p99:>9.1f}{qps:>8.1f}")
+    print("(c1: the scenarios take turns in blocks of 50 queries; c8: one after the other; QPS of c1 = 1 / mean latency)")
 
-    encode_p50, encode_p99, _ = paired["encode only"]
-    print(f"\nquery encoding, cache off, distinct queries (concurrency 1, in turns), by {type(model.query_encoder()).__name__}:")
-    print(f"  {model_name:<40} p50 {encode_p50:6.2f} ms  p99 {encode_p99:6.2f} ms")
+    print(f"\nquery encoding, cache off, distinct queries, by {type(model.query_encoder()).__name__}: see 'encode only' above")
     default = MultimodalModel.from_config(ModelConfig(), settings=settings, use_feature_cache=False, query_cache_size=0)
     p50, p99 = _encoding(default, queries)
-    print(f"  {'default architecture (MiniLM query tower)':<40} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    print(f"  {'default architecture (MiniLM query tower), closed loop':<56} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
 
-    budget = 2 * results["bm25", 1][1] + encode_p99
-    print(f"\ntargets (concurrency 1): encoding p50 {p50:.2f} ms vs 5 ms -> {'met' if p50 <= 5 else 'MISSED'}")
-    for name, _ in scenarios[2:]:
-        hybrid_p99 = results[name, 1][1]
-        verdict = "met" if hybrid_p99 <= budget else "MISSED"
-        print(f"  {name}: p99 {hybrid_p99:.1f} ms vs 2 x bm25 p99 + encode p99 = {budget:.1f} ms "
-              f"({hybrid_p99 / budget:.2f}x the budget) -> {verdict}")
+    print(f"\ntargets: encoding p50 {p50:.2f} ms vs 5 ms -> {'met' if p50 <= 5 else 'MISSED'}")
+    for load in list(loads)[:2]:
+        results = loads[load]
+        budget = 2 * results["bm25"][1] + results["encode only"][1]
+        for name, _ in scenarios[2:]:
+            hybrid_p99 = results[name][1]
+            verdict = "met" if hybrid_p99 <= budget else "MISSED"
+            print(f"  {load:<14} {name}: p99 {hybrid_p99:.1f} ms vs 2 x bm25 p99 + encode p99 = {budget:.1f} ms "
+                  f"({hybrid_p99 / budget:.2f}x the budget) -> {verdict}")
     print(f"torch threads: {__import__('torch').get_num_threads()}; cpu count: {os.cpu_count()}")
 
 
