@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
             app.state.searcher = open_searcher(settings)
         yield
         if own:
-            app.state.searcher.client.close()
+            app.state.searcher.close()
 
     app = FastAPI(
         title="mm-opensearch",

@@ -230,6 +230,11 @@ class HybridSearcher:
             self._mapping = (time.monotonic(), mapping)
         return mapping
 
+    def close(self) -> None:
+        """Stop the lexical-leg threads and close the client (a serving process's shutdown)."""
+        self._background.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
     def ping(self) -> bool:
         """Whether the cluster answers (for health checks)."""
         try:
