@@ -35,6 +35,7 @@ def create_client(settings: Settings, **overrides: Any) -> OpenSearch:
         "hosts": settings.opensearch_hosts,
         "timeout": settings.opensearch_timeout_s,
         "max_retries": settings.opensearch_max_retries,
+        "pool_maxsize": settings.opensearch_pool_maxsize,
         "retry_on_timeout": True,
         "verify_certs": settings.opensearch_verify_certs,
         "ssl_show_warn": settings.opensearch_verify_certs,

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     opensearch_aws_service: Literal["es", "aoss"] = "es"
     opensearch_timeout_s: float = 30.0
     opensearch_max_retries: int = 3
+    opensearch_pool_maxsize: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Connections kept open per host. opensearch-py keeps 1 unless told: every concurrent "
+            "request beyond it opened and dropped a TCP connection (a serving process runs many at once)."
+        ),
+    )
 
     # --- Redis (Celery broker, result backend, checkpoints, dead letters) --------------------
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")

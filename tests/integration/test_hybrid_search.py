@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
@@ -182,6 +184,18 @@ def test_the_client_path_sends_the_lexical_leg_before_the_query_is_encoded(
     assert response.fusion_path == "client" and not response.degraded
     assert any(hit.legs and hit.legs["lexical"] for hit in response.hits)
     assert {"lexical", "vector", "encode"} <= response.timings_ms.keys()
+
+
+def test_concurrent_searches_reuse_pooled_connections(
+    settings: Settings, product_index: str, model: MultimodalModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """opensearch-py keeps one connection unless told: each concurrent request beyond it was a new TCP connection."""
+    searcher = HybridSearcher(create_client(settings), settings, index=product_index, tower=model)
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"), ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda q: searcher.search(SearchRequest(q, fusion_path="client")), ["shirt"] * 32))
+    searcher.close()
+    assert all(r.hits for r in responses)
+    assert not [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
 
 
 def test_single_leg_explain_gives_the_rank_on_the_page(searcher: HybridSearcher) -> None:
