@@ -232,8 +232,8 @@ def test_without_a_tower_searches_degrade_to_bm25(
 ) -> None:
     towerless = HybridSearcher(client, settings, index=product_index, tower_error="model folder missing")
     bm25 = searcher.search(SearchRequest("blue shirt", mode="bm25"))
-    for mode in ("vector", "hybrid"):
-        response = towerless.search(SearchRequest("blue shirt", mode=mode))  # type: ignore[arg-type]
+    for mode, path in (("vector", "auto"), ("hybrid", "server"), ("hybrid", "client")):
+        response = towerless.search(SearchRequest("blue shirt", mode=mode, fusion_path=path))  # type: ignore[arg-type]
         assert response.degraded and response.mode == "bm25" and response.requested_mode == mode
         assert "model folder missing" in (response.degraded_reason or "")
         assert ids(response) == ids(bm25)
