@@ -47,7 +47,6 @@ __all__ = [
     "poll_changes",
     "redis_client",
     "restore_index_settings",
-    "resubmit_in_flight",
     "retry_dead_letters",
     "run_backfill",
     "submit_embed",

@@ -1,11 +1,14 @@
-"""The wheel is self-contained: mappings and the dev launcher are found when installed."""
+"""The wheel is self-contained (mappings and the dev launcher are found when installed); exports exist."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,3 +35,14 @@ def test_installed_wheel_finds_its_mappings(tmp_path: Path) -> None:
         check=True, capture_output=True, text=True,
     ).stdout.split()
     assert out == [str(target / "mm_opensearch/_data/mappings"), str(target / "mm_opensearch/_data/opensearch")]
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["api", "augment", "backfill", "cli", "devservices", "hybrid", "indexing", "towers", "training"],
+)
+def test_every_exported_name_exists(package: str) -> None:
+    """``__all__`` is the public API: a name in it that the package lacks breaks ``import *``."""
+    module = importlib.import_module(f"mm_opensearch.{package}")
+    missing = [name for name in getattr(module, "__all__", []) if not hasattr(module, name)]
+    assert missing == []
