@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from mm_opensearch.augment.inspect import IndexReport, Strategy
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError
-from mm_opensearch.indexing.mappings import model_meta, vector_properties
+from mm_opensearch.indexing.mappings import model_meta, vector_index_settings, vector_properties
 
 __all__ = ["AugmentPlan", "copy_index_body", "next_index_name", "plan_augment", "vector_mapping_update"]
 
@@ -51,9 +51,9 @@ def vector_mapping_update(
 
 
 def copy_index_body(report: IndexReport, update: dict[str, Any]) -> dict[str, Any]:
-    """The source index's settings and mappings with k-NN on and the vector fields added."""
+    """The source index's settings and mappings with the vector fields and the settings they need added."""
     settings = {k: copy.deepcopy(v) for k, v in report.settings.items() if k not in _GENERATED_SETTINGS}
-    settings["knn"] = True
+    settings.update(vector_index_settings())
     mappings = copy.deepcopy(report.mappings)
     mappings.setdefault("properties", {}).update(update["properties"])
     mappings["_meta"] = update["_meta"]
@@ -91,7 +91,8 @@ def plan_augment(
         ), **common)
     if report.strategy == "in_place":
         return AugmentPlan(target=report.index, strategy="in_place", steps=(
-            f"add fields mm_* (knn_vector dim {dim}, {engine}) and _meta model {model_id} to '{report.index}'",
+            f"add fields mm_* (knn_vector dim {dim}, {engine}) and _meta model {model_id} to '{report.index}'; "
+            "their vectors are stored in _source (keeping them out needs a new index: a static setting)",
             f"backfill vectors of {report.docs} products in place (queries keep being served)",
         ), **common)
     if not aliases:
@@ -110,6 +111,7 @@ def plan_augment(
     target = target or next_index_name(report.index)
     return AugmentPlan(target=target, strategy="reindex", steps=(
         f"create '{target}': settings and mappings of '{report.index}', index.knn=true, + mm_* vector fields "
+        "kept out of _source (k-NN derived source) "
         f"(dim {dim}, {engine}); refresh off and 0 replicas while loading",
         f"_reindex '{report.index}' -> '{target}' with slices=auto ({report.docs} products)",
         f"backfill vectors in '{target}' through the workers",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from opensearchpy import OpenSearch
@@ -78,6 +79,42 @@ def test_knn_query_with_filter_returns_the_nearest_matching_document(client: Ope
         },
     )
     assert [h["_id"] for h in filtered["hits"]["hits"]] == ["2"]
+
+
+def _store_bytes(client: OpenSearch, index: str) -> int:
+    client.indices.forcemerge(index=index, max_num_segments=1)
+    return int(client.indices.stats(index=index, metric="store")["indices"][index]["total"]["store"]["size_in_bytes"])
+
+
+def test_vectors_are_derived_not_stored_yet_read_back_exactly(client: OpenSearch, index_name: str) -> None:
+    """The stored _source leaves the vectors out; get, partial update and _reindex still see them exactly."""
+    rng = np.random.default_rng(7)
+    docs = [{"id": str(i), "title": f"product {i}", "colour": "red", "price": float(i),
+             "mm_fused": [float(x) for x in rng.normal(size=128).astype(np.float32)]} for i in range(300)]
+    sizes = {}
+    for derived in (True, False):
+        name = f"{index_name}-{'derived' if derived else 'stored'}"
+        body = product_index_body(SCHEMA, sample=docs[0], dim=128, model_id="test-model")
+        body["settings"]["index"]["knn.derived_source.enabled"] = derived
+        client.indices.create(index=name, body=body)
+        assert bulk_write(client, [index_action(name, d["id"], d) for d in docs], refresh="wait_for").succeeded == 300
+        sizes[derived] = _store_bytes(client, name)
+    assert sizes[True] < 0.75 * sizes[False], sizes  # the vectors' JSON was most of each stored document
+
+    def same_vector(read: list[float]) -> bool:  # float32 values, read back as their shortest decimals
+        return np.array_equal(np.asarray(read, dtype=np.float32), np.asarray(docs[5]["mm_fused"], dtype=np.float32))
+
+    name = f"{index_name}-derived"
+    assert same_vector(client.get(index=name, id="5")["_source"]["mm_fused"])
+    client.update(index=name, id="5", body={"doc": {"title": "renamed product"}}, refresh="wait_for")
+    updated = client.get(index=name, id="5")["_source"]
+    assert updated["title"] == "renamed product" and updated["price"] == 5.0
+    assert same_vector(updated["mm_fused"])  # an update rebuilds _source with the vector in it
+    client.reindex(body={"source": {"index": name}, "dest": {"index": f"{index_name}-copy"}}, refresh=True)
+    copied = client.get(index=f"{index_name}-copy", id="5")["_source"]
+    assert same_vector(copied["mm_fused"]) and copied["title"] == "renamed product"
+    nearest = client.search(index=name, body={"size": 1, "query": {"knn": {"mm_fused": {"vector": docs[9]["mm_fused"], "k": 1}}}})
+    assert nearest["hits"]["hits"][0]["_id"] == "9"
 
 
 def test_match_query_ranks_by_bm25(client: OpenSearch, small_index: str) -> None:

@@ -22,6 +22,7 @@ def test_bm25_only_body_has_no_vectors_and_types_filters_from_the_sample() -> No
     assert props["colour"]["type"] == "keyword" and props["price"]["type"] == "double"
     assert "mm_fused" not in props and "_meta" not in body["mappings"]
     assert body["settings"]["index"]["knn"] is False
+    assert "knn.derived_source.enabled" not in body["settings"]["index"]
 
 
 def test_vector_body_records_model_and_dimension() -> None:
@@ -36,6 +37,7 @@ def test_vector_body_records_model_and_dimension() -> None:
     assert props["mm_model_id"]["type"] == "keyword" and props["mm_embedded_at"]["type"] == "date"
     assert body["mappings"]["_meta"]["mm_opensearch"]["model_id"] == "abc"
     assert body["settings"]["index"]["knn"] is True
+    assert body["settings"]["index"]["knn.derived_source.enabled"] is True  # vectors kept out of _source
 
 
 def test_faiss_option_and_hnsw_parameters() -> None:
