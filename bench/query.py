@@ -12,7 +12,8 @@ arrive on a fixed schedule, ``--rate`` a second, as a service's requests do; see
 
 Without ``--index`` of an existing index it indexes the Myntra catalog itself (BM25 fields plus
 vectors of the model in MMOS_MODEL_DIR, or of the tiny random-init model when none is set) into
-``mmos-bench-myntra`` and says so.
+``mmos-bench-myntra`` and says so. An existing index of another model is rebuilt only when its name
+starts with ``mmos-bench``; any other (the demo index) is refused, never deleted.
 
     PYTHONPATH=. python bench/query.py --queries 1000
 """
@@ -41,6 +42,9 @@ from mm_opensearch.indexing.mappings import read_model_meta  # noqa: E402
 from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: E402
 
 
+_OWN_INDEX_PREFIX = "mmos-bench"  # indices the bench may delete and rebuild; it never touches others
+
+
 def _model(settings: Settings) -> tuple[MultimodalModel, str]:
     if settings.model_dir is not None:
         return MultimodalModel.load(settings.model_dir, settings=settings, query_cache_size=0), str(settings.model_dir)
@@ -54,6 +58,12 @@ def _ensure_index(settings: Settings, index: str, model: MultimodalModel, data_d
         meta = read_model_meta(mapping)
         if meta is not None and meta["model_id"] == model.model_id:
             return f"existing index '{index}' ({client.count(index=index)['count']} docs)"
+        if not index.startswith(_OWN_INDEX_PREFIX):  # e.g. the demo index, measured with another model
+            found = meta["model_id"] if meta is not None else "no vectors"
+            raise SystemExit(
+                f"index '{index}' holds vectors of {found}, not of {model.model_id}: set MMOS_MODEL_DIR to the "
+                f"model that built it, or pass an --index named {_OWN_INDEX_PREFIX}* for the bench to (re)build"
+            )
         client.indices.delete(index=index)
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(data_dir / "products.jsonl.gz", schema))
