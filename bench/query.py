@@ -9,6 +9,8 @@ At concurrency 1 the scenarios (and encoding alone) take turns in blocks of 50 q
 hybrid-vs-BM25 budget compares p99s taken over the same stretches of time (see ``_paired``). They
 run twice: closed loop (each query sent as soon as the last one answered) and open loop (queries
 arrive on a fixed schedule, ``--rate`` a second, as a service's requests do; see ``_timed``).
+The closed loop also runs BM25 after the node idled as long as an encoding takes, so the hybrid
+budget can be read against a BM25 that meets the node as a hybrid request does.
 
 Without ``--index`` of an existing index it indexes the Myntra catalog itself (BM25 fields plus
 vectors of the model in MMOS_MODEL_DIR, or of the tiny random-init model when none is set) into
@@ -24,7 +26,7 @@ import argparse
 import csv
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,6 +96,7 @@ def _timed(
     warm: int,
     concurrency: int = 1,
     interval_s: float = 0.0,
+    idle_s: float = 0.0,
 ) -> tuple[list[float], float]:
     """Milliseconds of each query (after ``warm`` unmeasured ones) and the wall seconds of them all.
 
@@ -103,8 +106,12 @@ def _timed(
     encoded. Measured on the demo index, any 3 ms gap before a request (a sleep, a busy loop or an
     encoding) costs 0.9-1.4 ms at p50, for BM25 and hybrid alike: the node's threads park when idle.
     Requests to a service arrive with gaps, so the open loop gives every scenario that cost.
+
+    ``idle_s`` > 0 (closed loop): before each query, untimed, this thread spins ``idle_s`` while the
+    node idles, as it does while a hybrid request's query is encoded.
     """
     def timed(query: str) -> float:
+        _spin(idle_s)
         started = time.perf_counter()
         fn(query)
         return (time.perf_counter() - started) * 1000
@@ -125,6 +132,13 @@ def _timed(
     return latencies, time.perf_counter() - started
 
 
+def _spin(seconds: float) -> None:
+    """Keep this core busy for ``seconds`` (an encoding does; a sleep would let the whole machine idle)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _run(fn: Callable[[str], object], queries: list[str], concurrency: int) -> tuple[float, float, float]:
     latencies, elapsed = _timed(fn, queries, warm=10, concurrency=concurrency)
     return (*_percentiles(latencies), len(queries) / elapsed)
@@ -137,6 +151,7 @@ def _paired(
     block: int = 50,
     warm: int = 3,
     interval_s: float = 0.0,
+    idle_s: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[float, float, float]]:
     """Concurrency 1, the scenarios taking turns in blocks of ``block`` queries, the order rotating.
 
@@ -151,7 +166,8 @@ def _paired(
     for round_, start in enumerate(range(0, len(queries), block)):
         chunk = queries[start : start + block]
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            latencies[name] += _timed(fns[name], chunk, warm=warm, interval_s=interval_s)[0]
+            pause = (idle_s or {}).get(name, 0.0)
+            latencies[name] += _timed(fns[name], chunk, warm=warm, interval_s=interval_s, idle_s=pause)[0]
     return {name: (*_percentiles(ms), 1000 * len(ms) / sum(ms)) for name, ms in latencies.items()}
 
 
@@ -183,10 +199,15 @@ def main() -> None:
     ]
     search = {name: (lambda q, kw=kwargs: searcher.search(SearchRequest(q, **kw))) for name, kwargs in scenarios}  # type: ignore[arg-type, misc]
     in_turns = {**search, "encode only": lambda q: model.encode_queries([q])}
-    loads = {"closed, c1": _paired(in_turns, queries), f"open {args.rate:g}/s, c1": _paired(in_turns, queries, interval_s=1 / args.rate)}
+    idle_ms = _encoding(model, queries[:200])[0]  # how long the node idles while a hybrid query is encoded
+    idle = f"bm25, {idle_ms:.1f} ms idle before"
+    loads = {
+        "closed, c1": _paired({**in_turns, idle: search["bm25"]}, queries, idle_s={idle: idle_ms / 1000}),
+        f"open {args.rate:g}/s, c1": _paired(in_turns, queries, interval_s=1 / args.rate),
+    }
     loads["closed, c8"] = {name: _run(fn, queries, 8) for name, fn in search.items()}
     print(f"\n{'scenario':<28}{'load':>16}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}")
-    for name in in_turns:
+    for name in [*in_turns, idle]:
         for load, results in loads.items():
             if name in results:
                 p50, p99, qps = results[name]
@@ -199,14 +220,20 @@ def main() -> None:
     print(f"  {'default architecture (MiniLM query tower), closed loop':<56} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
 
     print(f"\ntargets: encoding p50 {p50:.2f} ms vs 5 ms -> {'met' if p50 <= 5 else 'MISSED'}")
-    for load in list(loads)[:2]:
+    print("hybrid p99 <= 2 x bm25 p99 + encode p99, with bm25 and encode measured")
+    budgets = [  # (load, bm25 scenario, what it means); the first is the target's load (README: Query latency)
+        (f"open {args.rate:g}/s, c1", "bm25", "queries arriving on a schedule, as at a service (the target)"),
+        ("closed, c1", idle, "back to back, bm25 after the same idle as an encoding"),
+        ("closed, c1", "bm25", "back to back, bm25 never meets an idle node (reference)"),
+    ]
+    for load, bm25, meaning in budgets:
         results = loads[load]
-        budget = 2 * results["bm25"][1] + results["encode only"][1]
+        budget = 2 * results[bm25][1] + results["encode only"][1]
+        print(f"  {load}, {meaning}: budget {budget:.1f} ms")
         for name, _ in scenarios[2:]:
             hybrid_p99 = results[name][1]
             verdict = "met" if hybrid_p99 <= budget else "MISSED"
-            print(f"  {load:<14} {name}: p99 {hybrid_p99:.1f} ms vs 2 x bm25 p99 + encode p99 = {budget:.1f} ms "
-                  f"({hybrid_p99 / budget:.2f}x the budget) -> {verdict}")
+            print(f"    {name}: p99 {hybrid_p99:.1f} ms = {hybrid_p99 / budget:.2f}x the budget -> {verdict}")
     print(f"torch threads: {__import__('torch').get_num_threads()}; cpu count: {os.cpu_count()}")
 
 
