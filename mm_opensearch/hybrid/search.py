@@ -1,9 +1,11 @@
 """The searcher: BM25, vector or hybrid search over a product index, with explain and degraded mode.
 
 Hybrid fusion runs on the server (neural-search ``hybrid`` query + a search pipeline) when the
-cluster has the plugin and accepts the requested fusion, and on the client otherwise (fused by
-:mod:`mm_opensearch.hybrid.fusion`). Both paths fetch ``depth`` candidates per leg and cut the page
-from the fused list, so paging is stable and the two paths rank alike.
+cluster has the plugin, accepts the requested fusion and the index is a single shard, and on the
+client otherwise (fused by :mod:`mm_opensearch.hybrid.fusion`). Both paths fetch ``depth``
+candidates per leg and cut the page from the fused list, so paging is stable and the two paths
+rank alike. Over several shards the plugin fuses per shard (see ``_PER_SHARD_FUSION``), which the
+legs' global lists do not reproduce, so such an index is fused on the client.
 
 On the client path the lexical leg is sent before the query is encoded: the node ranks BM25
 candidates while the tower runs, and only the k-NN leg waits for the vector. Against both legs in
@@ -75,6 +77,13 @@ DEFAULT_DEPTH = 100
 NEURAL_SEARCH_PLUGINS = frozenset({"org.opensearch.neuralsearch.plugin.NeuralSearch", "opensearch-neural-search"})
 _META_TTL_S = 30.0  # an index re-embedded by another model is noticed within this time
 _LEGS = ("lexical", "vector")
+# Measured against the client path on a 2-shard index: the plugin takes pagination_depth candidates
+# per leg *per shard* and gives RRF ranks within each shard, so its fused list is not the one the
+# two legs' global lists give (min-max scores 0.709 against 0.636 for the same document).
+_PER_SHARD_FUSION = (
+    "index '{index}' spans {shards} shards, and neural-search 2.19 fuses each shard's candidates (RRF ranks and "
+    "fusion depth per shard), which ranks differently from the legs' global lists"
+)
 _LEXICAL_THREADS = 16  # concurrent client-path searches beyond this wait for a thread for their lexical leg
 T = TypeVar("T")
 _Candidates = tuple[float, list[tuple[str, float]]]  # a leg's took (ms) and its (id, score), best first
@@ -157,6 +166,14 @@ class SearchResponse:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class _IndexFacts:
+    """What a searcher needs to know of its index: the mapping (model, vectors) and the shards a search reaches."""
+
+    mapping: dict[str, Any]
+    shards: int
+
+
 def _unavailable(e: Exception) -> SearchUnavailableError:
     msg = f"OpenSearch did not answer ({type(e).__name__}: {e}); retry in a few seconds"
     return SearchUnavailableError(msg)
@@ -189,7 +206,7 @@ class HybridSearcher:
         self.default_fusion = default_fusion or FusionOptions()
         self._pipelines = PipelineRegistry(client)
         self._plugins: frozenset[str] | None = None
-        self._mapping: tuple[float, dict[str, Any]] | None = None
+        self._facts: tuple[float, _IndexFacts] | None = None
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=_LEXICAL_THREADS, thread_name_prefix="mmos-lexical-leg")
 
@@ -220,15 +237,20 @@ class HybridSearcher:
         """Whether the cluster can fuse ``hybrid`` queries itself."""
         return bool(self.plugins() & NEURAL_SEARCH_PLUGINS)
 
-    def _index_mapping(self) -> dict[str, Any]:
+    def _index_facts(self) -> _IndexFacts:
         with self._lock:
-            if self._mapping is not None and time.monotonic() - self._mapping[0] < _META_TTL_S:
-                return self._mapping[1]
-        response = self._call(lambda: self.client.indices.get_mapping(index=self.index))
-        mapping = next(iter(response.values()))["mappings"]  # an alias's indices share one model
+            if self._facts is not None and time.monotonic() - self._facts[0] < _META_TTL_S:
+                return self._facts[1]
+        response = self._call(lambda: self.client.indices.get(
+            index=self.index, filter_path=["*.mappings", "*.settings.index.number_of_shards"]
+        ))
+        facts = _IndexFacts(
+            mapping=next(iter(response.values())).get("mappings", {}),  # an alias's indices share one model
+            shards=sum(int(body["settings"]["index"]["number_of_shards"]) for body in response.values()),
+        )
         with self._lock:
-            self._mapping = (time.monotonic(), mapping)
-        return mapping
+            self._facts = (time.monotonic(), facts)
+        return facts
 
     def close(self) -> None:
         """Stop the lexical-leg threads and close the client (a serving process's shutdown)."""
@@ -245,7 +267,7 @@ class HybridSearcher:
     # --- the query vector (or why there is none) ---------------------------------------------
 
     def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[np.ndarray | None, str | None]:
-        mapping = self._index_mapping()
+        mapping = self._index_facts().mapping
         meta = read_model_meta(mapping)
         if meta is None:
             return None, f"index '{self.index}' has no vectors (run `mm-opensearch index augment {self.index}`)"
@@ -336,9 +358,15 @@ class HybridSearcher:
     def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions) -> str | None:
         if request.fusion_path == "client":
             return None
-        pipeline = self._call(lambda: self._pipelines.ensure(fusion)) if self.has_neural_search() else None
+        shards = self._index_facts().shards
+        pipeline = None
+        if self.has_neural_search() and shards == 1:
+            pipeline = self._call(lambda: self._pipelines.ensure(fusion))
         if pipeline is None and request.fusion_path == "server":
-            reason = self._pipelines.refusal(fusion) or "the neural-search plugin is not installed"
+            if shards > 1:
+                reason = _PER_SHARD_FUSION.format(index=self.index, shards=shards)
+            else:
+                reason = self._pipelines.refusal(fusion) or "the neural-search plugin is not installed"
             msg = f"fusion_path 'server' is not possible here ({reason}); use fusion_path 'auto' or 'client'"
             raise ConfigError(msg)
         return pipeline

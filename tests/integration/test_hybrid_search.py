@@ -21,6 +21,8 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, SearchUnavailableError
 from mm_opensearch.hybrid import FusionOptions, HybridSearcher, SearchRequest, SearchResponse, fuse
+from mm_opensearch.hybrid.pipelines import PipelineRegistry
+from mm_opensearch.hybrid.query import hybrid_request, knn_query, lexical_query
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import ModelConfig, MultimodalModel
 
@@ -157,6 +159,35 @@ def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fus
         assert hit.score == pytest.approx(expected[hit.id].score, abs=1e-5)
     scores = [h.score for h in response.hits]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_an_index_of_several_shards_is_fused_on_the_client(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product]
+) -> None:
+    """neural-search 2.19 fuses per shard (RRF ranks, fusion depth): not the legs' global lists, so not used there."""
+    name = f"test-hybrid-shards-{uuid.uuid4().hex[:12]}"
+    create_product_index(client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model,
+                         index_settings={"number_of_shards": 2})
+    try:
+        assert not load_products(client, name, products, model=model).failed
+        client.indices.refresh(index=name)
+        searcher = HybridSearcher(client, settings, index=name, tower=model)
+        auto = searcher.search(SearchRequest("blue shirt men", fusion=RRF))
+        assert auto.fusion_path == "client" and auto.hits
+        with pytest.raises(ConfigError, match="spans 2 shards.*per shard.*fusion_path 'auto' or 'client'"):
+            searcher.search(SearchRequest("blue shirt men", fusion=RRF, fusion_path="server"))
+
+        # The reason, as the plugin behaves today: its top RRF score is what shard-local ranks give.
+        pipeline = PipelineRegistry(client).ensure(RRF)
+        assert pipeline is not None
+        lexical = lexical_query("blue shirt men", searcher.schema.multi_match_fields(), [],
+                                match_type=searcher.lexical_match_type)
+        knn = knn_query("fused", model.encode_queries(["blue shirt men"])[0], 100, [])
+        body = hybrid_request(lexical, knn, from_=0, size=10, depth=100)
+        on_node = client.search(index=name, body=body, params={"search_pipeline": pipeline})["hits"]["hits"]
+        assert on_node[0]["_score"] > auto.hits[0].score + 1e-4
+    finally:
+        client.indices.delete(index=name, ignore_unavailable=True)
 
 
 def test_the_client_path_sends_the_lexical_leg_before_the_query_is_encoded(
