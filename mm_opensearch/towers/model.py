@@ -124,7 +124,8 @@ def _onnx_query_tower(model: MultimodalModel, model_id: str, reference: _TorchQu
     graph = QueryTowerGraph(backbone.module(), model.heads["query"])
     path = model.settings.cache_dir / "onnx" / f"query-tower-{model_id}.onnx"
     with model.evaluating():
-        return OnnxTextEncoder.build(graph, backbone, path=path, dim=model.dim, reference=reference.features)
+        return OnnxTextEncoder.build(graph, backbone, path=path, dim=model.dim, reference=reference.features,
+                                     quantized=model.settings.query_runtime == "onnx-int8")
 
 
 def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -342,7 +343,7 @@ class MultimodalModel:
     def query_encoder(self) -> TextEncoder:
         """Query texts -> query vectors as search time runs it: backbone and head in one step.
 
-        On a CPU with ``Settings.query_runtime == "onnx"`` and a backbone that reads token ids,
+        On a CPU with ``Settings.query_runtime`` "onnx" (or "onnx-int8") and a backbone that reads token ids,
         that is ONNX Runtime over an export of the whole query tower, named by the model id and
         rebuilt when the query head's weights change (never served stale); otherwise PyTorch.
         Both give the same vectors to float rounding, which the export is checked for when built.
@@ -355,7 +356,7 @@ class MultimodalModel:
                 self.query_cache.clear()  # vectors of other weights
                 torch_tower = _TorchQueryTower(self)
                 onnx = None
-                if self.settings.query_runtime == "onnx" and self.device.type == "cpu":
+                if self.settings.query_runtime != "torch" and self.device.type == "cpu":
                     onnx = _onnx_query_tower(self, self.model_id, torch_tower)
                 self._query_encoder = (stamp, onnx or torch_tower)
             return self._query_encoder[1]

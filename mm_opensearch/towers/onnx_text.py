@@ -7,6 +7,11 @@ same graph, backbone pooling and head together, with fused kernels (MiniLM tower
 loaded weights on first use and cached under ``<cache_dir>/onnx/<key>.onnx`` (a damaged file is
 exported again); it is checked against PyTorch before it is used, and any failure leaves PyTorch
 in charge with a warning rather than failing searches.
+
+``quantized=True`` runs an int8 copy of the graph instead (dynamic quantization of the MatMuls,
+weights per channel): on the default model, one thread, p50 3.3 -> 1.1 ms per query, at the cost
+of vectors within cosine 0.984-1.0 of PyTorch's (mean 0.994 over 400 queries) and, on the Myntra
+val queries, nDCG@10 0.8287 -> 0.8260 (fused), 0.8654 -> 0.8634 (hybrid_linear).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TokenTextBackbone", "QueryTowerGraph", "OnnxTextEncoder", "export_graph"]
+__all__ = ["TokenTextBackbone", "QueryTowerGraph", "OnnxTextEncoder", "export_graph", "quantize_graph"]
 
 logger = logging.getLogger(__name__)
 
 _OPSET = 17
 _PROBES = ["red floral summer dress", "men black leather formal shoes with laces"]
 _TOLERANCE = 1e-4
+_INT8_MIN_COSINE = 0.97  # measured 0.984 at worst over 400 queries: below this the quantization went wrong
 
 
 class TokenTextBackbone(Protocol):
@@ -77,6 +83,20 @@ def export_graph(module: nn.Module, backbone: TokenTextBackbone, path: Path) -> 
     return path
 
 
+def quantize_graph(source: Path, path: Path) -> Path:
+    """Write an int8 copy of the graph ``source`` to ``path`` (atomically, as :func:`export_graph`)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 - only this runtime needs it
+
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(handle)
+    try:
+        quantize_dynamic(source, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 class OnnxTextEncoder:
     """Texts -> vectors by an ONNX Runtime session over an exported graph (see :func:`export_graph`)."""
 
@@ -101,36 +121,49 @@ class OnnxTextEncoder:
         path: Path,
         dim: int,
         reference: Callable[[list[str]], torch.Tensor],
+        quantized: bool = False,
     ) -> OnnxTextEncoder | None:
         """The cached (or newly exported) graph of ``module``, checked against ``reference``; None if that fails.
 
+        ``quantized``: its int8 copy (``<path stem>-int8.onnx``), checked by cosine, not equality.
         Runs with as many threads as torch (``Settings.torch_threads``), so one knob sets both.
         """
         try:
-            encoder = cls._load_or_export(module, backbone, path, dim)
-            gap = float((encoder.features(_PROBES) - reference(_PROBES)).abs().max())
+            encoder = cls._load_or_make(backbone, path, dim, make=lambda: export_graph(module, backbone, path))
+            if quantized:
+                int8 = path.with_name(f"{path.stem}-int8.onnx")
+                encoder = cls._load_or_make(backbone, int8, dim, make=lambda: quantize_graph(path, int8))
+            got, expected = encoder.features(_PROBES), reference(_PROBES)
         except Exception as e:  # noqa: BLE001 - any exporter or runtime failure leaves PyTorch in charge
             logger.warning("ONNX Runtime cannot run %s (%s: %s); encoding with PyTorch", path.stem, type(e).__name__, e)
             return None
-        if gap > _TOLERANCE:
+        if quantized:
+            cosine = float(torch.nn.functional.cosine_similarity(got, expected).min())
+            if cosine < _INT8_MIN_COSINE:
+                logger.warning("int8 graph %s is only %.3f cosine-close to PyTorch (< %g); encoding with PyTorch",
+                               encoder.path.stem, cosine, _INT8_MIN_COSINE)
+                return None
+        elif (gap := float((got - expected).abs().max())) > _TOLERANCE:
             logger.warning("ONNX export %s differs from PyTorch by %.2g (> %g); encoding with PyTorch",
                            path.stem, gap, _TOLERANCE)
             return None
         return encoder
 
     @classmethod
-    def _load_or_export(cls, module: nn.Module, backbone: TokenTextBackbone, path: Path, dim: int) -> OnnxTextEncoder:
+    def _load_or_make(
+        cls, backbone: TokenTextBackbone, path: Path, dim: int, *, make: Callable[[], Path]
+    ) -> OnnxTextEncoder:
         threads = torch.get_num_threads()
         if path.is_file():
             try:
                 return cls(backbone, path, dim=dim, threads=threads)
             except Exception as e:  # noqa: BLE001 - a damaged cache file is replaced, whatever the error
-                logger.info("cached ONNX export %s does not load (%s); exporting it again", path, e)
-        export_graph(module, backbone, path)
+                logger.info("cached ONNX graph %s does not load (%s); making it again", path, e)
+        make()
         return cls(backbone, path, dim=dim, threads=threads)
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
-        """(n, dim) float32 outputs of the graph, equal to PyTorch's to float rounding."""
+        """(n, dim) float32 outputs of the graph: PyTorch's to float rounding (int8: close, see the module)."""
         ids, mask = self.backbone.tokenize(texts)
         feeds = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
         return torch.from_numpy(self._session.run(None, feeds)[0])

@@ -87,6 +87,32 @@ def test_a_failed_export_leaves_query_encoding_to_torch(model, tmp_path, monkeyp
     assert not list(tmp_path.rglob("*.onnx*"))  # no half-written export left behind
 
 
+def test_the_int8_runtime_encodes_close_to_torch_and_falls_back_when_it_is_not(
+    model, tmp_path, monkeypatch, caplog
+) -> None:
+    import torch
+
+    from mm_opensearch.towers import onnx_text
+    from mm_opensearch.towers.onnx_text import OnnxTextEncoder, QueryTowerGraph
+
+    queries = ["Palm Tree girls white printed skirt", "men black leather formal shoes", "kurta", "blue jeans"]
+    graph = QueryTowerGraph(model.query_backbone.module(), model.heads["query"])
+    reference = lambda texts: torch.from_numpy(_torch_query_vectors(model, texts))  # noqa: E731
+    with model.evaluating():
+        int8 = OnnxTextEncoder.build(graph, model.query_backbone, path=tmp_path / "tower.onnx", dim=model.dim,
+                                     reference=reference, quantized=True)
+        assert int8 is not None and int8.path.name == "tower-int8.onnx"
+        assert int8.path.stat().st_size < 0.75 * (tmp_path / "tower.onnx").stat().st_size  # int8 weights
+        got, expected = int8.features(queries).numpy(), _torch_query_vectors(model, queries)
+        assert not np.allclose(got, expected, atol=1e-4)  # a quantized graph, not the float one
+        assert (np.sum(got * expected, axis=1) > 0.97).all()  # yet close: the vectors are unit length
+
+        monkeypatch.setattr(onnx_text, "_INT8_MIN_COSINE", 1.01)  # a graph that quantized badly
+        assert OnnxTextEncoder.build(graph, model.query_backbone, path=tmp_path / "tower.onnx", dim=model.dim,
+                                     reference=reference, quantized=True) is None
+    assert "cosine-close to PyTorch" in caplog.text and "encoding with PyTorch" in caplog.text
+
+
 def test_five_catalog_products_encode_with_the_default_backbones(model, myntra_dir: Path) -> None:
     products = []
     with gzip.open(myntra_dir / "products.jsonl.gz", "rt", encoding="utf-8") as handle:
