@@ -35,6 +35,7 @@ class IndexReport:
     settings: dict[str, Any]  # the index's own settings (nested, as ``get_settings`` returns them)
     mappings: dict[str, Any]
     augment: dict[str, Any] | None  # set on an index made by augment: previous index, swap time
+    vectors_in_source: bool  # stored in _source (costs size and fetch time) unless k-NN derived source is on
 
     @property
     def strategy(self) -> Strategy:
@@ -61,6 +62,17 @@ def _truthy(value: Any) -> bool:
     return str(value).lower() == "true"
 
 
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: OpenSearch nests them, but mixes in dotted keys where they clash."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def inspect_index(client: OpenSearch, name: str, schema: CatalogSchema) -> IndexReport:
     """Read an index's settings, mappings, aliases and size."""
     index = resolve_index(client, name)
@@ -83,4 +95,5 @@ def inspect_index(client: OpenSearch, name: str, schema: CatalogSchema) -> Index
         settings=settings,
         mappings=mappings,
         augment=(mappings.get("_meta") or {}).get(AUGMENT_META_KEY),
+        vectors_in_source=not _truthy(_flat(settings).get("knn.derived_source.enabled")),
     )

@@ -108,6 +108,8 @@ def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> Non
         "index": report.index, "aliases": ", ".join(report.aliases) or "-", "documents": str(report.docs),
         "index.knn": str(report.knn), "write blocked": str(report.write_blocked),
         "vector fields": ", ".join(report.vector_fields) or "-",
+        "vectors kept in _source": ("yes" if report.vectors_in_source else "no (k-NN derived source)")
+        if report.vector_fields else "-",
         "model": f"{report.model['model_id']} (dim {report.model['dim']})" if report.model else "-",
         f"{settings.updated_at_field} field": "yes" if report.has_updated_at else "missing",
         "missing text fields": ", ".join(report.missing_text_fields) or "-",

@@ -99,6 +99,7 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
 
     assert queries.failures == [] and queries.ok > 10
     assert inspect_index(client, read_alias, schema).index == plan.target
+    assert not inspect_index(client, read_alias, schema).vectors_in_source  # the new index derives them
     assert inspect_index(client, write_alias, schema).index == plan.target
     assert deleted.id in result.deleted and changed.id in result.replayed
     assert not client.exists(index=read_alias, id=deleted.id)
@@ -141,3 +142,4 @@ def test_augment_in_place_when_knn_is_already_on(
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
     run_augment(client, plan, embedder, schema=schema)
     assert len(fused_vectors(client, index_name)) == len(products)
+    assert inspect_index(client, index_name, schema).vectors_in_source  # a static setting: in place, they stay
