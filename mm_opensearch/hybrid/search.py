@@ -35,6 +35,7 @@ from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import TRANSIENT_STATUSES, create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
+from mm_opensearch.hybrid.batching import QueryBatcher
 from mm_opensearch.hybrid.filters import build_filters
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
@@ -209,6 +210,7 @@ class HybridSearcher:
         self._facts: tuple[float, _IndexFacts] | None = None
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=_LEXICAL_THREADS, thread_name_prefix="mmos-lexical-leg")
+        self._queries = QueryBatcher(lambda texts: self._tower().encode_queries(texts))
 
     # --- cluster facts (cached) -------------------------------------------------------------
 
@@ -279,12 +281,16 @@ class HybridSearcher:
         check_model_compatible(self.index, mapping, self.tower_model_id, self.tower.dim)
         started = time.perf_counter()
         try:
-            vector = self.tower.encode_queries([request.query])[0]
+            vector = self._queries.encode(request.query)
         except Exception as e:  # noqa: BLE001 - any tower failure must fall back to BM25, not fail the search
             logger.exception("query tower failed; answering from BM25")
             return None, f"query tower failed: {type(e).__name__}: {e}"
         timings["encode"] = (time.perf_counter() - started) * 1000
         return vector, None
+
+    def _tower(self) -> QueryTower:
+        assert self.tower is not None  # _query_vector encodes only with a tower
+        return self.tower
 
     # --- search ------------------------------------------------------------------------------
 
