@@ -57,7 +57,11 @@ class SearchIn(BaseModel):
     )
     vector: Literal["fused", "text", "image"] = "fused"
     fusion: FusionIn | None = None
-    fusion_path: Literal["auto", "server", "client"] = "auto"
+    fusion_path: Literal["auto", "server", "client"] = Field(
+        default="auto",
+        description="auto: on the node (neural-search) where it fuses like the client, i.e. a single-shard index and "
+        "a fusion the plugin supports; on the client otherwise. server refuses (422) where that does not hold.",
+    )
     explain: bool = False
 
     def to_request(self, default_fusion: FusionOptions) -> SearchRequest:
