@@ -129,10 +129,14 @@ class OnnxTextEncoder:
         Runs with as many threads as torch (``Settings.torch_threads``), so one knob sets both.
         """
         try:
-            encoder = cls._load_or_make(backbone, path, dim, make=lambda: export_graph(module, backbone, path))
-            if quantized:
+            def float_graph() -> OnnxTextEncoder:
+                return cls._load_or_make(backbone, path, dim, make=lambda: export_graph(module, backbone, path))
+
+            if quantized:  # the float graph is loaded (or exported) only to make a missing int8 copy
                 int8 = path.with_name(f"{path.stem}-int8.onnx")
-                encoder = cls._load_or_make(backbone, int8, dim, make=lambda: quantize_graph(path, int8))
+                encoder = cls._load_or_make(backbone, int8, dim, make=lambda: quantize_graph(float_graph().path, int8))
+            else:
+                encoder = float_graph()
             got, expected = encoder.features(_PROBES), reference(_PROBES)
         except Exception as e:  # noqa: BLE001 - any exporter or runtime failure leaves PyTorch in charge
             logger.warning("ONNX Runtime cannot run %s (%s: %s); encoding with PyTorch", path.stem, type(e).__name__, e)
