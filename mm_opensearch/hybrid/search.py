@@ -29,14 +29,14 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 from opensearchpy import ConnectionError as OSConnectionError
-from opensearchpy import NotFoundError, OpenSearch, TransportError
+from opensearchpy import NotFoundError, OpenSearch, RequestError, TransportError
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import TRANSIENT_STATUSES, create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
 from mm_opensearch.hybrid.batching import QueryBatcher
-from mm_opensearch.hybrid.filters import build_filters
+from mm_opensearch.hybrid.filters import build_filters, field_types
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
@@ -169,10 +169,20 @@ class SearchResponse:
 
 @dataclass(frozen=True)
 class _IndexFacts:
-    """What a searcher needs to know of its index: the mapping (model, vectors) and the shards a search reaches."""
+    """What a searcher needs to know of its index: the mapping (model, vectors, field types) and its shards."""
 
     mapping: dict[str, Any]
     shards: int
+    field_types: dict[str, str] = field(default_factory=dict)  # filter values are checked against these
+
+
+def _past_the_end(e: RequestError) -> bool:
+    """Whether neural-search refused a page that starts after its last fused candidate.
+
+    2.19 answers a ``from`` beyond the fused list (a filter leaves fewer documents than ``from``)
+    with a 400 "Reached end of search result, increase pagination_depth", not with an empty page.
+    """
+    return "Reached end of search result" in str(e.info)
 
 
 def _unavailable(e: Exception) -> SearchUnavailableError:
@@ -246,9 +256,11 @@ class HybridSearcher:
         response = self._call(lambda: self.client.indices.get(
             index=self.index, filter_path=["*.mappings", "*.settings.index.number_of_shards"]
         ))
+        mapping = next(iter(response.values())).get("mappings", {})  # an alias's indices share one model
         facts = _IndexFacts(
-            mapping=next(iter(response.values())).get("mappings", {}),  # an alias's indices share one model
+            mapping=mapping,
             shards=sum(int(body["settings"]["index"]["number_of_shards"]) for body in response.values()),
+            field_types=field_types(mapping),
         )
         with self._lock:
             self._facts = (time.monotonic(), facts)
@@ -298,7 +310,8 @@ class HybridSearcher:
         """Run ``request``; see the module docstring for paths, paging and degradation."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        filters = build_filters(request.filters, self.schema.filter_fields)
+        types = self._index_facts().field_types if request.filters else None
+        filters = build_filters(request.filters, self.schema.filter_fields, types)
         lexical = lexical_query(
             request.query, self.schema.multi_match_fields(), filters, match_type=self.lexical_match_type
         )
@@ -434,7 +447,12 @@ class HybridSearcher:
         timings: dict[str, float],
     ) -> list[SearchHit]:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
-        response = self._search(body, search_pipeline=pipeline)
+        try:
+            response = self._search(body, search_pipeline=pipeline)
+        except RequestError as e:
+            if _past_the_end(e):  # fewer fused candidates than `from`: an empty page, as on the client path
+                return []
+            raise
         timings["hybrid"] = float(response["took"])
         page = [(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]]
         sources = self._sources([doc_id for doc_id, _ in page]) if request.with_source else {}

@@ -8,7 +8,7 @@ import pytest
 
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
-from mm_opensearch.hybrid.filters import build_filters, parse_filter_expressions
+from mm_opensearch.hybrid.filters import build_filters, field_types, parse_filter_expressions
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.pipelines import pipeline_body, pipeline_name
 from mm_opensearch.hybrid.query import (
@@ -70,6 +70,80 @@ def test_malformed_filter_values_are_refused_with_the_field_named(filters: dict[
     with pytest.raises(ConfigError, match=reason) as e:
         build_filters(filters, ALLOWED)
     assert f"'{next(iter(filters))}'" in str(e.value)
+
+
+MAPPING = {
+    "properties": {
+        "price": {"type": "double"},
+        "stock": {"type": "integer"},
+        "in_stock": {"type": "boolean"},
+        "updated_at": {"type": "date"},
+        "gender": {"type": "keyword"},
+        "year": {"type": "text", "fields": {"keyword": {"type": "keyword"}}},
+        "shop": {"properties": {"rating": {"type": "float"}}},
+        "cost": {"type": "alias", "path": "price"},
+    }
+}
+TYPES = field_types(MAPPING)
+TYPED = ["price", "stock", "in_stock", "updated_at", "gender", "year", "shop.rating", "cost"]
+
+
+def test_field_types_cover_nested_fields_multi_fields_and_aliases() -> None:
+    assert TYPES == {
+        "price": "double",
+        "stock": "integer",
+        "in_stock": "boolean",
+        "updated_at": "date",
+        "gender": "keyword",
+        "year": "text",
+        "year.keyword": "keyword",
+        "shop.rating": "float",
+        "cost": "double",
+    }
+
+
+@pytest.mark.parametrize(
+    ("filters", "reason"),
+    [
+        ({"price": "abc"}, "'price': \"abc\" is not a number, and 'price' is a number field \\(double\\)"),
+        ({"price": [1, "x"]}, "'price': \"x\" is not a number"),
+        ({"price": True}, "'price': true is not a number"),
+        ({"price": {"gte": "now-1d"}}, "'price': \"now-1d\" is not a number"),
+        ({"cost": "abc"}, "'cost': \"abc\" is not a number"),
+        ({"shop.rating": {"lt": False}}, "must be a number or a date string"),
+        ({"shop.rating": "1e999"}, "is not a number"),
+        ({"stock": 1.5}, "'stock': 1.5 is not a whole number, and 'stock' is a integer field"),
+        ({"in_stock": "yes"}, "'in_stock': \"yes\" is not a boolean"),
+        ({"updated_at": True}, "'updated_at': true is not a date"),
+    ],
+)
+def test_values_the_field_type_cannot_take_are_refused_with_the_field_and_type_named(
+    filters: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        build_filters(filters, TYPED, TYPES)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"price": 10},
+        {"price": "10.5"},
+        {"price": [1, 2.5]},
+        {"price": {"gte": 1, "lt": "9"}},
+        {"stock": {"gte": 1.5}},
+        {"stock": 3.0},
+        {"in_stock": True},
+        {"in_stock": "false"},
+        {"updated_at": {"gte": "now-1d"}},
+        {"updated_at": 1700000000000},
+        {"gender": "Women"},
+        {"year": 2011},
+        {"unmapped_yet": "x"},
+    ],
+)
+def test_values_the_field_type_takes_pass(filters: dict[str, Any]) -> None:
+    assert build_filters(filters, [*TYPED, "unmapped_yet"], TYPES) == build_filters(filters, [*TYPED, "unmapped_yet"])
 
 
 def test_cli_filter_expressions_parse_to_the_same_filters() -> None:
