@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
     def search(body: SearchIn, searcher: Searcher, metrics: Metrics) -> SearchOut:
         """BM25, vector or hybrid search; ``explain`` adds each leg's rank and score per hit."""
         try:
-            response = searcher.search(body.to_request(searcher.default_fusion))
+            response = searcher.search(body.to_request(searcher.fusion_for))
         except MMOpenSearchError as e:
             metrics.failed(body.mode, type(e).__name__)
             raise

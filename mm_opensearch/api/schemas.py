@@ -2,40 +2,45 @@
 
 Field bounds here document the API in its OpenAPI schema; cross-field rules (``from + size`` within
 the window and the fusion depth, filter shapes and fields) are the library's, whose ConfigError
-the app turns into a 422 with the reason.
+the app turns into a 422 with the reason. Enums and defaults are the library's own (its
+``Literal`` types and :class:`SearchRequest`'s defaults), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mm_opensearch.hybrid import MAX_QUERY_CHARS, MAX_SIZE, MAX_WINDOW, FusionOptions, SearchRequest, SearchResponse
-from mm_opensearch.hybrid.fusion import MAX_RANK_CONSTANT
+from mm_opensearch.hybrid.fusion import MAX_RANK_CONSTANT, FusionMethod, Normalization
+from mm_opensearch.hybrid.query import VectorKind
+from mm_opensearch.hybrid.search import FusedOn, FusionPath, SearchMode
 
 __all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut"]
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchRequest)}
+
 
 class FusionIn(BaseModel):
-    """How the lexical and vector legs are fused (hybrid mode)."""
+    """How the lexical and vector legs are fused (hybrid mode). A field left out is the server's
+    tuned value *for the method named* (the model's ``eval --tune`` result, else the defaults)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["rrf", "linear"] = "rrf"
-    normalization: Literal["min_max", "l2", "z_score"] = Field(default="min_max", description="linear only")
-    weights: tuple[float, float] | None = Field(
-        default=None, description="(lexical, vector) weights; default: the server's configured fusion"
+    method: FusionMethod | None = Field(default=None, description="default: the server's configured method")
+    normalization: Normalization | None = Field(default=None, description="linear only")
+    weights: tuple[float, float] | None = Field(default=None, description="(lexical, vector) weights")
+    rank_constant: int | None = Field(
+        default=None, ge=1, le=MAX_RANK_CONSTANT, description="rrf only: k in 1 / (k + rank)"
     )
-    rank_constant: int = Field(default=60, ge=1, le=MAX_RANK_CONSTANT, description="rrf only: k in 1 / (k + rank)")
 
-    def to_options(self, default: FusionOptions) -> FusionOptions:
-        return FusionOptions(
-            method=self.method,
-            normalization=self.normalization,
-            weights=self.weights if self.weights is not None else default.weights,
-            rank_constant=self.rank_constant,
-        )
+    def to_options(self, fusion_for: Callable[[FusionMethod | None], FusionOptions]) -> FusionOptions:
+        """The options of the method named (``fusion_for``: the searcher's tuned ones), with the fields given."""
+        given = self.model_dump(exclude_none=True, exclude={"method"})
+        return dataclasses.replace(fusion_for(self.method), **given)
 
 
 class SearchIn(BaseModel):
@@ -44,27 +49,31 @@ class SearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=["red floral dress"])
-    mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
+    mode: SearchMode = _DEFAULTS["mode"]
     filters: dict[str, Any] = Field(
         default_factory=dict,
         description='term {"gender": "Women"}, terms {"brand": ["Nike", "Puma"]} or range '
         '{"price": {"gte": 100, "lt": 500}}, on the configured filter fields only',
     )
-    size: int = Field(default=10, ge=1, le=MAX_SIZE)
-    from_: int = Field(default=0, ge=0, lt=MAX_WINDOW, alias="from")
+    size: int = Field(default=_DEFAULTS["size"], ge=1, le=MAX_SIZE)
+    from_: int = Field(default=_DEFAULTS["from_"], ge=0, lt=MAX_WINDOW, alias="from")
     k: int | None = Field(
-        default=None, ge=1, le=MAX_WINDOW, description="Candidates per leg before fusion (default max(100, from+size))"
+        default=None,
+        ge=1,
+        le=MAX_WINDOW,
+        description="Candidates per leg before fusion, at least from + size (default max(100, from + size))",
     )
-    vector: Literal["fused", "text", "image"] = "fused"
+    vector: VectorKind = _DEFAULTS["vector"]
     fusion: FusionIn | None = None
-    fusion_path: Literal["auto", "server", "client"] = Field(
-        default="auto",
+    fusion_path: FusionPath = Field(
+        default=_DEFAULTS["fusion_path"],
         description="auto: on the node (neural-search) where it fuses like the client, i.e. a single-shard index and "
         "a fusion the plugin supports; on the client otherwise. server refuses (422) where that does not hold.",
     )
-    explain: bool = False
+    explain: bool = _DEFAULTS["explain"]
 
-    def to_request(self, default_fusion: FusionOptions) -> SearchRequest:
+    def to_request(self, fusion_for: Callable[[FusionMethod | None], FusionOptions]) -> SearchRequest:
+        """The library request; ``fusion_for`` gives the tuned options of a fusion method (the searcher's)."""
         return SearchRequest(
             query=self.query,
             mode=self.mode,
@@ -73,7 +82,7 @@ class SearchIn(BaseModel):
             from_=self.from_,
             depth=self.k,
             vector=self.vector,
-            fusion=self.fusion.to_options(default_fusion) if self.fusion is not None else None,
+            fusion=self.fusion.to_options(fusion_for) if self.fusion is not None else None,
             explain=self.explain,
             fusion_path=self.fusion_path,
         )
@@ -94,18 +103,18 @@ class HitOut(BaseModel):
 
 
 class FusionOut(BaseModel):
-    method: str
-    normalization: str
+    method: FusionMethod
+    normalization: Normalization
     weights: tuple[float, ...]
     rank_constant: int
 
 
 class SearchOut(BaseModel):
     hits: list[HitOut]
-    mode: Literal["bm25", "vector", "hybrid"] = Field(description="what ran (bm25 when degraded)")
-    requested_mode: Literal["bm25", "vector", "hybrid"]
+    mode: SearchMode = Field(description="what ran (bm25 when degraded)")
+    requested_mode: SearchMode
     fusion: FusionOut | None
-    fusion_path: Literal["server", "client"] | None
+    fusion_path: FusedOn | None
     degraded: bool
     degraded_reason: str | None
     took_ms: dict[str, float]
@@ -143,3 +152,4 @@ class HealthOut(BaseModel):
     index: str
     model_id: str | None
     tower_error: str | None
+

@@ -61,7 +61,7 @@ def search(
     """Search the configured index and print the hits."""
     settings = get_settings()
     searcher = open_searcher(settings)
-    default = searcher.default_fusion
+    default = searcher.fusion_for(fusion)  # type: ignore[arg-type]  # the fields of the method named
     options = FusionOptions(
         method=fusion or default.method,  # type: ignore[arg-type]
         normalization=normalization or default.normalization,  # type: ignore[arg-type]

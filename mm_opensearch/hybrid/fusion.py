@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mm_opensearch.errors import ConfigError, check_choice
 
@@ -40,6 +40,7 @@ __all__ = [
     "linear_scores",
     "fuse",
     "tuned_fusion",
+    "tuned_fusions",
 ]
 
 FusionMethod = Literal["rrf", "linear"]
@@ -177,3 +178,8 @@ def tuned_fusion(hybrid: Mapping[str, Any], method: FusionMethod | None = None) 
                              weights=tuple(stored.get("weights", (0.5, 0.5))))
     return FusionOptions(method="rrf", weights=tuple(stored.get("weights", (1.0, 1.0))),
                          rank_constant=int(stored.get("rank_constant", 60)))
+
+
+def tuned_fusions(hybrid: Mapping[str, Any]) -> dict[FusionMethod, FusionOptions]:
+    """Each method's tuned options: a request naming a method gets that method's fields, not the default's."""
+    return {method: tuned_fusion(hybrid, method) for method in get_args(FusionMethod)}

@@ -37,7 +37,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
 from mm_opensearch.hybrid.batching import QueryBatcher
 from mm_opensearch.hybrid.filters import build_filters, field_types
-from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
+from mm_opensearch.hybrid.fusion import FusedHit, FusionMethod, FusionOptions, LegScore, fuse, tuned_fusion, tuned_fusions
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
     VectorKind,
@@ -54,6 +54,7 @@ from mm_opensearch.indexing.mappings import check_model_compatible, read_model_m
 __all__ = [
     "SearchMode",
     "FusionPath",
+    "FusedOn",
     "MAX_SIZE",
     "MAX_WINDOW",
     "MAX_QUERY_CHARS",
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 SearchMode = Literal["bm25", "vector", "hybrid"]
 FusionPath = Literal["auto", "server", "client"]
+FusedOn = Literal["server", "client"]  # where a hybrid search was fused
 MAX_SIZE = 100
 MAX_WINDOW = 10_000  # index.max_result_window and the k-NN plugin's largest k
 MAX_QUERY_CHARS = 1024
@@ -161,7 +163,7 @@ class SearchResponse:
     mode: SearchMode
     requested_mode: SearchMode
     fusion: FusionOptions | None
-    fusion_path: Literal["server", "client"] | None
+    fusion_path: FusedOn | None
     degraded: bool
     degraded_reason: str | None
     timings_ms: dict[str, float]
@@ -194,7 +196,8 @@ class HybridSearcher:
     """Searches one index (``Settings.read_alias`` or ``index_name``) with an optional query tower.
 
     ``tower_error`` says why no tower is loaded; searches then run degraded. ``default_fusion``
-    applies to requests without fusion options (pass the weights tuned by evaluation here).
+    applies to requests without fusion options (pass the weights tuned by evaluation here);
+    ``method_fusions`` are each method's tuned options, which :meth:`fusion_for` starts from.
     """
 
     def __init__(
@@ -206,6 +209,7 @@ class HybridSearcher:
         tower: QueryTower | None = None,
         tower_error: str | None = None,
         default_fusion: FusionOptions | None = None,
+        method_fusions: Mapping[FusionMethod, FusionOptions] | None = None,
     ) -> None:
         self.client = client
         self.schema = CatalogSchema.from_settings(settings)
@@ -215,12 +219,23 @@ class HybridSearcher:
         self.tower_model_id = tower.model_id if tower is not None else None  # a content hash: compute once
         self.tower_error = tower_error if tower is None else None
         self.default_fusion = default_fusion or FusionOptions()
+        self.method_fusions = dict(method_fusions or {})
         self._pipelines = PipelineRegistry(client)
         self._plugins: frozenset[str] | None = None
         self._facts: tuple[float, _IndexFacts] | None = None
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=_LEXICAL_THREADS, thread_name_prefix="mmos-lexical-leg")
         self._queries = QueryBatcher(lambda texts: self._tower().encode_queries(texts))
+
+    def fusion_for(self, method: FusionMethod | None = None) -> FusionOptions:
+        """The fusion a request naming ``method`` starts from (None: the default fusion).
+
+        Each method's own tuned fields: a request for rrf under a linear default gets rrf's tuned
+        weights and rank constant, not the linear weights.
+        """
+        if method is None or method == self.default_fusion.method:
+            return self.default_fusion
+        return self.method_fusions.get(method) or FusionOptions(method=method)
 
     # --- cluster facts (cached) -------------------------------------------------------------
 
@@ -503,8 +518,9 @@ def open_searcher(
     except ModelError as e:
         logger.warning("no query tower (%s); vector and hybrid searches will answer from BM25", e)
         tower, tower_error = None, str(e)
+    hybrid = getattr(getattr(tower, "config", None), "hybrid", None) or {}
     if default_fusion is None and tower is not None:
-        default_fusion = tuned_fusion(getattr(getattr(tower, "config", None), "hybrid", None) or {})
+        default_fusion = tuned_fusion(hybrid)
     return HybridSearcher(
         create_client(settings),
         settings,
@@ -512,4 +528,5 @@ def open_searcher(
         tower=tower,
         tower_error=tower_error,
         default_fusion=default_fusion,
+        method_fusions=tuned_fusions(hybrid),
     )
