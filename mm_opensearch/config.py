@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, /search and /metrics require it in the X-API-Key header."
     )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Largest request body the API reads, in bytes; a larger one gets a 413 before it is parsed.",
+    )
 
     @field_validator(
         "opensearch_hosts", "image_fetch_allow_networks", "text_fields", "filter_fields", mode="before"

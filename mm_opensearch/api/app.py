@@ -4,36 +4,63 @@ The app is an adapter: it validates the body, makes one library call
 (:meth:`HybridSearcher.search`) and formats the result. The model is loaded once, in the lifespan;
 library errors are mapped to HTTP statuses once, in exception handlers:
 
-    ConfigError             -> 422 (unknown filter field, malformed value, window too large...)
+    ConfigError             -> 422 (unknown filter field, malformed value, window too large...), the
+                               same ``detail`` shape as a validation 422: a list of {loc, msg, type}
     IndexCompatibilityError -> 409 (the index was embedded by another model than the one loaded)
-    SearchUnavailableError  -> 503 with Retry-After
+    SearchUnavailableError  -> 503 with Retry-After and a short reason (the cause goes to the log:
+                               hosts, ports and exception names are nobody else's business)
+
+Around the app, pure ASGI middleware (:mod:`mm_opensearch.api.middleware`) answers a body over
+``Settings.api_max_body_bytes`` with 413 before it is parsed, turns any other exception into a
+JSON 500 (logged), and counts every response by route and status in ``/metrics``. Every status
+is documented in the OpenAPI schema, which schemathesis checks the responses against
+(``tests/integration/test_api.py``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mm_opensearch.api.metrics import SearchMetrics
-from mm_opensearch.api.schemas import HealthOut, SearchIn, SearchOut
+from mm_opensearch.api.middleware import BodySizeLimit, CountResponses, JsonErrors
+from mm_opensearch.api.schemas import ErrorOut, HealthOut, SearchIn, SearchOut
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, MMOpenSearchError, SearchUnavailableError
 from mm_opensearch.hybrid import HybridSearcher, open_searcher
 
 __all__ = ["create_app", "RETRY_AFTER_S"]
 
+logger = logging.getLogger(__name__)
+
 RETRY_AFTER_S = 5
+UNAVAILABLE = "search backend unavailable, retry later"
+_MAX_ECHOED_CHARS = 100  # a 422 shows at most this much of the value it refused
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong X-API-Key header (when the server has an API key)"}
+}
+_SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body could not be read as text (not UTF-8)"},
+    **_UNAUTHORIZED,
+    409: {"model": ErrorOut, "description": "The index holds vectors of another model than the one loaded"},
+    413: {"model": ErrorOut, "description": "The body is over the server's limit (MMOS_API_MAX_BODY_BYTES)"},
+    500: {"model": ErrorOut, "description": "Unexpected error (logged by the server)"},
+    503: {"model": ErrorOut, "description": "OpenSearch did not answer; retry after Retry-After", "headers": _RETRY_AFTER},
+}
 
 
 class _Unauthorized(Exception):
@@ -60,8 +87,29 @@ Searcher = Annotated[HybridSearcher, Depends(_searcher)]
 Metrics = Annotated[SearchMetrics, Depends(_metrics)]
 
 
-def _error(status: int, e: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": str(e)}, headers=headers)
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+
+
+def _echoed(value: Any) -> Any:
+    """What a 422 may show of a refused value: a short scalar, or a string cut short; never a large input."""
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_ECHOED_CHARS else value[:_MAX_ECHOED_CHARS] + "..."
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return None  # a list or an object (the whole body when a field is missing): not echoed
+
+
+def _validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's validation errors with each ``input`` cut short (see :func:`_echoed`)."""
+    out = []
+    for error in errors:
+        item = {key: value for key, value in error.items() if key != "input"}
+        echoed = _echoed(error.get("input"))
+        if echoed is not None:
+            item["input"] = echoed
+        out.append(item)
+    return out
 
 
 def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | None = None) -> FastAPI:
@@ -86,24 +134,30 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
     app.state.settings = settings
     app.state.searcher = searcher
     app.state.metrics = SearchMetrics()
+    # the last added runs first: count everything, then refuse large bodies, then answer a stray exception
+    app.add_middleware(JsonErrors)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(CountResponses, observe=app.state.metrics.responded)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> Response:
         # ASCII-escaped: an echoed input holding an unpaired surrogate cannot be encoded as UTF-8
-        body = json.dumps({"detail": jsonable_encoder(e.errors())}, ensure_ascii=True)
+        body = json.dumps({"detail": jsonable_encoder(_validation_errors(e.errors()))}, ensure_ascii=True)
         return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(ConfigError)
     async def _config_error(_: Request, e: ConfigError) -> JSONResponse:
-        return _error(422, e)
+        # the shape of a validation 422, so a client reads both alike; the message names the field
+        return JSONResponse(status_code=422, content={"detail": [{"loc": ["body"], "msg": str(e), "type": "value_error"}]})
 
     @app.exception_handler(IndexCompatibilityError)
     async def _incompatible(_: Request, e: IndexCompatibilityError) -> JSONResponse:
-        return _error(409, e)
+        return _error(409, str(e))
 
     @app.exception_handler(SearchUnavailableError)
-    async def _unavailable(_: Request, e: SearchUnavailableError) -> JSONResponse:
-        return _error(503, e, {"Retry-After": str(RETRY_AFTER_S)})
+    async def _unavailable(request: Request, e: SearchUnavailableError) -> JSONResponse:
+        logger.warning("%s %s: %s", request.method, request.url.path, e)
+        return _error(503, UNAVAILABLE, {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(_: Request, e: _Unauthorized) -> JSONResponse:
@@ -111,7 +165,7 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
             status_code=401, content={"detail": "missing or wrong X-API-Key header"}, headers={"WWW-Authenticate": "X-API-Key"}
         )
 
-    @app.post("/search", response_model=SearchOut, dependencies=[Depends(_require_api_key)])
+    @app.post("/search", response_model=SearchOut, dependencies=[Depends(_require_api_key)], responses=_SEARCH_ERRORS)
     def search(body: SearchIn, searcher: Searcher, metrics: Metrics) -> SearchOut:
         """BM25, vector or hybrid search; ``explain`` adds each leg's rank and score per hit."""
         try:
@@ -122,7 +176,11 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
         metrics.observe(response)
         return SearchOut.from_response(response)
 
-    @app.get("/healthz", response_model=HealthOut)
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "OpenSearch does not answer", "headers": _RETRY_AFTER}},
+    )
     def healthz(searcher: Searcher, response: Response) -> HealthOut:
         """``ok``; ``degraded`` without a query tower (BM25 answers); ``unavailable`` (503) without OpenSearch."""
         up = searcher.ping()
@@ -138,9 +196,14 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
             tower_error=searcher.tower_error,
         )
 
-    @app.get("/metrics", dependencies=[Depends(_require_api_key)])
+    @app.get(
+        "/metrics",
+        dependencies=[Depends(_require_api_key)],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_UNAUTHORIZED},
+    )
     def metrics_endpoint(metrics: Metrics) -> Response:
-        """Prometheus text format."""
+        """Prometheus text format (``text/plain; version=...``)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -12,7 +12,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class SearchMetrics:
-    """Latency per mode and leg (encode, lexical, vector, hybrid, fuse, total) and request outcomes."""
+    """Latency per mode and leg (encode, lexical, vector, hybrid, fuse, total), search outcomes, HTTP statuses."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -26,6 +26,12 @@ class SearchMetrics:
         self.requests = Counter(
             "mmos_search_requests", "Searches by requested mode and outcome", ["mode", "outcome"], registry=self.registry
         )
+        self.responses = Counter(
+            "mmos_http_responses",
+            "HTTP responses by route and status (errors answered before routing, e.g. 413: route 'unmatched')",
+            ["route", "status"],
+            registry=self.registry,
+        )
 
     def observe(self, response: SearchResponse) -> None:
         for leg, ms in response.timings_ms.items():
@@ -35,3 +41,6 @@ class SearchMetrics:
 
     def failed(self, mode: str, outcome: str) -> None:
         self.requests.labels(mode=mode, outcome=outcome).inc()
+
+    def responded(self, route: str, status: int) -> None:
+        self.responses.labels(route=route, status=str(status)).inc()

@@ -19,7 +19,7 @@ from mm_opensearch.hybrid.fusion import MAX_RANK_CONSTANT, FusionMethod, Normali
 from mm_opensearch.hybrid.query import VectorKind
 from mm_opensearch.hybrid.search import FusedOn, FusionPath, SearchMode
 
-__all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut"]
+__all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut", "ErrorOut"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchRequest)}
 
@@ -153,3 +153,8 @@ class HealthOut(BaseModel):
     model_id: str | None
     tower_error: str | None
 
+
+class ErrorOut(BaseModel):
+    """An error other than a 422: a short reason for the client (details are in the server's log)."""
+
+    detail: str
