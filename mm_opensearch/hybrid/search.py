@@ -187,6 +187,20 @@ def _past_the_end(e: RequestError) -> bool:
     return "Reached end of search result" in str(e.info)
 
 
+_VALUE_ERRORS = frozenset({"parse_exception", "query_shard_exception", "number_format_exception"})
+_MAX_REASON_CHARS = 200
+
+
+def _unusable_value(e: RequestError) -> str | None:
+    """The reason of a 400 that refused a value of the query (what the filter checks cannot foresee,
+    e.g. a date string the field's format does not parse), None for any other 400."""
+    error = e.info.get("error") if isinstance(e.info, dict) else None
+    causes = error.get("root_cause") if isinstance(error, dict) else None
+    if not causes or causes[0].get("type") not in _VALUE_ERRORS:
+        return None
+    return str(causes[0].get("reason", ""))[:_MAX_REASON_CHARS]
+
+
 def _unavailable(e: Exception) -> SearchUnavailableError:
     msg = f"OpenSearch did not answer ({type(e).__name__}: {e}); retry in a few seconds"
     return SearchUnavailableError(msg)
@@ -371,7 +385,14 @@ class HybridSearcher:
         )
 
     def _search(self, body: dict[str, Any], **params: Any) -> dict[str, Any]:
-        return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
+        try:
+            return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
+        except RequestError as e:
+            reason = _unusable_value(e)
+            if reason is None:
+                raise
+            msg = f"OpenSearch cannot use a value of this search ({reason}); give filter values of each field's type"
+            raise ConfigError(msg) from e
 
     def _single_leg(
         self, leg: str, query: dict[str, Any], request: SearchRequest, timings: dict[str, float]

@@ -175,6 +175,18 @@ def test_a_filter_value_the_field_cannot_take_gets_422_naming_the_field_and_its_
     assert error["msg"] == f"filter 'price': {value} is not a number, and 'price' is a number field (double); give a number"
 
 
+def test_a_date_the_field_cannot_parse_gets_422_with_opensearchs_reason(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, api_index: str
+) -> None:
+    dated = settings.model_copy(update={"filter_fields": ["updated_at"]})
+    app = create_app(dated, searcher=HybridSearcher(client, dated, index=api_index, tower=model))
+    with _test_client(app) as http:
+        for mode in ("bm25", "hybrid"):
+            response = http.post("/search", json={"query": "shirt", "mode": mode, "filters": {"updated_at": {"gte": "yesterday"}}})
+            assert response.status_code == 422, response.text
+            assert "failed to parse date field [yesterday]" in response.json()["detail"][0]["msg"]
+
+
 def test_a_body_over_the_limit_gets_413_before_it_is_read(http: httpx.Client) -> None:
     declared = http.post("/search", content=b" " * (65 * 1024), headers={"Content-Type": "application/json"})
     assert declared.status_code == 413 and "body over 65536 bytes" in declared.json()["detail"]
