@@ -59,7 +59,11 @@ _SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "The index holds vectors of another model than the one loaded"},
     413: {"model": ErrorOut, "description": "The body is over the server's limit (MMOS_API_MAX_BODY_BYTES)"},
     500: {"model": ErrorOut, "description": "Unexpected error (logged by the server)"},
-    503: {"model": ErrorOut, "description": "OpenSearch did not answer; retry after Retry-After", "headers": _RETRY_AFTER},
+    503: {
+        "model": ErrorOut,
+        "description": "OpenSearch did not answer; retry after Retry-After",
+        "headers": _RETRY_AFTER,
+    },
 }
 
 
@@ -148,7 +152,8 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
     @app.exception_handler(ConfigError)
     async def _config_error(_: Request, e: ConfigError) -> JSONResponse:
         # the shape of a validation 422, so a client reads both alike; the message names the field
-        return JSONResponse(status_code=422, content={"detail": [{"loc": ["body"], "msg": str(e), "type": "value_error"}]})
+        detail = [{"loc": ["body"], "msg": str(e), "type": "value_error"}]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(IndexCompatibilityError)
     async def _incompatible(_: Request, e: IndexCompatibilityError) -> JSONResponse:

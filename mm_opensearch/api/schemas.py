@@ -53,7 +53,8 @@ class SearchIn(BaseModel):
     filters: dict[str, Any] = Field(
         default_factory=dict,
         description='term {"gender": "Women"}, terms {"brand": ["Nike", "Puma"]} or range '
-        '{"price": {"gte": 100, "lt": 500}}, on the configured filter fields only',
+        '{"price": {"gte": 100, "lt": 500}}, on the configured filter fields only, with values of each field\'s type '
+        "(a number for a number field: a 422 otherwise)",
     )
     size: int = Field(default=_DEFAULTS["size"], ge=1, le=MAX_SIZE)
     from_: int = Field(default=_DEFAULTS["from_"], ge=0, lt=MAX_WINDOW, alias="from")

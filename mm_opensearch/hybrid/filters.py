@@ -86,20 +86,24 @@ def _as_number(value: str | int | float | bool) -> float | None:
 
 def _check_type(field: str, kind: str | None, value: str | int | float | bool, *, exact: bool) -> None:
     """Refuse a value the field's type cannot take (``exact``: a term, which must equal a stored value)."""
+    shown = _shown(value)
     if kind in _NUMBER_TYPES:
         number = _as_number(value)
         if number is None:
-            msg = f"filter '{field}': {_shown(value)} is not a number, and '{field}' is a number field ({kind}); give a number"
+            msg = f"filter '{field}': {shown} is not a number, and '{field}' is a number field ({kind}); give a number"
             raise ConfigError(msg)
         if exact and kind in _WHOLE_NUMBER_TYPES and not number.is_integer():
-            msg = f"filter '{field}': {_shown(value)} is not a whole number, and '{field}' is a {kind} field; give a whole number"
+            msg = (
+                f"filter '{field}': {shown} is not a whole number, and '{field}' is a {kind} field; "
+                "give a whole number"
+            )
             raise ConfigError(msg)
-    elif kind == "boolean" and value not in (True, False, "true", "false"):
-        msg = f"filter '{field}': {_shown(value)} is not a boolean, and '{field}' is a boolean field; give true or false"
+    elif kind == "boolean" and not (isinstance(value, bool) or value in ("true", "false")):
+        msg = f"filter '{field}': {shown} is not a boolean, and '{field}' is a boolean field; give true or false"
         raise ConfigError(msg)
-    elif kind == "date" and isinstance(value, bool | float):
+    elif kind == "date" and isinstance(value, bool):
         msg = (
-            f"filter '{field}': {_shown(value)} is not a date, and '{field}' is a date field; give a date string "
+            f"filter '{field}': {shown} is not a date, and '{field}' is a date field; give a date string "
             '(e.g. "2024-01-31" or "now-1d") or epoch milliseconds'
         )
         raise ConfigError(msg)

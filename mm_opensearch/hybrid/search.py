@@ -37,7 +37,15 @@ from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
 from mm_opensearch.hybrid.batching import QueryBatcher
 from mm_opensearch.hybrid.filters import build_filters, field_types
-from mm_opensearch.hybrid.fusion import FusedHit, FusionMethod, FusionOptions, LegScore, fuse, tuned_fusion, tuned_fusions
+from mm_opensearch.hybrid.fusion import (
+    FusedHit,
+    FusionMethod,
+    FusionOptions,
+    LegScore,
+    fuse,
+    tuned_fusion,
+    tuned_fusions,
+)
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
     VectorKind,

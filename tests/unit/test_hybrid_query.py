@@ -114,6 +114,7 @@ def test_field_types_cover_nested_fields_multi_fields_and_aliases() -> None:
         ({"shop.rating": "1e999"}, "is not a number"),
         ({"stock": 1.5}, "'stock': 1.5 is not a whole number, and 'stock' is a integer field"),
         ({"in_stock": "yes"}, "'in_stock': \"yes\" is not a boolean"),
+        ({"in_stock": 1}, "'in_stock': 1 is not a boolean"),
         ({"updated_at": True}, "'updated_at': true is not a date"),
     ],
 )
