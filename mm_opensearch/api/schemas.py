@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ from mm_opensearch.hybrid.search import FusedOn, FusionPath, SearchMode
 __all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut", "ErrorOut"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchRequest)}
+_Weight = Annotated[float, Field(ge=0)]  # FusionOptions also refuses all-zero weights (a 422 with the reason)
 
 
 class FusionIn(BaseModel):
@@ -32,7 +33,9 @@ class FusionIn(BaseModel):
 
     method: FusionMethod | None = Field(default=None, description="default: the server's configured method")
     normalization: Normalization | None = Field(default=None, description="linear only")
-    weights: tuple[float, float] | None = Field(default=None, description="(lexical, vector) weights")
+    weights: tuple[_Weight, _Weight] | None = Field(
+        default=None, description="(lexical, vector) weights, not both 0"
+    )
     rank_constant: int | None = Field(
         default=None, ge=1, le=MAX_RANK_CONSTANT, description="rrf only: k in 1 / (k + rank)"
     )
