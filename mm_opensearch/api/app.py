@@ -7,8 +7,8 @@ library errors are mapped to HTTP statuses once, in exception handlers:
     ConfigError             -> 422 (unknown filter field, malformed value, window too large...), the
                                same ``detail`` shape as a validation 422: a list of {loc, msg, type}
     IndexCompatibilityError -> 409 (the index was embedded by another model than the one loaded)
-    SearchUnavailableError  -> 503 with Retry-After and a short reason (the cause goes to the log:
-                               hosts, ports and exception names are nobody else's business)
+    SearchUnavailableError  -> 503 with Retry-After and a short reason; the cause (hosts, ports,
+                               exception names) goes to the log, as a client cannot act on it
 
 Around the app, pure ASGI middleware (:mod:`mm_opensearch.api.middleware`) answers a body over
 ``Settings.api_max_body_bytes`` with 413 before it is parsed, turns any other exception into a
