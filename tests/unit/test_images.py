@@ -592,8 +592,9 @@ def test_image_roots_setting_is_comma_separated_and_defaults_to_the_callers_fold
 
 # --- no file or response contents in errors --------------------------------------------------------
 
-SECRET = b"MMOS-SECRET-7f3a9c root:x:0:0:hunter2"
-SECRET_MARK = "MMOS-SECRET-7f3a9c"
+# The marker is the file's first 12 bytes: what the sniffer's message used to quote.
+SECRET = b"S3CR3T-7f3a9 root:x:0:0:hunter2"
+SECRET_MARK = "S3CR3T-7f3a9"
 
 
 def test_file_contents_never_appear_in_errors(roots: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
