@@ -154,7 +154,7 @@ def _read_source(source: object, text: str, settings: Settings, roots: Sequence[
         return _fetch_http(text, settings)
     if parts.scheme == "file":
         return _read_local(_file_url_path(parts, text), roots, settings)
-    if not parts.scheme or (len(parts.scheme) == 1 and os.name == "nt"):  # C:\ on Windows is a path
+    if not parts.scheme:
         return _read_local(Path(text), roots, settings)
     msg = (
         f"image {_label(text)!r}: scheme {parts.scheme[:20]!r} is not allowed; "
@@ -276,8 +276,10 @@ def _fetch_http(source: str, settings: Settings) -> bytes:
         msg = f"image {label!r}: invalid URL; check the value"
         raise ImageLoadError(msg, reason="invalid_url") from e
     except httpx.HTTPError as e:
-        # The exception text is left out: h11 quotes the malformed bytes the server sent.
-        msg = f"image {label!r}: connection failed ({type(e).__name__}); check that the server is up"
+        # Only a connect error's text is kept (the OS's words, e.g. "Connection refused"): a
+        # protocol error's text quotes the malformed bytes the server sent.
+        detail = f"{type(e).__name__}: {e}" if isinstance(e, httpx.ConnectError) else type(e).__name__
+        msg = f"image {label!r}: connection failed ({detail}); check that the server is up"
         raise ImageLoadError(msg, reason="connection_failed") from e
     msg = f"image {label!r}: more than {MAX_REDIRECTS} redirects (a loop?); link the final URL directly"
     raise ImageLoadError(msg, reason="too_many_redirects")

@@ -86,6 +86,19 @@ def test_a_failed_image_keeps_the_text_vector_and_reports_why(settings, images, 
     np.testing.assert_allclose(out.fused[1], out.fused[2], atol=1e-6)
 
 
+def test_malformed_image_values_fail_only_their_own_products(settings, images, tmp_path) -> None:
+    model = _model(settings)
+    bad: list[object] = ["a\0b.jpg", "http://[::1/x", 42, {"url": "x"}, "x" * 100_000, str(tmp_path / ".." / "out.jpg")]
+    products = [ProductInput("good", "red cotton shirt", images["red"])]
+    products += [ProductInput(f"bad-{i}", "red cotton shirt", value) for i, value in enumerate(bad)]  # type: ignore[arg-type]
+    out = model.encode_products(products, image_roots=[tmp_path])
+    assert out.errors[0] is None and out.has_image.tolist() == [True] + [False] * len(bad)
+    reasons = [error.split(":")[0] for error in out.errors[1:]]
+    assert reasons == ["invalid_url"] * 5 + ["path_not_allowed"]
+    text_only = model.encode_products([ProductInput("t", "red cotton shirt", None)])
+    np.testing.assert_allclose(out.fused[1:], np.repeat(text_only.fused, len(bad), axis=0), atol=1e-6)
+
+
 def test_a_product_with_neither_text_nor_image_gets_an_error_not_a_crash(settings, images, tmp_path) -> None:
     model = _model(settings)
     products = [
