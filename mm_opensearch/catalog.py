@@ -86,7 +86,7 @@ def parse_instant(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def content_hash(text: str | None, image: str | None) -> str:
+def content_hash(text: str | None, image: object) -> str:
     """Identifies the inputs a vector was computed from, to skip or refuse stale re-encodes."""
     payload = json.dumps({"text": text, "image": image}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
