@@ -72,7 +72,7 @@ def _ensure_index(settings: Settings, index: str, model: MultimodalModel, data_d
     products = list(read_catalog(data_dir / "products.jsonl.gz", schema))
     started = time.perf_counter()
     create_product_index(client, index, schema, sample=products[0].source, model=model)
-    report = load_products(client, index, products, model=model)
+    report = load_products(client, index, products, model=model, image_roots=settings.image_roots_or(data_dir))
     merge_to_one_segment(client, index)
     return (
         f"indexed {report.succeeded} products into '{index}' in {time.perf_counter() - started:.0f} s "

@@ -62,7 +62,9 @@ class Product:
     id: str
     source: dict[str, Any]
     text: str | None
-    image: str | None
+    # A path or URL. A catalog may hold any JSON value here; the image loader refuses what is not a
+    # string for that product alone, so one odd document never fails its batch.
+    image: Any
 
 
 def product_text(source: dict[str, Any], schema: CatalogSchema) -> str | None:
@@ -84,23 +86,24 @@ def parse_instant(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def content_hash(text: str | None, image: str | None) -> str:
+def content_hash(text: str | None, image: object) -> str:
     """Identifies the inputs a vector was computed from, to skip or refuse stale re-encodes."""
     payload = json.dumps({"text": text, "image": image}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def to_product(source: dict[str, Any], schema: CatalogSchema, base_dir: Path | None = None) -> Product:
-    """Validate one document and resolve its image path relative to the catalog file."""
+    """Validate one document and resolve its image path relative to the catalog file.
+
+    Only the id is required. The image value is not judged here: whether it is a usable path or
+    URL (and inside the allowed roots) is the image loader's call, per product, at encoding time.
+    """
     raw_id = source.get(schema.id_field)
     if raw_id in (None, ""):
         msg = f"product is missing its id field '{schema.id_field}'; set MMOS_ID_FIELD to the field that holds ids"
         raise ConfigError(msg)
     image = source.get(schema.image_field) if schema.image_field else None
-    if image is not None and not isinstance(image, str):
-        msg = f"product {raw_id}: image field '{schema.image_field}' must be a path or URL string, got {type(image).__name__}"
-        raise ConfigError(msg)
-    if image and base_dir is not None and "://" not in image and not Path(image).is_absolute():
+    if isinstance(image, str) and image and base_dir is not None and "://" not in image and not Path(image).is_absolute():
         image = str(base_dir / image)
     return Product(id=str(raw_id), source=source, text=product_text(source, schema), image=image or None)
 

@@ -101,7 +101,16 @@ class Settings(BaseSettings):
         description="CIDRs the image fetcher may reach although private (tests: 127.0.0.0/8).",
     )
     image_fetch_timeout_s: float = Field(
-        default=5.0, gt=0, description="Wall-clock limit for one image download, redirects included."
+        default=5.0, gt=0,
+        description="Wall-clock limit for one image download, from connect to last byte, redirects included.",
+    )
+    image_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated folders local image paths (and file:// URLs) must resolve into, symlinks "
+            "followed; anything else is refused. Empty: the catalog file's folder (index create, train, "
+            "eval, demo) or MMOS_DATA_DIR (workers, augment)."
+        ),
     )
     image_max_bytes: int = Field(
         default=10 * 1024 * 1024, gt=0, description="Largest image file read or downloaded, in bytes."
@@ -154,7 +163,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "opensearch_hosts", "image_fetch_allow_networks", "text_fields", "filter_fields", mode="before"
+        "opensearch_hosts", "image_fetch_allow_networks", "image_roots", "text_fields", "filter_fields",
+        mode="before",
     )
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -172,6 +182,14 @@ class Settings(BaseSettings):
             )
             raise ValueError(msg)
         return self
+
+    def image_roots_or(self, default: Path) -> tuple[Path, ...]:
+        """The folders local images may be read from: ``MMOS_IMAGE_ROOTS``, else *default*.
+
+        *default* is the folder the caller reads products from (a catalog file's folder, or the
+        data dir of the workers), so a catalog's own images load without any setting.
+        """
+        return tuple(self.image_roots) or (default,)
 
     @property
     def jar_cache_dir(self) -> Path:

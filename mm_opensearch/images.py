@@ -15,11 +15,23 @@ memory once decoded. Hence:
   record (EPS via Ghostscript, TIFF, PSD, ...) never see the data;
 * the result is RGB with the EXIF orientation applied; transparency is flattened onto white.
 
-Every failure raises :class:`~mm_opensearch.errors.ImageLoadError` whose ``reason`` is one of
-``not_found``, ``unreadable``, ``invalid_url``, ``scheme_not_allowed``, ``address_not_allowed``,
-``connection_failed``, ``timeout``, ``http_error``, ``too_many_redirects``, ``too_large``,
-``format_not_allowed``, ``decompression_bomb`` or ``corrupt``, so the encoder can keep the
-product's text vector and report why its image is missing.
+* local paths (and ``file://`` URLs) are read only when they resolve, symlinks and ``..``
+  included, inside one of the *roots* the caller passes (``MMOS_IMAGE_ROOTS``, else the catalog
+  file's folder or the workers' data dir): a catalog line is input too, and ``../../etc/shadow``
+  must not become a vector or an error message;
+* one deadline (``image_fetch_timeout_s``) covers a download from connect to last byte: a watchdog
+  shuts the socket down when it passes, so a server dribbling one byte at a time cannot stretch
+  httpx's per-read timeout;
+* error texts name the source and the reason, never bytes of the file or of the server's answer
+  (they end up in ``mm_embedding_error``, which ``/search`` returns, and in logs).
+
+Every failure, whatever the value given (a NUL byte, ``http://[::1/x``, a number, a megabyte of
+text), raises :class:`~mm_opensearch.errors.ImageLoadError` whose ``reason`` is one of
+``not_found``, ``unreadable``, ``invalid_url``, ``path_not_allowed``, ``scheme_not_allowed``,
+``address_not_allowed``, ``connection_failed``, ``timeout``, ``http_error``,
+``too_many_redirects``, ``too_large``, ``format_not_allowed``, ``decompression_bomb`` or
+``corrupt``, so the encoder can keep the product's text vector and report why its image is
+missing, and one bad value never fails the other products of its batch.
 """
 
 from __future__ import annotations
@@ -28,22 +40,37 @@ import io
 import ipaddress
 import os
 import socket
+import ssl
 import stat
+import threading
 import time
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+import certifi
 import httpx
 from PIL import Image, ImageOps
 
 from mm_opensearch.config import Settings, get_settings
-from mm_opensearch.errors import ConfigError, ImageLoadError
+from mm_opensearch.errors import ConfigError, ImageLoadError, MMOpenSearchError
 
-__all__ = ["ALLOWED_FORMATS", "MAX_REDIRECTS", "decode_image", "load_image", "read_image_bytes"]
+__all__ = [
+    "ALLOWED_FORMATS",
+    "MAX_REDIRECTS",
+    "MAX_SOURCE_CHARS",
+    "decode_image",
+    "load_image",
+    "read_image_bytes",
+]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 MAX_REDIRECTS = 3
+MAX_SOURCE_CHARS = 8192  # longer than any real path or URL; a huge value is refused, not parsed
+_LABEL_CHARS = 200  # how much of a source an error message quotes
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,34 +90,74 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _WHITE = (255, 255, 255)
 
 
-def load_image(source: str | os.PathLike[str], settings: Settings | None = None) -> Image.Image:
-    """Read and decode one image into RGB; every failure is an ``ImageLoadError`` naming *source*."""
+def load_image(
+    source: str | os.PathLike[str], settings: Settings | None = None, *, roots: Sequence[Path] = ()
+) -> Image.Image:
+    """Read and decode one image into RGB; every failure is an ``ImageLoadError`` naming *source*.
+
+    Local paths must resolve inside one of *roots* (none given: local paths are refused).
+    """
     settings = settings or get_settings()
-    data = read_image_bytes(source, settings)
+    data = read_image_bytes(source, settings, roots=roots)
     try:
         return decode_image(data, settings)
     except ImageLoadError as e:
-        msg = f"image {_redact(source)!r}: {e}"
+        msg = f"image {_label(source)!r}: {e}"
         raise ImageLoadError(msg, reason=e.reason) from e
 
 
-def read_image_bytes(source: str | os.PathLike[str], settings: Settings | None = None) -> bytes:
-    """The raw bytes of an image file or URL, within the byte and time limits.
+def read_image_bytes(
+    source: object, settings: Settings | None = None, *, roots: Sequence[Path] = ()
+) -> bytes:
+    """The raw bytes of an image file or URL, within the byte and time limits and the *roots*.
 
     Kept apart from decoding so callers can key caches on the bytes' hash before paying for a decode.
+    *source* is typed loosely on purpose: it comes from catalog documents, and whatever it is
+    (a number, a NUL byte, an unparsable URL) the answer is an ``ImageLoadError``.
     """
     settings = settings or get_settings()
+    text = _checked_source(source)
+    try:
+        return _read_source(source, text, settings, roots)
+    except MMOpenSearchError:  # ImageLoadError, or a ConfigError about the settings themselves
+        raise
+    except Exception as e:  # noqa: BLE001 - a value no check above foresaw still fails only its product
+        msg = f"image {_label(text)!r} is not a usable path or URL ({type(e).__name__}); check the value"
+        raise ImageLoadError(msg, reason="invalid_url") from e
+
+
+def _checked_source(source: object) -> str:
+    """*source* as text, refused when it cannot be a path or URL at all."""
     if isinstance(source, os.PathLike):
-        return _read_local(Path(source), settings)
-    parts = urlsplit(source)
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        msg = f"image value of type {type(source).__name__} is not a path or URL; give a string"
+        raise ImageLoadError(msg, reason="invalid_url")
+    if len(source) > MAX_SOURCE_CHARS:
+        msg = f"image value of {len(source)} characters is over {MAX_SOURCE_CHARS}; give a path or URL"
+        raise ImageLoadError(msg, reason="invalid_url")
+    if any(ord(char) < 32 or ord(char) == 127 for char in source):
+        msg = f"image {_label(source)!r} contains a control character (NUL, newline...); fix the value"
+        raise ImageLoadError(msg, reason="invalid_url")
+    return source
+
+
+def _read_source(source: object, text: str, settings: Settings, roots: Sequence[Path]) -> bytes:
+    if isinstance(source, os.PathLike):
+        return _read_local(Path(text), roots, settings)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # e.g. "http://[::1/x": an unclosed IPv6 bracket
+        msg = f"image {_label(text)!r}: invalid URL; check the value"
+        raise ImageLoadError(msg, reason="invalid_url") from e
     if parts.scheme in ("http", "https"):
-        return _fetch_http(source, settings)
+        return _fetch_http(text, settings)
     if parts.scheme == "file":
-        return _read_local(_file_url_path(parts, source), settings)
+        return _read_local(_file_url_path(parts, text), roots, settings)
     if not parts.scheme:
-        return _read_local(Path(source), settings)
+        return _read_local(Path(text), roots, settings)
     msg = (
-        f"image {_redact(source)!r}: scheme {parts.scheme!r} is not allowed; "
+        f"image {_label(text)!r}: scheme {parts.scheme[:20]!r} is not allowed; "
         "give a local path, a file:// URL or an http(s):// URL"
     )
     raise ImageLoadError(msg, reason="scheme_not_allowed")
@@ -109,10 +176,11 @@ def decode_image(data: bytes, settings: Settings | None = None) -> Image.Image:
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
-        msg = f"{e}; refused as a possible decompression bomb"
+        msg = "image is larger than Pillow's pixel limit; refused as a possible decompression bomb"
         raise ImageLoadError(msg, reason="decompression_bomb") from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, struct.error, EOFError... on bad bytes
-        msg = f"{image_format} data is truncated or corrupt ({type(e).__name__}: {e}); re-export the image"
+        # Pillow's message is left out: it can quote values read from the file itself.
+        msg = f"{image_format} data is truncated or corrupt ({type(e).__name__}); re-export the image"
         raise ImageLoadError(msg, reason="corrupt") from e
 
 
@@ -121,31 +189,66 @@ def decode_image(data: bytes, settings: Settings | None = None) -> Image.Image:
 
 def _file_url_path(parts: SplitResult, source: str) -> Path:
     if parts.netloc not in ("", "localhost"):
-        msg = f"image {source!r}: a file:// URL must name a local file (file:///path), not {parts.netloc!r}"
+        msg = f"image {_label(source)!r}: a file:// URL must name a local file (file:///path), not {parts.netloc[:_LABEL_CHARS]!r}"
         raise ImageLoadError(msg, reason="invalid_url")
     return Path(url2pathname(parts.path))
 
 
-def _read_local(path: Path, settings: Settings) -> bytes:
+def _read_local(path: Path, roots: Sequence[Path], settings: Settings) -> bytes:
+    """The bytes of *path* once it resolves inside *roots*; nothing is opened outside them.
+
+    The path is resolved first (``..`` and every symlink), the check is made on the result, and
+    that resolved path is opened with ``O_NOFOLLOW``, so a link swapped in afterwards is refused
+    rather than followed. Whether a file exists outside the roots is never told.
+    """
+    label = _label(str(path))
+    resolved = Path(os.path.realpath(path))
+    allowed = [Path(os.path.realpath(root)) for root in roots]
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        raise _outside_roots(label, resolved, allowed)
     limit = settings.image_max_bytes
+    # O_NONBLOCK: opening a FIFO must not hang the worker; regular files ignore it.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            msg = f"image {str(path)!r} is not a regular file; give the path of an image file"
-            raise ImageLoadError(msg, reason="unreadable")
-        if info.st_size > limit:
-            raise _too_large(str(path), f"is {info.st_size} bytes", settings)
-        with path.open("rb") as file:
-            data = file.read(limit + 1)
+        fd = os.open(resolved, flags)
     except FileNotFoundError as e:
-        msg = f"image {str(path)!r} does not exist; check the path (relative paths start at {os.getcwd()!r})"
+        msg = f"image {label!r} does not exist; check the path (relative paths start at {os.getcwd()!r})"
         raise ImageLoadError(msg, reason="not_found") from e
     except OSError as e:
-        msg = f"image {str(path)!r} cannot be read ({e}); check its permissions"
+        msg = f"image {label!r} cannot be opened ({e.strerror}); check its permissions"
         raise ImageLoadError(msg, reason="unreadable") from e
-    if len(data) > limit:  # the file grew after stat()
-        raise _too_large(str(path), "grew while being read", settings)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            msg = f"image {label!r} is not a regular file; give the path of an image file"
+            raise ImageLoadError(msg, reason="unreadable")
+        if info.st_size > limit:
+            raise _too_large(label, f"is {info.st_size} bytes", settings)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    except OSError as e:
+        msg = f"image {label!r} cannot be read ({e.strerror}); check its permissions"
+        raise ImageLoadError(msg, reason="unreadable") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # the file grew after fstat()
+        raise _too_large(label, "grew while being read", settings)
     return data
+
+
+def _outside_roots(label: str, resolved: Path, roots: list[Path]) -> ImageLoadError:
+    if not roots:
+        msg = (
+            f"image {label!r}: local image paths are refused because no image roots were given; "
+            "set MMOS_IMAGE_ROOTS to the folders that hold the images (comma-separated)"
+        )
+    else:
+        listed = ", ".join(str(root) for root in roots)
+        msg = (
+            f"image {label!r} resolves to {str(resolved)[:_LABEL_CHARS]!r}, outside the image roots ({listed}); "
+            "move the image under one of them or add its folder to MMOS_IMAGE_ROOTS (comma-separated)"
+        )
+    return ImageLoadError(msg, reason="path_not_allowed")
 
 
 # --- http(s) ------------------------------------------------------------------------------------
@@ -154,7 +257,7 @@ def _read_local(path: Path, settings: Settings) -> bytes:
 def _fetch_http(source: str, settings: Settings) -> bytes:
     allowed = _allowed_networks(settings)
     deadline = time.monotonic() + settings.image_fetch_timeout_s
-    label = _redact(source)
+    label = _label(source)
     try:
         url = httpx.URL(source)
         for _hop in range(MAX_REDIRECTS + 1):
@@ -164,16 +267,19 @@ def _fetch_http(source: str, settings: Settings) -> bytes:
                 return body
             url = url.join(location)
             if url.scheme not in ("http", "https"):
-                target = _redact(location)
-                msg = f"image {label!r} redirects to {target!r}; only http(s) redirects are followed"
+                # Only the scheme is named: the Location header is the server's text, not ours.
+                msg = f"image {label!r} redirects to a {url.scheme[:20]!r} URL; only http(s) redirects are followed"
                 raise ImageLoadError(msg, reason="scheme_not_allowed")
     except httpx.TimeoutException as e:
         raise _timeout(label, settings) from e
     except httpx.InvalidURL as e:
-        msg = f"image {label!r}: invalid URL ({e})"
+        msg = f"image {label!r}: invalid URL; check the value"
         raise ImageLoadError(msg, reason="invalid_url") from e
     except httpx.HTTPError as e:
-        msg = f"image {label!r}: connection failed ({type(e).__name__}: {e}); check that the server is up"
+        # Only a connect error's text is kept (the OS's words, e.g. "Connection refused"): a
+        # protocol error's text quotes the malformed bytes the server sent.
+        detail = f"{type(e).__name__}: {e}" if isinstance(e, httpx.ConnectError) else type(e).__name__
+        msg = f"image {label!r}: connection failed ({detail}); check that the server is up"
         raise ImageLoadError(msg, reason="connection_failed") from e
     msg = f"image {label!r}: more than {MAX_REDIRECTS} redirects (a loop?); link the final URL directly"
     raise ImageLoadError(msg, reason="too_many_redirects")
@@ -194,13 +300,13 @@ def _validated_addresses(url: httpx.URL, allowed: list[_IPNetwork], label: str) 
     """Resolve *url*'s host; refuse unless every address may be reached (one bad answer is enough)."""
     host = url.raw_host.decode("ascii")
     if not host:
-        msg = f"image {label!r}: URL {_redact(str(url))!r} has no host"
+        msg = f"image {label!r}: URL {_label(str(url))!r} has no host"
         raise ImageLoadError(msg, reason="invalid_url")
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        msg = f"image {label!r}: host {host!r} does not resolve ({e}); check the URL"
+        msg = f"image {label!r}: host {host[:_LABEL_CHARS]!r} does not resolve ({e}); check the URL"
         raise ImageLoadError(msg, reason="not_found") from e
     addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
     for address in addresses:
@@ -257,27 +363,52 @@ def _get_pinned(
     """GET *url* from *address*: ``(location, b"")`` for a redirect, ``(None, body)`` otherwise.
 
     A fresh client per request: a pooled TLS connection must never carry a request for a host its
-    certificate was not checked against.
+    certificate was not checked against. httpx's timeout applies to each read alone, so the
+    :class:`_Watchdog` enforces *deadline* on the request as a whole.
     """
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise _timeout(label, settings)
     host = url.raw_host.decode("ascii")
     headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*", "User-Agent": "mm-opensearch"}
-    extensions = {"sni_hostname": host} if url.scheme == "https" else {}
     pinned = url.copy_with(host=str(address))
+    with _Watchdog(deadline) as watchdog:
+        extensions: dict[str, Any] = {"trace": watchdog.trace}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = host
+        try:
+            location, body = _get(pinned, headers, extensions, remaining, label, deadline, settings)
+        except httpx.HTTPError as e:
+            if watchdog.expired:
+                raise _timeout(label, settings) from e
+            raise
+        if watchdog.expired:  # a close-delimited body cut short by the watchdog reads as complete
+            raise _timeout(label, settings)
+        return location, body
+
+
+def _get(
+    url: httpx.URL,
+    headers: dict[str, str],
+    extensions: dict[str, Any],
+    remaining: float,
+    label: str,
+    deadline: float,
+    settings: Settings,
+) -> tuple[str | None, bytes]:
     with (
-        httpx.Client(trust_env=False, timeout=remaining) as client,
-        client.stream("GET", pinned, headers=headers, extensions=extensions) as response,
+        httpx.Client(trust_env=False, timeout=remaining, verify=_tls_context()) as client,
+        client.stream("GET", url, headers=headers, extensions=extensions) as response,
     ):
         if response.status_code in _REDIRECT_STATUSES and "Location" in response.headers:
             return response.headers["Location"], b""
         if not response.is_success:
-            msg = f"image {label!r}: server answered HTTP {response.status_code} {response.reason_phrase}"
+            # The status code only: the reason phrase is the server's text.
+            msg = f"image {label!r}: server answered HTTP {response.status_code}"
             raise ImageLoadError(msg, reason="http_error")
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > settings.image_max_bytes:
-            raise _too_large(label, f"declares {declared} bytes", settings)
+            raise _too_large(label, f"declares {int(declared)} bytes", settings)
         body = bytearray()
         for chunk in response.iter_bytes():  # decompressed bytes: a gzip bomb is capped too
             body += chunk
@@ -286,6 +417,66 @@ def _get_pinned(
             if time.monotonic() > deadline:
                 raise _timeout(label, settings)
         return None, bytes(body)
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every fetch: building one per client cost ~80 ms a request.
+
+    Sharing the context is safe (it holds trust roots, not connections); connections are not shared.
+    """
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class _Watchdog:
+    """Shuts a request's connection down when its deadline passes, whatever phase it is in.
+
+    httpcore reports the TCP stream it connected through the ``trace`` extension; the watchdog
+    keeps a duplicate of that socket's descriptor (a TLS wrap detaches the original object, a dup
+    stays valid) and ``shutdown()`` on it wakes a blocked ``recv`` at once, which ``close()`` would
+    not. The request then fails or ends, and the caller sees ``expired``.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if sock is None:
+            return
+        with self._lock:
+            self._sock = sock.dup()
+            if self.expired:  # the deadline passed while connecting
+                self._shutdown()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the peer or by httpx
 
 
 def _timeout(label: str, settings: Settings) -> ImageLoadError:
@@ -308,10 +499,19 @@ def _redact(source: str | os.PathLike[str]) -> str:
     """*source* without URL credentials, for messages and logs."""
     if isinstance(source, os.PathLike):
         return os.fspath(source)
-    parts = urlsplit(source)
-    if parts.username is None and parts.password is None:
-        return source
+    try:
+        parts = urlsplit(source)
+        if parts.username is None and parts.password is None:
+            return source
+    except ValueError:  # not a URL that parses: drop anything that looks like credentials
+        return source.rpartition("@")[2] if "://" in source else source
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _label(source: str | os.PathLike[str]) -> str:
+    """*source* as error messages quote it: without credentials and at most ``_LABEL_CHARS`` long."""
+    text = _redact(source)
+    return text if len(text) <= _LABEL_CHARS else f"{text[:_LABEL_CHARS]}... ({len(text)} characters)"
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -332,7 +532,9 @@ def _sniff_format(data: bytes) -> str:
     if not data:
         msg = "image data is empty (0 bytes)"
         raise ImageLoadError(msg, reason="corrupt")
-    msg = f"data starting {data[:12]!r} is not one of the allowed formats {', '.join(ALLOWED_FORMATS)}"
+    # The leading bytes are not quoted: they would put a file's first bytes (a key, a password
+    # line) into mm_embedding_error, which /search returns.
+    msg = f"data of {len(data)} bytes is not one of the allowed formats {', '.join(ALLOWED_FORMATS)}"
     raise ImageLoadError(msg, reason="format_not_allowed")
 
 

@@ -73,6 +73,7 @@ def context(*, with_model: bool) -> EmbedContext:
             schema=CatalogSchema.from_settings(settings),
             model=_load_model(settings) if with_model else None,
             image_dir=settings.data_dir,
+            image_roots=settings.image_roots_or(settings.data_dir),
         )
     return _contexts[key]
 

@@ -58,6 +58,7 @@ class EmbedContext:
     schema: CatalogSchema
     model: MultimodalModel | None = None  # write steps need no model
     image_dir: Path | None = None
+    image_roots: tuple[Path, ...] = ()  # where local images may be read (MMOS_IMAGE_ROOTS or the data dir)
     _checked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def index_meta(self, index: str) -> dict[str, Any]:
@@ -111,7 +112,12 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
             continue
         products.append(product)
         versions.append((doc["_seq_no"], doc["_primary_term"]))
-    vectors = product_vectors(ctx.model, products, modalities=bool(meta.get("modalities"))) if products else []
+    # Image failures are per product (text vector + mm_embedding_error), never the batch's.
+    vectors = (
+        product_vectors(ctx.model, products, modalities=bool(meta.get("modalities")), image_roots=ctx.image_roots)
+        if products
+        else []
+    )
     actions, failed = [], []
     for product, (seq_no, term), fields in zip(products, versions, vectors, strict=True):
         if fields is None:

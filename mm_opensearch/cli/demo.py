@@ -57,6 +57,7 @@ def demo(
         client, settings, products, load_queries(folder / "queries.tsv", split="val"), load_qrels(folder / "qrels.tsv.gz"),
         model=model, modes=["bm25", "dense_text_zeroshot", "image", "fused", "hybrid_rrf", "hybrid_linear"],
         index_prefix=DEMO_PREFIX, linear=linear, rrf=rrf, reuse_indices=True,
+        image_roots=settings.image_roots_or(folder),
         on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
     )
     demo_index = eval_index_name(DEMO_PREFIX, "multimodal", model.model_id)

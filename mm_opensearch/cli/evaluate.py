@@ -55,6 +55,7 @@ def evaluate(
     settings = get_settings()
     client = create_client(settings)
     products = list(read_catalog(catalog, CatalogSchema.from_settings(settings)))
+    roots = settings.image_roots_or(catalog.parent)
     labels = load_qrels(qrels)
     multimodal = MultimodalModel.load(model, settings=settings)
     text = MultimodalModel.load(text_model, settings=settings) if text_model else None
@@ -62,12 +63,12 @@ def evaluate(
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     if tune:
         linear, rrf = tune_fusion(client, settings, products, load_queries(queries, split="train"), labels,
-                                  model=multimodal, model_dir=model, on_stage=say)
+                                  model=multimodal, model_dir=model, on_stage=say, image_roots=roots)
         console.print(f"tuned: linear {linear}, rrf {rrf}; stored in {model}/config.json")
     else:
         linear, rrf = stored_fusion(multimodal)
     result = run_evaluation(client, settings, products, load_queries(queries, split=split), labels,
-                            model=multimodal, text_model=text, modes=selected, linear=linear, rrf=rrf,
+                            model=multimodal, text_model=text, modes=selected, linear=linear, rrf=rrf, image_roots=roots,
                             reuse_indices=reuse_indices, on_stage=say)
     console.print(metrics_table(result.modes, title=f"{split} queries, {len(products)} products indexed"))
     console.print(p_values_line(result))

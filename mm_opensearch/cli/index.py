@@ -91,7 +91,8 @@ def create(
     create_product_index(client, name, schema, sample=products[0].source if products else None, model=model,
                          modalities=modalities, replace=True)
     if products:
-        report = load_products(client, name, products, model=model, modalities=modalities)
+        roots = settings.image_roots_or(catalog.parent) if catalog else ()
+        report = load_products(client, name, products, model=model, modalities=modalities, image_roots=roots)
         console.print(f"loaded {report.succeeded} products, {len(report.failed)} failed")
     if alias:
         swap_aliases(client, alias, to_index=name)
@@ -147,7 +148,9 @@ def augment(
     _confirm("go ahead?", yes)
     store = JobStore(redis_client(settings))
     if inline:
-        queue = InlineQueue(lambda q: EmbedContext(client, store, q, schema, model, image_dir=settings.data_dir))
+        queue = InlineQueue(lambda q: EmbedContext(
+            client, store, q, schema, model, image_dir=settings.data_dir,
+            image_roots=settings.image_roots_or(settings.data_dir)))
     else:
         from workers.app import CeleryJobQueue, app as celery_app  # noqa: PLC0415 - adapter, not library
 

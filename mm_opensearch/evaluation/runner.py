@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opensearchpy import OpenSearch
@@ -105,9 +106,13 @@ def run_evaluation(
     linear: FusionOptions | None = None,
     rrf: FusionOptions | None = None,
     reuse_indices: bool = False,
+    image_roots: Sequence[Path] = (),
     on_stage: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Index ``products`` once per tower that the modes need, then score every mode."""
+    """Index ``products`` once per tower that the modes need, then score every mode.
+
+    ``image_roots``: the folders local image paths may be read from (the catalog's folder).
+    """
     notify = on_stage or (lambda _msg: None)
     specs = mode_specs(linear or FusionOptions(method="linear", weights=(0.5, 0.5)), rrf or FusionOptions())
     unknown = [m for m in modes if m not in specs]
@@ -134,7 +139,8 @@ def run_evaluation(
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
             create_product_index(client, index, schema, sample=products[0].source, model=tower,
                                  modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE)
-            report = load_products(client, index, docs, model=tower, modalities=name == "multimodal")
+            report = load_products(client, index, docs, model=tower, modalities=name == "multimodal",
+                                   image_roots=image_roots)
             if report.failed:
                 msg = f"{len(report.failed)} products failed to index into {index}, e.g. {report.failed[0]}"
                 raise RuntimeError(msg)

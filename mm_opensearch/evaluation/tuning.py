@@ -34,6 +34,7 @@ def tune_fusion(
     model: MultimodalModel,
     model_dir: Path,
     index_prefix: str = "mmos-eval",
+    image_roots: Sequence[Path] = (),
     on_stage: Callable[[str], None] | None = None,
 ) -> tuple[FusionOptions, FusionOptions]:
     """Grid-search the vector leg's weight for linear and RRF fusion on the dev slice; save the best."""
@@ -51,7 +52,7 @@ def tune_fusion(
         }
         result = run_evaluation(client, settings, products, dev, qrels, model=model, modes=list(candidates),
                                 linear=candidates["hybrid_linear"], rrf=candidates["hybrid_rrf"], reuse_indices=True,
-                                index_prefix=index_prefix)
+                                index_prefix=index_prefix, image_roots=image_roots)
         for mode, options in candidates.items():
             score = result.modes[mode]["ndcg@10"]
             if on_stage:

@@ -7,6 +7,7 @@ index and search it through the same indexing and hybrid modules as the trained 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +32,10 @@ class ZeroShotTextTower:
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return _normalize(self._model.query_text_features(list(texts)))
 
-    def encode_products(self, products: Sequence[EncoderInput], *, with_modalities: bool = False) -> ProductEncoding:
+    def encode_products(
+        self, products: Sequence[EncoderInput], *, with_modalities: bool = False, image_roots: Sequence[Path] = ()
+    ) -> ProductEncoding:
+        """Text only: ``image_roots`` is accepted as every tower's is, and no image is read."""
         has_text = np.array([bool(p.text) for p in products])
         fused = np.full((len(products), self.dim), np.nan, dtype=np.float32)
         if has_text.any():

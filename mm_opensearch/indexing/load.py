@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opensearchpy import OpenSearch
@@ -58,10 +59,18 @@ def create_product_index(
 
 
 def product_vectors(
-    model: MultimodalModel, products: Sequence[Product], *, modalities: bool = False
+    model: MultimodalModel,
+    products: Sequence[Product],
+    *,
+    modalities: bool = False,
+    image_roots: Sequence[Path] = (),
 ) -> list[dict[str, Any]]:
-    """Vector and bookkeeping fields for each product (only the error where nothing could be encoded)."""
-    encoding = model.encode_products(products, with_modalities=modalities)
+    """Vector and bookkeeping fields for each product (only the error where nothing could be encoded).
+
+    Local image paths load only inside ``image_roots``; a product whose image fails keeps its text
+    vector and the reason, and never fails the others.
+    """
+    encoding = model.encode_products(products, with_modalities=modalities, image_roots=image_roots)
     docs: list[dict[str, Any]] = []
     for row, product in enumerate(products):
         with_text = encoding.text is not None and encoding.has_text[row]
@@ -86,13 +95,21 @@ def load_products(
     *,
     model: MultimodalModel | None = None,
     modalities: bool = False,
+    image_roots: Sequence[Path] = (),
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> BulkReport:
-    """Index whole documents (their own fields, plus vectors when ``model`` is given)."""
+    """Index whole documents (their own fields, plus vectors when ``model`` is given).
+
+    ``image_roots``: the folders local image paths may be read from (usually the catalog's folder).
+    """
     report = BulkReport()
     for batch in _batches(products, batch_size):
-        vectors = product_vectors(model, batch, modalities=modalities) if model else [{} for _ in batch]
+        vectors = (
+            product_vectors(model, batch, modalities=modalities, image_roots=image_roots)
+            if model
+            else [{} for _ in batch]
+        )
         actions = [index_action(index, p.id, {**p.source, **v}) for p, v in zip(batch, vectors, strict=True)]
         report.merge(bulk_write(client, actions))
         if on_batch is not None:

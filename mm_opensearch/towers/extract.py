@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,9 +86,9 @@ def extract_text_features(
     return np.stack([found[key][0] for key in keys])
 
 
-def _read(source: str, settings: Settings) -> bytes | ImageLoadError:
+def _read(source: str, settings: Settings, roots: Sequence[Path]) -> bytes | ImageLoadError:
     try:
-        return read_image_bytes(source, settings)
+        return read_image_bytes(source, settings, roots=roots)
     except ImageLoadError as e:
         return e
 
@@ -105,10 +106,14 @@ def extract_image_features(
     *,
     settings: Settings,
     cache: FeatureCache | None,
+    roots: Sequence[Path] = (),
     batch_size: int = 32,
     workers: int | None = None,
 ) -> ImageFeatureBatch:
-    """Features of each image source; a failed image gets zeros and its ``ImageLoadError``."""
+    """Features of each image source; a failed image gets zeros and its ``ImageLoadError``.
+
+    Local paths are read only inside ``roots`` (see :func:`mm_opensearch.images.read_image_bytes`).
+    """
     n = len(sources)
     pooled = np.zeros((n, backbone.dim), dtype=np.float32)
     tokens = np.zeros((n, backbone.num_tokens, backbone.dim), dtype=np.float32)
@@ -117,7 +122,7 @@ def extract_image_features(
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="mmos-img") as pool:
         for start in range(0, n, chunk_size):
             index = range(start, min(n, start + chunk_size))
-            payloads = list(pool.map(lambda j: _read(sources[j], settings), index))
+            payloads = list(pool.map(lambda j: _read(sources[j], settings, roots), index))
             data_by_key: dict[str, bytes] = {}
             keys: dict[int, str] = {}
             for j, payload in zip(index, payloads, strict=True):

@@ -133,8 +133,9 @@ def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
 
 
-def _present(value: str | None) -> bool:
-    return value is not None and bool(value.strip())
+def _present(value: object) -> bool:
+    """Given at all: a value that is not even a string goes to the loader, which says why it fails."""
+    return value is not None and (not isinstance(value, str) or bool(value.strip()))
 
 
 class MultimodalModel:
@@ -330,13 +331,19 @@ class MultimodalModel:
             self.query_backbone, texts, cache=self._cache(self.query_backbone), batch_size=batch_size
         )
 
-    def image_features(self, sources: Sequence[str], *, batch_size: int = 32) -> ImageFeatureBatch:
-        """Pooled + token features of each image source; failures carry their ImageLoadError."""
+    def image_features(
+        self, sources: Sequence[str], *, image_roots: Sequence[Path] = (), batch_size: int = 32
+    ) -> ImageFeatureBatch:
+        """Pooled + token features of each image source; failures carry their ImageLoadError.
+
+        Local paths load only inside ``image_roots`` (none: only http(s) URLs load).
+        """
         return extract_image_features(
             self.image_backbone,
             sources,
             settings=self.settings,
             cache=self._cache(self.image_backbone),
+            roots=image_roots,
             batch_size=batch_size,
         )
 
@@ -389,10 +396,13 @@ class MultimodalModel:
 
     # --- encoding -----------------------------------------------------------------------------
 
-    def product_features(self, products: Sequence[EncoderInput], *, batch_size: int = 64) -> ProductFeatures:
+    def product_features(
+        self, products: Sequence[EncoderInput], *, image_roots: Sequence[Path] = (), batch_size: int = 64
+    ) -> ProductFeatures:
         """Backbone features of each product's text and image (disk-cached), with presence masks.
 
         The one place that turns products into tower inputs: encoding and training both use it.
+        Local image paths load only inside ``image_roots``; any other image fails on its own.
         """
         n = len(products)
         has_text = np.array([_present(p.text) for p in products], dtype=bool)
@@ -408,7 +418,9 @@ class MultimodalModel:
         has_image = np.zeros(n, dtype=bool)
         if wants_image.any():
             where = np.flatnonzero(wants_image)
-            loaded = self.image_features([products[j].image for j in where], batch_size=batch_size)
+            loaded = self.image_features(
+                [products[j].image for j in where], image_roots=image_roots, batch_size=batch_size
+            )
             image[where], tokens[where] = loaded.pooled, loaded.tokens
             for j, error in zip(where, loaded.errors, strict=True):
                 if error is not None:
@@ -417,15 +429,22 @@ class MultimodalModel:
         return ProductFeatures(text, image, tokens, has_text, has_image, errors)
 
     def encode_products(
-        self, products: Sequence[EncoderInput], *, batch_size: int = 64, with_modalities: bool = False
+        self,
+        products: Sequence[EncoderInput],
+        *,
+        image_roots: Sequence[Path] = (),
+        batch_size: int = 64,
+        with_modalities: bool = False,
     ) -> ProductEncoding:
         """Encode products; a failed image falls back to the text and is reported in ``errors``.
+
+        Local image paths load only inside ``image_roots`` (the catalog's folder, ``MMOS_IMAGE_ROOTS``).
 
         Meant for batches of up to a few thousand products (image tokens are held in memory);
         iterate over a large catalog in chunks.
         """
         n = len(products)
-        features = self.product_features(products, batch_size=batch_size)
+        features = self.product_features(products, image_roots=image_roots, batch_size=batch_size)
         text, image, tokens = features.text, features.image, features.tokens
         has_text, has_image, errors = features.has_text, features.has_image, list(features.errors)
         for j in np.flatnonzero(~has_text & ~has_image):

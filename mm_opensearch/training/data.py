@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,9 +75,14 @@ def build_training_data(
     )
 
 
-def feature_table(model, products: Sequence[Product]) -> FeatureTable:  # noqa: ANN001 - MultimodalModel
-    """Cached backbone features of ``products``, as the tower sees them when it encodes."""
-    features = model.product_features(products)
+def feature_table(  # noqa: ANN001 - model is a MultimodalModel
+    model, products: Sequence[Product], *, image_roots: Sequence[Path] = ()
+) -> FeatureTable:
+    """Cached backbone features of ``products``, as the tower sees them when it encodes.
+
+    Local image paths load only inside ``image_roots`` (the catalog's folder, ``MMOS_IMAGE_ROOTS``).
+    """
+    features = model.product_features(products, image_roots=image_roots)
     return FeatureTable(
         ids=[p.id for p in products],
         text=torch.from_numpy(features.text),

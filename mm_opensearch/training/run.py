@@ -76,7 +76,7 @@ def train_from_files(
     train_queries, dev_queries = split_dev(queries, inputs.dev_fraction, cfg.seed)
     started = time.monotonic()
     notify(f"backbone features of {len(products)} products (cached after the first run)")
-    table = feature_table(model, products)
+    table = feature_table(model, products, image_roots=settings.image_roots_or(inputs.catalog.parent))
     notify(f"query features of {len(queries)} queries")
     train = build_training_data(table, train_queries, qrels, model.query_text_features)
     dev = build_training_data(table, dev_queries, qrels, model.query_text_features)

@@ -49,7 +49,7 @@ def api_index(client: OpenSearch, settings: Settings, model: MultimodalModel, my
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(myntra_dir / "products.jsonl.gz", schema, limit=60))
     create_product_index(client, name, schema, sample=products[0].source, model=model)
-    assert not load_products(client, name, products, model=model).failed
+    assert not load_products(client, name, products, model=model, image_roots=[myntra_dir]).failed
     client.indices.refresh(index=name)
     yield name
     client.indices.delete(index=name, ignore_unavailable=True)

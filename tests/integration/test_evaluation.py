@@ -51,6 +51,7 @@ def test_every_mode_is_scored_and_images_help_where_text_is_silent(
     result = run_evaluation(
         client, shop_settings, products, load_queries(synthetic_shop / "queries.tsv"),
         load_qrels(synthetic_shop / "qrels.tsv"), model=model, text_model=text_model, index_prefix=index_name,
+        image_roots=[synthetic_shop],
     )
     assert set(result.modes) == set(ALL_MODES)
     for scores in result.modes.values():
@@ -77,7 +78,7 @@ def test_tuned_weights_are_stored_without_changing_the_model_id(
     before = model.model_id
     linear, rrf = tune_fusion(client, shop_settings, products, load_queries(synthetic_shop / "queries.tsv"),
                               load_qrels(synthetic_shop / "qrels.tsv"), model=model, model_dir=folder,
-                              index_prefix=index_name)
+                              index_prefix=index_name, image_roots=[synthetic_shop])
     reloaded = MultimodalModel.load(folder, settings=shop_settings)
     assert reloaded.model_id == before
     assert stored_fusion(reloaded) == (linear, rrf)

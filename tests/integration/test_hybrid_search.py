@@ -45,13 +45,15 @@ def products(myntra_dir: Path, settings: Settings) -> list[Product]:
 
 
 @pytest.fixture(scope="module")
-def product_index(client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product]) -> Iterator[str]:
+def product_index(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
+) -> Iterator[str]:
     """One index of Myntra products with tiny-model vectors, shared by the module's tests (read-only)."""
     name = f"test-hybrid-{uuid.uuid4().hex[:12]}"
     create_product_index(
         client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model, modalities=True
     )
-    report = load_products(client, name, products, model=model, modalities=True)
+    report = load_products(client, name, products, model=model, modalities=True, image_roots=[myntra_dir])
     assert not report.failed
     client.indices.refresh(index=name)
     yield name
@@ -162,14 +164,14 @@ def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fus
 
 
 def test_an_index_of_several_shards_is_fused_on_the_client(
-    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product]
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
 ) -> None:
     """neural-search 2.19 fuses per shard (RRF ranks, fusion depth): not the legs' global lists, so not used there."""
     name = f"test-hybrid-shards-{uuid.uuid4().hex[:12]}"
     create_product_index(client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model,
                          index_settings={"number_of_shards": 2})
     try:
-        assert not load_products(client, name, products, model=model).failed
+        assert not load_products(client, name, products, model=model, image_roots=[myntra_dir]).failed
         client.indices.refresh(index=name)
         searcher = HybridSearcher(client, settings, index=name, tower=model)
         auto = searcher.search(SearchRequest("blue shirt men", fusion=RRF))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -406,3 +407,87 @@ def test_the_worker_refuses_a_visibility_timeout_shorter_than_the_time_limit(tin
                           env=env, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
     assert done.returncode != 0
     assert "visibility_timeout (300 s) must be longer than the hard task time limit (600 s)" in done.stdout + done.stderr
+
+
+def test_a_malformed_image_value_fails_only_its_product_not_its_batch(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product], myntra_dir: Path,
+) -> None:
+    # The worker reads relative image paths from its data dir (the Myntra folder), its default image root.
+    pictures = sorted(os.listdir(myntra_dir / "images"))[:20]  # this catalog's products have none of their own
+    values = {p.id: f"images/{picture}" for p, picture in zip(catalog[:20], pictures, strict=True)}
+    values[catalog[5].id] = "images/a\0b.jpg"  # a NUL byte: ValueError from the OS layer
+    values[catalog[12].id] = "http://[::1/x"  # an unclosed IPv6 bracket: ValueError from urlsplit
+    bad = {catalog[5].id, catalog[12].id}
+    products = [Product(p.id, {**p.source, "image": values[p.id]}, p.text, values[p.id]) for p in catalog[:20]]
+    _index_without_vectors(client, index_name, schema, products, model)
+
+    counts = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, batch_size=20, timeout_s=120)
+
+    assert (counts.written, counts.failed, counts.dead) == (20, 0, 0)  # one batch, all of it written
+    assert not [d for d in store.dead_letters() if d.payload["job_id"] == f"backfill-{index_name}"]
+    client.indices.refresh(index=index_name)
+    docs = {d["_id"]: d["_source"] for d in client.mget(index=index_name, body={"ids": list(values)})["docs"]}
+    for product in products:
+        doc = docs[product.id]
+        if product.id in bad:
+            assert doc["mm_embedding_error"].startswith("invalid_url"), doc["mm_embedding_error"]
+            (expected,) = product_vectors(model, [Product(product.id, product.source, product.text, None)])
+        else:
+            assert doc["mm_embedding_error"] is None
+            absolute = str(myntra_dir / values[product.id])
+            (expected,) = product_vectors(model, [Product(product.id, product.source, product.text, absolute)],
+                                          image_roots=[myntra_dir])
+            assert expected["mm_embedding_error"] is None  # the image itself was read
+        np.testing.assert_allclose(doc["mm_fused"], expected["mm_fused"], atol=1e-5)
+
+
+SECRET = b"S3CR3T-7f3a9 root:x:0:0:hunter2\n"  # the first 12 bytes are what errors used to quote
+SECRET_MARK = "S3CR3T-7f3a9"
+
+
+def test_image_paths_stay_inside_the_roots_and_no_file_contents_reach_the_index_or_the_logs(
+    client: OpenSearch, index_name: str, store: JobStore, model: MultimodalModel, schema: CatalogSchema,
+    catalog: list[Product], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(data / "red.jpg")
+    (data / "secret.jpg").write_bytes(SECRET)  # inside the root, but no image
+    (outside / "secret.jpg").write_bytes(SECRET)
+    (data / "link.jpg").symlink_to(outside / "secret.jpg")
+    cases = [
+        ("red.jpg", None),
+        ("secret.jpg", "format_not_allowed"),
+        ("../outside/secret.jpg", "path_not_allowed"),
+        ("link.jpg", "path_not_allowed"),
+        (str(outside / "secret.jpg"), "path_not_allowed"),
+        ((outside / "secret.jpg").as_uri(), "path_not_allowed"),
+        ("file:///etc/passwd", "path_not_allowed"),
+        (12345, "invalid_url"),
+    ]
+    products = [Product(p.id, {**p.source, "image": value}, p.text, value)
+                for p, (value, _) in zip(catalog, cases, strict=False)]
+    _index_without_vectors(client, index_name, schema, products, model)
+    queue = RecordingQueue()
+    ctx = EmbedContext(client, store, queue, schema, model, image_dir=data, image_roots=(data,))
+    caplog.set_level("DEBUG")
+
+    enqueue(store, queue, index_name, [p.id for p in products], batch_size=len(products))
+    embed_step(ctx, queue.embeds[0])
+    counts = write_step(ctx, queue.writes[0])
+
+    assert counts["written"] == len(products) and counts["failed"] == 0
+    client.indices.refresh(index=index_name)
+    docs = {d["_id"]: d["_source"] for d in client.mget(index=index_name, body={"ids": [p.id for p in products]})["docs"]}
+    for product, (value, reason) in zip(products, cases, strict=True):
+        error = docs[product.id]["mm_embedding_error"]
+        assert (value, error.split(":")[0] if error else None) == (value, reason)
+        assert "mm_fused" in docs[product.id]  # every one keeps at least its text vector
+        if reason == "path_not_allowed":
+            assert str(data) in error and "MMOS_IMAGE_ROOTS" in error
+    assert SECRET_MARK not in json.dumps(docs) and "hunter2" not in json.dumps(docs)
+    assert SECRET_MARK not in caplog.text

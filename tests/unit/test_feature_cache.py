@@ -85,11 +85,11 @@ def test_encoding_twice_runs_the_backbones_only_for_new_inputs(tmp_path, monkeyp
 
     monkeypatch.setattr(model.text_backbone, "features", count_text)
     monkeypatch.setattr(model.image_backbone, "features", count_image)
-    first = model.encode_products([ProductInput("1", "red shirt", str(image))])
+    first = model.encode_products([ProductInput("1", "red shirt", str(image))], image_roots=[tmp_path])
     assert seen == {"text": 1, "image": 1}
     second = model.encode_products(
         [ProductInput("1", "red shirt", str(image)), ProductInput("2", "red shirt", f"file://{copy}"),
-         ProductInput("3", "blue shirt", None)]
+         ProductInput("3", "blue shirt", None)], image_roots=[tmp_path]
     )
     assert seen == {"text": 2, "image": 1}  # same bytes under another path: a hit
     # (allclose: the heads ran on batches of another size, BLAS may sum in another order)
@@ -105,8 +105,9 @@ def test_vectors_do_not_depend_on_the_cache_being_on(tmp_path, use_cache) -> Non
     Image.new("RGB", (40, 40), (200, 0, 0)).save(image)
     products = [ProductInput("1", "red shirt", str(image))]
     cached = MultimodalModel.from_config(ModelConfig.tiny(), settings=Settings(cache_dir=tmp_path / "c"))
-    cached.encode_products(products)  # fill the cache
+    cached.encode_products(products, image_roots=[tmp_path])  # fill the cache
     other = MultimodalModel.from_config(
         ModelConfig.tiny(), settings=Settings(cache_dir=tmp_path / "c"), use_feature_cache=use_cache
     )
-    assert np.array_equal(cached.encode_products(products).fused, other.encode_products(products).fused)
+    assert np.array_equal(cached.encode_products(products, image_roots=[tmp_path]).fused,
+                          other.encode_products(products, image_roots=[tmp_path]).fused)

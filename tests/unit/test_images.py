@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import io
 import ipaddress
+import os
 import socket
 import socketserver
 import struct
@@ -331,7 +332,7 @@ def test_loopback_server_is_refused_without_allow_list(server: _LoopbackServer) 
         ("/to-private", "address_not_allowed", "10.0.0.1, a private address"),
         ("/to-metadata", "address_not_allowed", "169.254.169.254, a cloud metadata"),
         ("/to-evil", "address_not_allowed", "'evil.example' resolves to 10.0.0.1"),
-        ("/to-file", "scheme_not_allowed", "redirects to 'file:///etc/passwd'"),
+        ("/to-file", "scheme_not_allowed", "redirects to a 'file' URL"),
         ("/loop", "too_many_redirects", "more than 3 redirects"),
         ("/r4", "too_many_redirects", "more than 3 redirects"),
         ("/missing.jpg", "http_error", "HTTP 404"),
@@ -370,9 +371,9 @@ def test_metadata_address_is_refused_even_when_allow_listed() -> None:
         (_noise_jpeg()[:1500], {}, "corrupt", "truncated"),
         (b"\xff\xd8\xff\xe0", {}, "corrupt", "JPEG data"),
         (b"", {}, "corrupt", "empty"),
-        (PDF, {}, "format_not_allowed", "b'%PDF-1.4"),
+        (PDF, {}, "format_not_allowed", f"data of {len(PDF)} bytes is not one of the allowed formats"),
         (SVG, {}, "format_not_allowed", "allowed formats JPEG, PNG, WEBP, GIF, BMP"),
-        (_encode(Image.new("RGB", (4, 4)), "TIFF"), {}, "format_not_allowed", "b'II*"),
+        (_encode(Image.new("RGB", (4, 4)), "TIFF"), {}, "format_not_allowed", "not one of the allowed formats"),
         (_png_declaring(100_000, 100_000), {}, "decompression_bomb", "decompression bomb"),
         (_png_declaring(8000, 6000), {}, "decompression_bomb", "8000x6000 = 48000000 pixels"),
         (_jpeg((100, 100)), {"image_max_pixels": 9999}, "decompression_bomb", "image_max_pixels"),
@@ -393,7 +394,7 @@ def test_local_file_problems_are_named(tmp_path: Path) -> None:
         (big, "too_large", "is 2051 bytes, over image_max_bytes=1024"),
     ]
     for path, reason, cause in cases:
-        error = _reason_of(lambda: load_image(path, _settings(image_max_bytes=1024)))
+        error = _reason_of(lambda: load_image(path, _settings(image_max_bytes=1024), roots=[tmp_path]))
         assert (path.name, error.reason, cause in str(error)) == (path.name, reason, True)
 
 
@@ -409,10 +410,10 @@ def test_local_path_and_file_url_load_as_rgb(tmp_path: Path) -> None:
     path = tmp_path / "red image.jpg"
     path.write_bytes(RED_JPEG)
     for source in (path, str(path), path.as_uri()):
-        image = load_image(source, _settings())
+        image = load_image(source, _settings(), roots=[tmp_path])
         assert (image.mode, image.size) == ("RGB", (32, 24))
         assert image.getpixel((16, 12)) == pytest.approx((200, 30, 30), abs=4)
-    assert read_image_bytes(path.as_uri(), _settings()) == RED_JPEG
+    assert read_image_bytes(path.as_uri(), _settings(), roots=[tmp_path]) == RED_JPEG
 
 
 @pytest.mark.parametrize("path", ["/red.jpg", "/r3"])
@@ -491,3 +492,221 @@ def test_every_mode_comes_out_rgb(data: bytes, pixel: tuple[int, int, int]) -> N
     image = decode_image(data, _settings())
     assert (image.mode, image.size) == ("RGB", (8, 8))
     assert image.getpixel((4, 4)) == pytest.approx(pixel, abs=4)
+
+
+# --- malformed values: each fails on its own, as an ImageLoadError ------------------------------
+
+NASTY_VALUES: list[Any] = [
+    "images/a\0b.jpg", "\0", "file:///tmp/a\0.jpg", "http://127.0.0.1/\0.jpg",
+    "http://[::1/x", "http://[::1", "https://[zz]/a.jpg", "http://[::1]]/a.jpg", "http://a:99999/x.jpg",
+    "http://a:port/x.jpg", "http://:80/x.jpg", "http://exa mple.com/a.jpg", "http://user:pw@[::1/x",
+    "http://\ud800/a.jpg", "images/\ud800.jpg", "http://" + "a" * 300 + ".example/a.jpg",
+    "http://xn--/a.jpg", "http://a..b/a.jpg", "HTTP://[::1/x", "https://", "http://?", "http://#",
+    "javascript:alert(1)", "data:,", "mailto:a@b", "c:/windows/win.ini", "\\\\server\\share\\a.jpg",
+    "file:", "file://", "file:///", "file:///%00", "file://host:bad/a.jpg", "file://[::1/x",
+    "", " ", "\n", "../" * 2000, "a" * 10_000_000, "http://example.com/" + "a" * 100_000,
+    12345, 1.5, True, {"url": "x.jpg"}, ["x.jpg"], b"x.jpg", object(),
+]
+
+
+@pytest.mark.parametrize("value", NASTY_VALUES, ids=lambda v: f"{type(v).__name__}:{str(v)[:24]!r}")
+def test_a_malformed_image_value_raises_only_an_image_load_error(tmp_path: Path, value: Any) -> None:
+    settings = _settings(image_fetch_timeout_s=0.5)
+    with pytest.raises(ImageLoadError) as caught:
+        read_image_bytes(value, settings, roots=[tmp_path])
+    assert caught.value.reason
+    assert len(str(caught.value)) < 1000  # a huge value is not echoed back
+
+
+def test_a_non_string_image_value_is_named_by_its_type() -> None:
+    error = _reason_of(lambda: read_image_bytes(12345, _settings()))
+    assert (error.reason, "type int is not a path or URL" in str(error)) == ("invalid_url", True)
+
+
+# --- local paths are confined to the roots ---------------------------------------------------------
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[Path, Path]:
+    """(root, outside): a root holding red.jpg and a sibling folder outside it holding out.jpg."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "red.jpg").write_bytes(RED_JPEG)
+    (outside / "out.jpg").write_bytes(RED_JPEG)
+    return root, outside
+
+
+def test_paths_outside_the_roots_are_refused_with_the_roots_named(roots: tuple[Path, Path]) -> None:
+    root, outside = roots
+    (root / "link-out.jpg").symlink_to(outside / "out.jpg")
+    (root / "dir-out").symlink_to(outside)
+    sources = [
+        str(root / ".." / "outside" / "out.jpg"),  # ../ out of the root
+        str(outside / "out.jpg"),  # absolute path elsewhere
+        str(root / "link-out.jpg"),  # a symlink inside pointing out
+        str(root / "dir-out" / "out.jpg"),  # a linked folder pointing out
+        (outside / "out.jpg").as_uri(),
+        "file:///etc/passwd",
+        "/etc/shadow",
+        str(root / "../../../../../../etc/shadow"),
+        str(root / "missing" / ".." / ".." / "outside" / "missing.jpg"),  # existence outside is not told
+    ]
+    for source in sources:
+        error = _reason_of(lambda: read_image_bytes(source, _settings(), roots=[root]))
+        assert (source, error.reason) == (source, "path_not_allowed")
+        assert str(root) in str(error) and "MMOS_IMAGE_ROOTS" in str(error)
+
+
+def test_paths_inside_the_roots_load_links_included(roots: tuple[Path, Path]) -> None:
+    root, outside = roots
+    (root / "sub").mkdir()
+    (root / "sub" / "link.jpg").symlink_to(root / "red.jpg")
+    linked_root = outside / "linked-root"
+    linked_root.symlink_to(root)  # the root itself given through a symlink
+    for source in [str(root / "red.jpg"), str(root / "sub" / ".." / "red.jpg"), str(root / "sub" / "link.jpg"),
+                   (root / "red.jpg").as_uri(), root / "red.jpg"]:
+        assert read_image_bytes(source, _settings(), roots=[root]) == RED_JPEG
+    assert read_image_bytes(str(root / "red.jpg"), _settings(), roots=[linked_root]) == RED_JPEG
+    assert read_image_bytes(str(outside / "out.jpg"), _settings(), roots=[root, outside]) == RED_JPEG
+
+
+def test_without_roots_no_local_path_is_read(roots: tuple[Path, Path]) -> None:
+    root, _ = roots
+    error = _reason_of(lambda: load_image(root / "red.jpg", _settings()))
+    assert error.reason == "path_not_allowed" and "MMOS_IMAGE_ROOTS" in str(error)
+
+
+def test_a_fifo_inside_the_roots_is_refused_without_blocking(roots: tuple[Path, Path]) -> None:
+    root, _ = roots
+    os.mkfifo(root / "pipe.jpg")
+    error = _reason_of(lambda: read_image_bytes(str(root / "pipe.jpg"), _settings(), roots=[root]))
+    assert error.reason == "unreadable" and "not a regular file" in str(error)
+
+
+def test_image_roots_setting_is_comma_separated_and_defaults_to_the_callers_folder(tmp_path: Path) -> None:
+    assert _settings().image_roots_or(tmp_path) == (tmp_path,)
+    configured = _settings(image_roots="/data/a, /data/b")
+    assert configured.image_roots_or(tmp_path) == (Path("/data/a"), Path("/data/b"))
+
+
+# --- no file or response contents in errors --------------------------------------------------------
+
+# The marker is the file's first 12 bytes: what the sniffer's message used to quote.
+SECRET = b"S3CR3T-7f3a9 root:x:0:0:hunter2"
+SECRET_MARK = "S3CR3T-7f3a9"
+
+
+def test_file_contents_never_appear_in_errors(roots: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    root, outside = roots
+    (root / "secret.jpg").write_bytes(SECRET + b"\n" * 64)
+    (root / "secret-jpeg.jpg").write_bytes(b"\xff\xd8\xff" + SECRET)  # sniffs as JPEG, fails to decode
+    (outside / "secret.jpg").write_bytes(SECRET)
+    caplog.set_level("DEBUG")
+    errors = [
+        _reason_of(lambda: load_image(str(root / "secret.jpg"), _settings(), roots=[root])),
+        _reason_of(lambda: load_image(str(root / "secret-jpeg.jpg"), _settings(), roots=[root])),
+        _reason_of(lambda: load_image(str(outside / "secret.jpg"), _settings(), roots=[root])),
+        _reason_of(lambda: decode_image(SECRET, _settings())),
+    ]
+    assert [e.reason for e in errors] == ["format_not_allowed", "corrupt", "path_not_allowed", "format_not_allowed"]
+    for error in errors:
+        assert SECRET_MARK not in str(error) and "hunter2" not in str(error)
+    assert SECRET_MARK not in caplog.text
+
+
+class _RawServer:
+    """A one-connection-at-a-time TCP server on 127.0.0.1 that answers every request with *reply*,
+    *delay_s* seconds between bytes, for at most *max_s* seconds per connection."""
+
+    def __init__(self, reply: bytes, delay_s: float = 0.0, max_s: float = 12.0) -> None:
+        self.reply, self.delay_s, self.max_s = reply, delay_s, max_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.05)  # accept() wakes up to see the stop flag
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            if not self.delay_s:
+                conn.sendall(self.reply)
+                return
+            ends = time.monotonic() + self.max_s
+            for i in range(len(self.reply)):
+                if self.stop.is_set() or time.monotonic() > ends:
+                    return
+                conn.sendall(self.reply[i : i + 1])
+                time.sleep(self.delay_s)
+        except OSError:
+            pass  # the client gave up
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server(request: pytest.FixtureRequest) -> Iterator[_RawServer]:
+    server = _RawServer(*request.param)
+    yield server
+    server.close()
+
+
+DRIBBLED_HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n" + b"X-Padding: " + b"a" * 200 + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("raw_server", [(DRIBBLED_HEADERS, 0.5)], indirect=True)
+def test_one_deadline_covers_the_whole_fetch_even_when_headers_dribble(raw_server: _RawServer) -> None:
+    settings = _settings(**LOOPBACK_OK, image_fetch_timeout_s=2.0)
+    started = time.monotonic()
+    error = _reason_of(lambda: read_image_bytes(raw_server.base + "/a.jpg", settings))
+    elapsed = time.monotonic() - started
+    assert error.reason == "timeout" and "image_fetch_timeout_s=2.0" in str(error)
+    assert elapsed < 2.0 + 0.75
+
+
+@pytest.mark.parametrize("raw_server", [(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n\xff\xd8\xff", 0.3)],
+                         indirect=True)
+def test_one_deadline_covers_a_body_that_stops_coming(raw_server: _RawServer) -> None:
+    settings = _settings(**LOOPBACK_OK, image_fetch_timeout_s=1.0)
+    started = time.monotonic()
+    error = _reason_of(lambda: read_image_bytes(raw_server.base + "/a.jpg", settings))
+    assert error.reason == "timeout" and time.monotonic() - started < 1.0 + 0.75
+
+
+SECRET_REPLIES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SECRET), SECRET),  # body is not an image
+    b"HTTP/1.1 404 " + SECRET + b"\r\nContent-Length: 0\r\n\r\n",  # reason phrase
+    b"HTTP/1.1 200 OK\r\n" + SECRET + b"\r\n\r\n",  # a malformed header line, which h11 quotes
+    b"HTTP/1.1 302 Found\r\nLocation: gopher://" + SECRET + b"/\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 9" + SECRET + b"\r\n\r\n",
+    SECRET + b"\r\n\r\n",  # not HTTP at all
+]
+
+
+@pytest.mark.parametrize("raw_server", [(reply,) for reply in SECRET_REPLIES], indirect=True)
+def test_response_contents_never_appear_in_errors(raw_server: _RawServer) -> None:
+    error = _reason_of(lambda: load_image(raw_server.base + "/a.jpg", _settings(**LOOPBACK_OK)))
+    assert error.reason in {"format_not_allowed", "http_error", "connection_failed", "scheme_not_allowed"}
+    assert SECRET_MARK not in str(error) and "hunter2" not in str(error)

@@ -47,9 +47,9 @@ def _catalog(images: dict[str, str]) -> list[ProductInput]:
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_every_fusion_gives_unit_finite_vectors_of_the_configured_dim(settings, images, fusion) -> None:
+def test_every_fusion_gives_unit_finite_vectors_of_the_configured_dim(settings, images, fusion, tmp_path) -> None:
     model = _model(settings, fusion=fusion)
-    out = model.encode_products(_catalog(images), with_modalities=True)
+    out = model.encode_products(_catalog(images), with_modalities=True, image_roots=[tmp_path])
     assert out.fused.shape == (4, 24) and out.fused.dtype == np.float32
     assert np.isfinite(out.fused).all()
     np.testing.assert_allclose(np.linalg.norm(out.fused, axis=1), 1.0, atol=1e-5)
@@ -61,9 +61,9 @@ def test_every_fusion_gives_unit_finite_vectors_of_the_configured_dim(settings, 
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_a_row_missing_a_modality_gets_that_single_modality_projection(settings, images, fusion) -> None:
+def test_a_row_missing_a_modality_gets_that_single_modality_projection(settings, images, fusion, tmp_path) -> None:
     model = _model(settings, fusion=fusion)
-    out = model.encode_products(_catalog(images), with_modalities=True)
+    out = model.encode_products(_catalog(images), with_modalities=True, image_roots=[tmp_path])
     np.testing.assert_allclose(out.fused[1], out.text[1], atol=1e-6)
     np.testing.assert_allclose(out.fused[2], out.image[2], atol=1e-6)
     # and a complete row is a real fusion, neither modality alone
@@ -78,12 +78,25 @@ def test_a_failed_image_keeps_the_text_vector_and_reports_why(settings, images, 
         ProductInput("missing", "red cotton shirt", str(tmp_path / "nope.jpg")),
         ProductInput("text", "red cotton shirt", None),
     ]
-    out = model.encode_products(products)
+    out = model.encode_products(products, image_roots=[tmp_path])
     assert out.errors[0].startswith("corrupt:") and out.errors[1].startswith("not_found:")
     assert out.errors[2] is None
     assert out.has_vector.all() and not out.has_image.any()
     np.testing.assert_allclose(out.fused[0], out.fused[2], atol=1e-6)
     np.testing.assert_allclose(out.fused[1], out.fused[2], atol=1e-6)
+
+
+def test_malformed_image_values_fail_only_their_own_products(settings, images, tmp_path) -> None:
+    model = _model(settings)
+    bad: list[object] = ["a\0b.jpg", "http://[::1/x", 42, {"url": "x"}, "x" * 100_000, str(tmp_path / ".." / "out.jpg")]
+    products = [ProductInput("good", "red cotton shirt", images["red"])]
+    products += [ProductInput(f"bad-{i}", "red cotton shirt", value) for i, value in enumerate(bad)]  # type: ignore[arg-type]
+    out = model.encode_products(products, image_roots=[tmp_path])
+    assert out.errors[0] is None and out.has_image.tolist() == [True] + [False] * len(bad)
+    reasons = [error.split(":")[0] for error in out.errors[1:]]
+    assert reasons == ["invalid_url"] * 5 + ["path_not_allowed"]
+    text_only = model.encode_products([ProductInput("t", "red cotton shirt", None)])
+    np.testing.assert_allclose(out.fused[1:], np.repeat(text_only.fused, len(bad), axis=0), atol=1e-6)
 
 
 def test_a_product_with_neither_text_nor_image_gets_an_error_not_a_crash(settings, images, tmp_path) -> None:
@@ -93,7 +106,7 @@ def test_a_product_with_neither_text_nor_image_gets_an_error_not_a_crash(setting
         ProductInput("dead-image", None, str(tmp_path / "nope.jpg")),
         ProductInput("fine", "shirt", images["red"]),
     ]
-    out = model.encode_products(products)
+    out = model.encode_products(products, image_roots=[tmp_path])
     assert out.errors[0].startswith("no_input:") and "'empty'" in out.errors[0]
     assert out.errors[1].startswith("not_found:") and "no text either" in out.errors[1]
     assert out.has_vector.tolist() == [False, False, True]
@@ -140,13 +153,13 @@ def test_rows_without_any_features_are_refused_by_the_tower(settings) -> None:
 def test_save_then_load_gives_identical_vectors_and_model_id(settings, images, tmp_path) -> None:
     model = _model(settings, fusion="cross_attention")
     products = _catalog(images)
-    before = model.encode_products(products, with_modalities=True)
+    before = model.encode_products(products, with_modalities=True, image_roots=[tmp_path])
     queries = model.encode_queries(["red shirt", "blue jeans"])
     folder = model.save(tmp_path / "artifact")
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors"}
 
     loaded = MultimodalModel.load(folder, settings=settings, device="cpu")
-    after = loaded.encode_products(products, with_modalities=True)
+    after = loaded.encode_products(products, with_modalities=True, image_roots=[tmp_path])
     assert loaded.model_id == model.model_id
     assert np.array_equal(before.fused, after.fused)
     assert np.array_equal(before.text, after.text, equal_nan=True)

@@ -121,12 +121,12 @@ def test_five_catalog_products_encode_with_the_default_backbones(model, myntra_d
             products.append(ProductInput(row["id"], f"{row['title']} {row['brand']}", str(myntra_dir / row["image"])))
             if len(products) == 5:
                 break
-    out = model.encode_products(products, with_modalities=True)
+    out = model.encode_products(products, with_modalities=True, image_roots=[myntra_dir])
     assert out.errors == [None] * 5 and out.has_image.all()
     assert out.fused.shape == (5, 256) and np.isfinite(out.fused).all()
     np.testing.assert_allclose(np.linalg.norm(out.fused, axis=1), 1.0, atol=1e-5)
-    image = model.image_features([products[0].image])
+    image = model.image_features([products[0].image], image_roots=[myntra_dir])
     assert image.pooled.shape == (1, 1280) and image.tokens.shape == (1, 9, 1280)
     assert float(np.abs(image.pooled).sum()) > 0
     # a second pass is answered by the feature cache and gives the same vectors
-    np.testing.assert_array_equal(model.encode_products(products).fused, out.fused)
+    np.testing.assert_array_equal(model.encode_products(products, image_roots=[myntra_dir]).fused, out.fused)
