@@ -18,6 +18,7 @@ from typing_extensions import Annotated
 from mm_opensearch.logs import LogFormat
 
 RESUBMIT_AFTER_S = 900.0  # above the default task time limit (600 s); the library's default too
+RESEND_SCAN_LIMIT = 10_000  # queued messages per list the stall guard reads, at most (~2 KB each)
 
 
 def _default_cache_dir() -> Path:
@@ -141,6 +142,12 @@ class Settings(BaseSettings):
         default=RESUBMIT_AFTER_S, gt=0,
         description="A batch unsettled this long, overtaken by later ones or in a stalled job, is presumed lost by "
         "the broker and sent again by whoever watches the job; must exceed the task time limit.",
+    )
+    backfill_resend_scan_limit: int = Field(
+        default=RESEND_SCAN_LIMIT, gt=0,
+        description="Before sending a batch presumed lost, the watcher looks for its message in the broker: at most "
+        "this many of the oldest queued messages per queue (plus those taken by workers). A batch not found among "
+        "them in a longer queue is presumed still queued, not sent again.",
     )
 
     # --- HTTP API ---------------------------------------------------------------------------

@@ -67,6 +67,15 @@ end
 return 0
 """
 
+# KEYS: in-flight send times. Batches found still queued: their clock restarts (the resend count does not
+# move), so the broker is looked at again only after another wait, not on every poll.
+_POSTPONE = """
+local t = redis.call('TIME')
+for i = 1, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then redis.call('ZADD', KEYS[1], t[1] + t[2] / 1e6, ARGV[i]) end
+end
+"""
+
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A client that rides out a Redis restart: connection errors are retried for ~30 s."""
@@ -134,6 +143,7 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._enqueue = client.register_script(_ENQUEUE)
         self._resent = client.register_script(_RESENT)
+        self._postpone = client.register_script(_POSTPONE)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -211,6 +221,11 @@ class JobStore:
     def mark_resent(self, job_id: str, batch_id: str) -> None:
         """Restart the batch's clock and count the resend, unless it settled meanwhile."""
         self._resent(keys=self._in_flight_keys(job_id)[1:], args=[batch_id])
+
+    def postpone(self, job_id: str, batch_ids: list[str]) -> None:
+        """Restart the clock of batches found still waiting in the broker (not a resend)."""
+        if batch_ids:
+            self._postpone(keys=self._in_flight_keys(job_id)[1:2], args=batch_ids)
 
     def settle(self, job_id: str, batch_id: str, **counts: int) -> bool:
         """Count a finished batch once; False when it had been counted before (a redelivery)."""
