@@ -30,9 +30,9 @@ from mm_opensearch.backfill import (
     changes_job_id,
     enqueue,
     poll_changes,
-    redis_client,
     wait_for_job,
 )
+from mm_opensearch.backfill import redis_client as store_client
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products
@@ -66,7 +66,7 @@ def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.Te
 
 @pytest.fixture
 def store(settings: Settings) -> JobStore:
-    return JobStore(redis_client(settings))
+    return JobStore(store_client(settings))
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,148 @@ def _call(job_id: str, store: JobStore) -> str:
     """The enqueue call's part of the job's batch ids (``job.call.number``)."""
     (first, *_) = store.in_flight(job_id)
     return first.split(".")[1]
+
+
+# --- bounded state ------------------------------------------------------------------------------
+
+class _Recording:
+    """A queue that only keeps what it is given (the test settles the batches itself)."""
+
+    def __init__(self) -> None:
+        self.embeds: list = []
+
+    def submit_embed(self, job: object) -> None:
+        self.embeds.append(job)
+
+    def submit_write(self, job: object) -> None:
+        raise AssertionError("no write expected")
+
+    def pending_batch_ids(self, batch_ids: object) -> set[str]:
+        return set()
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own, so only its keys are measured; deleted afterwards."""
+    name = f"mmos-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    keys = list(redis_client.scan_iter(match=f"{name}:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def _bytes_used(r: redis.Redis, prefix: str) -> int:
+    """MEMORY USAGE summed over the prefix's keys (every member counted: samples=0)."""
+    return sum(r.memory_usage(key, samples=0) or 0 for key in r.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+def test_the_change_feed_keeps_redis_flat_over_many_batches(
+    client: OpenSearch, index_name: str, model: MultimodalModel, schema: CatalogSchema, catalog: list[Product],
+    redis_client: redis.Redis, settings: Settings, prefix: str,
+) -> None:
+    products = catalog[:40]
+    _index_without_vectors(client, index_name, schema, products, model)
+    store = JobStore(store_client(settings), prefix=prefix, retention_s=600, settled_window_s=0.5)
+    queue = InlineQueue(lambda q: EmbedContext(client, store, q, schema, model))
+    assert poll_changes(client, store, queue, index_name) == 0  # sets the checkpoint
+    assert poll_changes(client, store, queue, index_name, batch_size=1) == 40  # the overlap takes them all once
+    job_id, start, rounds = changes_job_id(index_name), time.monotonic(), 0
+
+    def edit_and_poll() -> None:  # 8 products get a newer updated_at; one batch each
+        nonlocal rounds
+        rounds += 1
+        stamp = (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=rounds)).isoformat()
+        edited = products[(8 * rounds) % 40:][:8]
+        bulk(client, [{"_op_type": "update", "_index": index_name, "_id": p.id, "doc": {"updated_at": stamp}}
+                      for p in edited], refresh=True)
+        assert poll_changes(client, store, queue, index_name, batch_size=1) == len(edited)
+
+    while rounds < 15 or time.monotonic() - start < 3:  # past the settled window several times
+        edit_and_poll()
+    warm, warm_batches = _bytes_used(redis_client, prefix), store.counts(job_id).batches_settled  # type: ignore[union-attr]
+    while store.counts(job_id).batches_settled < warm_batches + 320:  # type: ignore[union-attr]
+        edit_and_poll()
+
+    counts = store.counts(job_id)
+    assert counts is not None and counts.batches_enqueued == counts.batches_settled == 40 + 8 * rounds
+    assert (counts.written, counts.skipped, counts.failed) == (len(products), 8 * rounds, 0)
+    grown = _bytes_used(redis_client, prefix) - warm
+    print(f"redis bytes after {warm_batches} batches: {warm}; after {counts.batches_settled}: {warm + grown}")
+    # what 320 more batches cost before: two sets of every batch id, ~40 KB
+    assert grown < 8 * 1024, f"{grown} bytes more after {counts.batches_settled - warm_batches} more batches"
+
+
+def test_a_redelivered_batch_counts_once_in_the_change_feeds_job(settings: Settings, prefix: str) -> None:
+    store = JobStore(store_client(settings), prefix=prefix, settled_window_s=60)
+    job_id = changes_job_id("products")
+    store.ensure_job(job_id, "products", open_ended=True)
+    store.mark_enqueued(job_id, f"{job_id}.a.0", {"batch_id": f"{job_id}.a.0"})
+
+    assert store.settle(job_id, f"{job_id}.a.0", written=3)
+    assert not store.settle(job_id, f"{job_id}.a.0", written=3)  # delivered again within the window
+
+    counts = store.counts(job_id)
+    assert counts is not None and (counts.batches_enqueued, counts.batches_settled, counts.written) == (1, 1, 3)
+    assert store.in_flight(job_id) == []
+
+
+def test_a_finished_job_expires_and_a_dead_letter_does_not(
+    settings: Settings, prefix: str, redis_client: redis.Redis,
+) -> None:
+    store = JobStore(store_client(settings), prefix=prefix, retention_s=3600)
+    queue = _Recording()
+    job_id = enqueue(store, queue, "products", ["a", "b", "c"], batch_size=2)
+    first, second = (job.batch_id for job in queue.embeds)
+    store.settle(job_id, first, written=2)
+    counts = store.counts(job_id)
+    assert counts is not None and counts.status == "scanned" and counts.expires_in_s is None  # not finished yet
+
+    store.settle(job_id, second, written=1)  # the last batch: nobody needs to wait on the job to finish it
+    store.record_errors(job_id, [{"id": "c", "status": 400, "error": "x"}])
+
+    counts = store.counts(job_id)
+    assert counts is not None and counts.status == "finished" and 3500 < (counts.expires_in_s or 0) <= 3600
+    keys = list(redis_client.scan_iter(match=f"{prefix}:job:{job_id}*"))
+    assert len(keys) >= 4 and all(0 < redis_client.pttl(key) <= 3_600_000 for key in keys), keys
+    letter = store.add_dead_letter("embed", {"job_id": job_id, "batch_id": "x", "ids": ["d"]}, "kept")
+    assert [d.id for d in store.dead_letters()] == [letter]
+    assert redis_client.pttl(f"{prefix}:dead") == redis_client.pttl(f"{prefix}:dead:order") == -1  # never expire
+    store.set_change_checkpoint("products", "2024-01-01T00:00:00+00:00", {"a": "2024-01-01T00:00:00+00:00"})
+    assert 0 < redis_client.pttl(f"{prefix}:changes:products") <= 3_600_000
+    assert 0 < redis_client.pttl(f"{prefix}:changes:products:seen") <= 3_600_000
+
+
+def test_a_job_taking_a_batch_again_keeps_its_record_until_it_finishes_again(
+    settings: Settings, prefix: str, redis_client: redis.Redis,
+) -> None:
+    store, queue = JobStore(store_client(settings), prefix=prefix, retention_s=3600), _Recording()
+    job_id = enqueue(store, queue, "products", ["a"])
+    store.settle(job_id, queue.embeds[0].batch_id, dead=1)
+    assert store.counts(job_id).status == "finished"  # type: ignore[union-attr]
+
+    enqueue(store, queue, "products", ["a"], job_id=job_id)  # e.g. its dead letter retried
+
+    counts = store.counts(job_id)
+    assert counts is not None and counts.status == "scanned" and counts.expires_in_s is None
+    assert redis_client.pttl(f"{prefix}:job:{job_id}:enqueued") == -1  # kept while the job is not finished
+    store.settle(job_id, queue.embeds[1].batch_id, written=1)
+    counts = wait_for_job(store, job_id, timeout_s=5, poll_s=0.05)
+    assert counts.status == "finished" and counts.batches_settled == counts.batches_enqueued == 2
+    assert store.counts(job_id).expires_in_s is not None  # type: ignore[union-attr]
+
+
+def test_jobs_status_of_an_expired_job_says_it_is_gone(settings: Settings) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from mm_opensearch.cli.app import app as cli  # noqa: PLC0415
+
+    store, queue = JobStore(store_client(settings), retention_s=0.2), _Recording()
+    job_id = enqueue(store, queue, "products", ["a"])
+    store.settle(job_id, queue.embeds[0].batch_id, written=1)
+    _wait_until(lambda: store.counts(job_id) is None, timeout_s=10)  # finished, then expired
+
+    result = CliRunner().invoke(cli, ["jobs", "status", job_id], env={"COLUMNS": "200"})
+
+    assert result.exit_code == 1
+    assert f"no job '{job_id}'" in result.output and "expired" in result.output, result.output
+    assert "Traceback" not in result.output
