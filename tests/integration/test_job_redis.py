@@ -206,6 +206,28 @@ def test_a_batch_whose_message_was_lost_is_sent_again_and_only_it(
     assert _embeds_run(worker) - before == 3  # the lost batch once (sent again), the others once
 
 
+def test_the_broker_is_read_from_its_oldest_end_and_no_further_than_the_limit(
+    client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
+    schema: CatalogSchema, catalog: list[Product], redis_client: redis.Redis,
+) -> None:
+    products = catalog[:50]
+    _index_without_vectors(client, index_name, schema, products, model)
+    queue = CeleryJobQueue(app)
+    with _Frozen(worker):
+        job_id = enqueue(store, queue, index_name, [p.id for p in products], batch_size=10)
+        _wait_until(lambda: len(_delivered(redis_client, job_id)) == 1 and len(_queued(redis_client, job_id)) == 4)
+        batches = [f"{job_id}.{_call(job_id, store)}.{n}" for n in range(5)]
+        oldest = redis_client.lindex(MODEL_QUEUE, -1)  # batch 1: batch 0 was taken
+        assert oldest is not None and _batch_of(json.loads(oldest)) == batches[1]
+        redis_client.lrem(MODEL_QUEUE, 1, oldest)  # lost
+
+        assert queue.pending_batch_ids(batches) == set(batches) - {batches[1]}  # 0 taken, 2-4 queued
+        # reading only the 2 oldest of the 3 left, batch 1 cannot be ruled out: presumed queued, not resent
+        assert CeleryJobQueue(app, scan_limit=2).pending_batch_ids(batches) == set(batches)
+    counts = wait_for_job(store, job_id, timeout_s=60, poll_s=0.1, queue=queue, resubmit_after_s=1)
+    assert counts.written == len(products)
+
+
 def _call(job_id: str, store: JobStore) -> str:
     """The enqueue call's part of the job's batch ids (``job.call.number``)."""
     (first, *_) = store.in_flight(job_id)
