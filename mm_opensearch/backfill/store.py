@@ -153,12 +153,14 @@ return 1
 """
 
 # KEYS: job hash, errors. ARGV: how many to keep, errors... A list written after the job finished
-# expires with it.
+# expires with it; a job that is gone gets none (it would never expire).
 _ERRORS = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
 for i = 2, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
-local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
 """
 
 # KEYS: in-flight send times, in-flight resend counts. Only a batch that has not settled meanwhile.
