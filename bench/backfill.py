@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 import torch
 
-from mm_opensearch.backfill import JobStore, redis_client, run_backfill
+from mm_opensearch.backfill import JobStore, run_backfill
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
@@ -61,7 +61,7 @@ def _start_worker(model_dir: Path, concurrency: int, threads: int, log: Path) ->
 def _end_to_end(settings: Settings, products: list[Product], schema: CatalogSchema, model_dir: Path, *,
                 concurrency: int, threads: int, batch: int, work: Path) -> float:
     client = create_client(settings)
-    store = JobStore(redis_client(settings))
+    store = JobStore.from_settings(settings)
     dim_model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
     index = f"bench-{uuid.uuid4().hex[:8]}"
     create_product_index(client, index, schema, sample=products[0].source, model=dim_model)

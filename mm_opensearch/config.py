@@ -18,6 +18,9 @@ from typing_extensions import Annotated
 from mm_opensearch.logs import LogFormat
 
 RESUBMIT_AFTER_S = 900.0  # above the default task time limit (600 s); the library's default too
+RESEND_SCAN_LIMIT = 10_000  # queued messages per list the stall guard reads, at most (~2 KB each)
+JOB_RETENTION_S = 3 * 86_400.0  # finished jobs are kept three days
+SETTLED_WINDOW_S = 86_400.0  # far above the default visibility timeout (3600 s), after which redelivery happens
 
 
 def _default_cache_dir() -> Path:
@@ -151,6 +154,23 @@ class Settings(BaseSettings):
         description="A batch unsettled this long, overtaken by later ones or in a stalled job, is presumed lost by "
         "the broker and sent again by whoever watches the job; must exceed the task time limit.",
     )
+    backfill_resend_scan_limit: int = Field(
+        default=RESEND_SCAN_LIMIT, gt=0,
+        description="Before sending a batch presumed lost, the watcher looks for its message in the broker: at most "
+        "this many of the oldest queued messages per queue (plus those taken by workers). A batch not found among "
+        "them in a longer queue is presumed still queued, not sent again.",
+    )
+    job_retention_s: float = Field(
+        default=JOB_RETENTION_S, gt=0,
+        description="A finished job's record (counters, errors, in-flight and settled batches) and an unpolled "
+        "change-feed checkpoint are deleted from Redis this long after; dead letters are kept until retried or "
+        "deleted.",
+    )
+    job_settled_window_s: float = Field(
+        default=SETTLED_WINDOW_S, gt=0,
+        description="How long the open-ended change-feed job remembers a settled batch, so a redelivered one counts "
+        "once; older ones are pruned. Must exceed MMOS_WORKER_VISIBILITY_TIMEOUT_S (redelivery comes after it).",
+    )
 
     # --- HTTP API ---------------------------------------------------------------------------
     api_key: SecretStr | None = Field(
@@ -173,12 +193,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _resend_after_the_time_limit(self) -> Settings:
+    def _windows_above_the_limits(self) -> Settings:
         if self.backfill_resubmit_after_s <= self.worker_task_time_limit_s:
             msg = (
                 f"MMOS_BACKFILL_RESUBMIT_AFTER_S ({self.backfill_resubmit_after_s:g} s) must exceed "
                 f"MMOS_WORKER_TASK_TIME_LIMIT_S ({self.worker_task_time_limit_s} s), or a batch still running is "
                 "sent again; raise the first or lower the second"
+            )
+            raise ValueError(msg)
+        if self.job_settled_window_s <= self.worker_visibility_timeout_s:
+            msg = (
+                f"MMOS_JOB_SETTLED_WINDOW_S ({self.job_settled_window_s:g} s) must exceed "
+                f"MMOS_WORKER_VISIBILITY_TIMEOUT_S ({self.worker_visibility_timeout_s} s), or a batch redelivered after "
+                "the visibility timeout counts twice in the change feed's job; raise the first or lower the second"
             )
             raise ValueError(msg)
         return self

@@ -9,6 +9,7 @@ start with such a config.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from workers.metrics import serve_metrics  # first: it sets up prometheus_client's multiprocess mode
@@ -20,6 +21,7 @@ from mm_opensearch.backfill import EmbedJob, WriteJob
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.logs import configure_logging
+from workers.broker import pending_batch_ids
 
 __all__ = ["IO_QUEUE", "MODEL_QUEUE", "CeleryJobQueue", "app", "check_time_limits", "create_app"]
 
@@ -80,14 +82,25 @@ def check_time_limits(conf: Any) -> None:
 class CeleryJobQueue:
     """The library's :class:`~mm_opensearch.backfill.JobQueue` on this app's two queues."""
 
-    def __init__(self, celery: Celery) -> None:
+    def __init__(self, celery: Celery, *, scan_limit: int | None = None) -> None:
+        """``scan_limit``: queued messages per list read to find pending batches (default: the app's
+        ``MMOS_BACKFILL_RESEND_SCAN_LIMIT``)."""
         self.celery = celery
+        self.scan_limit = scan_limit if scan_limit is not None else celery.conf.mmos_settings.backfill_resend_scan_limit
 
     def submit_embed(self, job: EmbedJob) -> None:
         self.celery.send_task("mmos.embed_batch", args=[job.to_dict()], queue=MODEL_QUEUE)
 
     def submit_write(self, job: WriteJob) -> None:
         self.celery.send_task("mmos.write_batch", args=[job.to_dict()], queue=IO_QUEUE)
+
+    def pending_batch_ids(self, batch_ids: Collection[str]) -> set[str]:
+        """Batches whose embed or write message is queued or taken by a worker (see :mod:`workers.broker`)."""
+        if not batch_ids:
+            return set()
+        with self.celery.connection_for_read() as connection:
+            return pending_batch_ids(connection.default_channel, (MODEL_QUEUE, IO_QUEUE), batch_ids,
+                                     limit=self.scan_limit)
 
 
 app = create_app(get_settings())

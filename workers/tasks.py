@@ -22,7 +22,6 @@ from mm_opensearch.backfill import (
     dead_letter,
     embed_step,
     is_transient,
-    redis_client,
     write_step,
 )
 from mm_opensearch.catalog import CatalogSchema
@@ -68,7 +67,7 @@ def context(*, with_model: bool) -> EmbedContext:
         settings = _settings()
         _contexts[key] = EmbedContext(
             client=create_client(settings),
-            store=JobStore(redis_client(settings)),
+            store=JobStore.from_settings(settings),
             queue=CeleryJobQueue(app),
             schema=CatalogSchema.from_settings(settings),
             model=_load_model(settings) if with_model else None,

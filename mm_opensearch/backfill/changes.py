@@ -7,10 +7,16 @@ enqueued in that overlap (with the same ``updated_at``) are remembered and not e
 quiet catalog costs no tasks; one seen twice anyway costs little, as the worker skips a product
 whose content hash is unchanged. Nobody waits on the
 feed's job, so the follower itself sends again the batches the broker lost (:mod:`.recovery`).
+
+The feed's job never finishes, so it is open ended: it keeps counters rather than a record of
+every batch, and forgets settled batches after the store's settled window (Redis stays flat
+however long the feed runs). The checkpoint expires after the store's retention without a poll;
+the feed then starts again from the newest product, and a backfill embeds what changed meanwhile.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +31,8 @@ from mm_opensearch.catalog import parse_instant
 from mm_opensearch.config import RESUBMIT_AFTER_S
 
 __all__ = ["changes_job_id", "follow_changes", "poll_changes"]
+
+log = logging.getLogger(__name__)
 
 
 def changes_job_id(index: str) -> str:
@@ -55,6 +63,8 @@ def poll_changes(
     """
     since, seen = store.change_checkpoint(index)
     if since is None:
+        log.info("no change-feed checkpoint for '%s' (first poll, or not polled for the job retention): starting "
+                 "from its newest product; `mm-opensearch backfill %s` embeds any older edit", index, index)
         latest = _latest(client, index, field)
         store.set_change_checkpoint(index, latest or datetime.now(UTC).isoformat())
         return 0
@@ -64,6 +74,7 @@ def poll_changes(
               for hit in scan_index(client, index, query=query, source=[field])}
     changed = [pid for pid, stamp in stamps.items() if seen.get(pid) != stamp]
     if changed:
+        store.ensure_job(changes_job_id(index), index, open_ended=True)
         enqueue(store, queue, index, changed, batch_size=batch_size, job_id=changes_job_id(index))
     newest = max([since, *stamps.values()], key=parse_instant)
     horizon = parse_instant(newest) - timedelta(seconds=overlap_s)  # where the next poll will look from

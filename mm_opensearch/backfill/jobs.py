@@ -9,7 +9,7 @@ to Celery: it submits through :class:`JobQueue`, which the ``workers`` package i
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,12 @@ class JobQueue(Protocol):
     def submit_embed(self, job: EmbedJob) -> None: ...
 
     def submit_write(self, job: WriteJob) -> None: ...
+
+    def pending_batch_ids(self, batch_ids: Collection[str]) -> set[str]:
+        """Those of ``batch_ids`` whose message the queue still holds: waiting, or taken by a worker
+        that has not finished it. The stall guard sends a batch again only when it is not among them;
+        a queue that cannot rule a batch out returns it too."""
+        ...
 
 
 def new_job_id(kind: str) -> str:

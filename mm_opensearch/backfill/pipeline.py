@@ -10,6 +10,7 @@ ends up with the vector. Keeping the steps apart lets the model queue never wait
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,3 +217,7 @@ class InlineQueue:
 
     def submit_write(self, job: WriteJob) -> None:
         write_step(self.ctx, job)
+
+    def pending_batch_ids(self, batch_ids: Collection[str]) -> set[str]:
+        """Nothing waits here: a batch runs as it is submitted."""
+        return set()

@@ -106,12 +106,13 @@ def wait_for_job(
     while True:
         counts = store.counts(job_id)
         if counts is None:
-            msg = f"job '{job_id}' does not exist; list jobs with `mm-opensearch jobs status`"
+            msg = (f"job '{job_id}' does not exist: never started, or it finished longer than MMOS_JOB_RETENTION_S "
+                   "ago and its record expired")
             raise MMOpenSearchError(msg)
         if on_progress is not None:
             on_progress(counts)
         if counts.settled:
-            store.set_status(job_id, "finished")
+            store.finish(job_id)
             return replace(counts, status="finished")
         if deadline is not None and time.monotonic() > deadline:
             msg = (
@@ -173,7 +174,7 @@ def run_backfill(
             futures = [pool.submit(_scan_slice, client, store, queue, slice_id=s, **kwargs) for s in range(slices)]
             for future in futures:
                 future.result()
-        store.set_status(job_id, "scanned")
+        store.mark_scanned(job_id)
         if not wait:
             counts = store.counts(job_id)
             assert counts is not None

@@ -21,7 +21,7 @@ from mm_opensearch.augment import (
     run_augment,
     swap_aliases,
 )
-from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder, redis_client
+from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder
 from mm_opensearch.backfill.pipeline import EmbedContext
 from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.cli.jobs import progress_display
@@ -146,7 +146,7 @@ def augment(
     if dry_run:
         return
     _confirm("go ahead?", yes)
-    store = JobStore(redis_client(settings))
+    store = JobStore.from_settings(settings)
     if inline:
         queue = InlineQueue(lambda q: EmbedContext(
             client, store, q, schema, model, image_dir=settings.data_dir,

@@ -21,7 +21,6 @@ from mm_opensearch.backfill import (
     JobStore,
     enqueue,
     follow_changes,
-    redis_client,
     retry_dead_letters,
     wait_for_job,
 )
@@ -44,7 +43,7 @@ def _queue() -> JobQueue:
 
 
 def _store() -> JobStore:
-    return JobStore(redis_client(get_settings()))
+    return JobStore.from_settings(get_settings())
 
 
 @contextmanager
@@ -113,9 +112,12 @@ def job_status(job_id: Annotated[str, typer.Argument(help="Job id, e.g. backfill
     store = _store()
     counts = store.counts(job_id)
     if counts is None:
-        console.print(f"no job '{job_id}'")
+        console.print(f"no job '{job_id}': it never started, or it finished more than MMOS_JOB_RETENTION_S "
+                      f"({get_settings().job_retention_s:g} s) ago and its record expired")
         raise typer.Exit(1)
     print_counts(counts)
+    if counts.expires_in_s is not None:
+        console.print(f"this record expires in {counts.expires_in_s / 3600:.1f} h (MMOS_JOB_RETENTION_S)")
     oldest = store.oldest_in_flight(job_id)
     if oldest is not None:
         console.print(f"the oldest unsettled batch, {oldest[0]}, was sent {oldest[1]:.0f} s ago")
