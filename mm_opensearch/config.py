@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     dev_opensearch_port: int = 9200
     dev_opensearch_transport_port: int = 9300
     dev_opensearch_heap: str = "1g"
+    dev_opensearch_version: str = Field(
+        default="2.19.1",
+        pattern=r"^[23]\.\d+\.\d+$",
+        description="OpenSearch release of the dev node: 2.x (k-NN + neural-search) or 3.x (k-NN; Maven Central "
+        "has no neural-search for 3.x). Tested: 2.19.1 and 3.4.0.",
+    )
     dev_redis_port: int = 6379
     dev_java_home: Path | None = None
 
@@ -220,8 +226,8 @@ class Settings(BaseSettings):
 
     @property
     def jar_cache_dir(self) -> Path:
-        """Jars fetched from Maven Central: shared by every clone on the machine."""
-        return self.cache_dir / "opensearch-2.19.1"
+        """Jars fetched from Maven Central for the dev node's version: shared by every clone on the machine."""
+        return self.cache_dir / f"opensearch-{self.dev_opensearch_version}"
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict that is safe to print (secrets masked)."""

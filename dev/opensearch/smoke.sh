@@ -11,7 +11,7 @@ trap cleanup EXIT
 
 t=$(date +%s.%N)
 mvn -B -q -f "$HERE/pom.xml" -Dmmos.out="$OUT" package
-javac -cp "$OUT/lib/*" -d "$OUT/classes" "$HERE/src/main/java/mmos/Launcher.java"
+javac -cp "$OUT/lib/*" -d "$OUT/classes" $(find "$HERE/src/common" "$HERE/src/v2" -name "*.java")
 echo "fetch+compile: $(echo "$(date +%s.%N) - $t" | bc) s"
 
 mapfile -t JOPTS < <(grep -v '^[[:space:]]*#' "$HERE/jvm.options" | grep -v '^[[:space:]]*$')

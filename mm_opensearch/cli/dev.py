@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from mm_opensearch.config import get_settings
+from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.devservices import OpenSearchNode, RedisServer, ServiceStatus
 
-app = typer.Typer(help="Run a real local OpenSearch 2.19.1 (k-NN) and Redis on 127.0.0.1.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run a real local OpenSearch (2.x or 3.x, with k-NN) and Redis on 127.0.0.1.", no_args_is_help=True
+)
 console = Console()
+
+Version = Annotated[
+    str | None,
+    typer.Option("--version", help="OpenSearch release, e.g. 2.19.1 or 3.4.0 (default: MMOS_DEV_OPENSEARCH_VERSION)."),
+]
+
+
+def _settings(version: str | None) -> Settings:
+    if version is None:
+        return get_settings()
+    try:
+        return Settings(dev_opensearch_version=version)
+    except ValidationError as e:
+        msg = f"'{version}' is not an OpenSearch release this can run; use 2.x.y or 3.x.y, e.g. 2.19.1 or 3.4.0"
+        raise typer.BadParameter(msg, param_hint="--version") from e
 
 
 def _print(statuses: list[ServiceStatus]) -> None:
@@ -21,16 +41,16 @@ def _print(statuses: list[ServiceStatus]) -> None:
 
 
 @app.command()
-def fetch() -> None:
-    """Download the OpenSearch jars from Maven Central (cached per machine) and build the launcher."""
-    path = OpenSearchNode(get_settings()).fetch()
+def fetch(version: Version = None) -> None:
+    """Download the OpenSearch jars from Maven Central (cached per machine and version) and build the launcher."""
+    path = OpenSearchNode(_settings(version)).fetch()
     console.print(f"OpenSearch jars ready in {path}")
 
 
 @app.command()
-def up() -> None:
+def up(version: Version = None) -> None:
     """Start OpenSearch and Redis (harmless when they already run)."""
-    settings = get_settings()
+    settings = _settings(version)
     with console.status("starting Redis"):
         redis_status = RedisServer(settings).start()
     with console.status("starting OpenSearch (first start fetches jars; ~30 s)"):

@@ -1,17 +1,22 @@
-"""A real single-node OpenSearch 2.19.1 (k-NN, and neural-search when it loads) in one JVM.
+"""A real single-node OpenSearch (2.x with k-NN and neural-search, or 3.x with k-NN) in one JVM.
 
 The jars come from Maven Central through a fetch-only ``pom.xml``; a small Java launcher subclasses
 ``org.opensearch.node.Node`` with classpath plugins. No Docker and no tarball are needed, so the
-same code runs on a laptop, in CI and inside the test suite.
+same code runs on a laptop, in CI and inside the test suite. What differs between the majors (module
+class names, how plugins reach the node, the JDK: 3.x needs 21 or later) is settled here and in
+``dev/opensearch/src/v2`` / ``src/v3``; the data folder remembers which release wrote it, because a
+node cannot open data written by a newer major.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,36 +26,90 @@ from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
-__all__ = ["OpenSearchNode", "find_java"]
+__all__ = ["OpenSearchNode", "Release", "find_java", "jvm_options"]
 
-_JDK_HINT = "install a JDK 17 (apt-get install -y openjdk-17-jdk-headless) or set MMOS_DEV_JAVA_HOME"
+_JDK_DIRS = "/usr/lib/jvm/*/bin/java"  # where Debian and Temurin packages put their JDKs
+
+
+@dataclass(frozen=True)
+class Release:
+    """One OpenSearch release the dev node can run, and what it needs."""
+
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def plugin_version(self) -> str:
+        return f"{self.version}.0"  # k-NN and neural-search release with the core: 2.19.1 -> 2.19.1.0
+
+    @property
+    def java_range(self) -> tuple[int, int | None]:
+        """JDK majors it runs on: 2.x 11-23 (its jvm.options and security manager), 3.x 21 and later."""
+        return (11, 23) if self.major == 2 else (21, None)
+
+    def java_hint(self) -> str:
+        low, high = self.java_range
+        wanted = f"a JDK {low}-{high}" if high else f"a JDK {low} or later"
+        example = "openjdk-17-jdk-headless" if self.major == 2 else "a Temurin 21+ JDK"
+        return f"OpenSearch {self.version} needs {wanted}: install one ({example}) or set MMOS_DEV_JAVA_HOME"
 
 
 def _java_major(java: Path) -> int:
     done = subprocess.run([str(java), "-version"], capture_output=True, text=True, check=False)  # noqa: S603
     match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr)
     if not match:
-        msg = f"could not read the version of {java} ({done.stderr.strip()[:200]}); {_JDK_HINT}"
+        msg = f"could not read the version of {java} ({done.stderr.strip()[:200]}); set MMOS_DEV_JAVA_HOME to a JDK"
         raise DevServiceError(msg)
     major = int(match.group(1))
     return int(match.group(2)) if major == 1 else major
 
 
 def find_java(settings: Settings) -> Path:
-    """The ``java`` binary to run the node with; OpenSearch 2.19 needs Java 11 to 23."""
+    """The ``java`` binary to run the configured release with: the first in range of MMOS_DEV_JAVA_HOME,
+    JAVA_HOME, ``java`` on PATH and the JDKs under /usr/lib/jvm."""
+    release = Release(settings.dev_opensearch_version)
+    low, high = release.java_range
     candidates: list[Path] = []
     for home in (settings.dev_java_home, os.environ.get("JAVA_HOME")):
         if home:
             candidates.append(Path(home) / "bin" / "java")
-    on_path = shutil.which("java")
-    if on_path:
-        candidates.append(Path(on_path))
+    if settings.dev_java_home is None:  # an explicit MMOS_DEV_JAVA_HOME is the only choice
+        on_path = shutil.which("java")
+        if on_path:
+            candidates.append(Path(on_path))
+        candidates += [Path(p) for p in sorted(glob.glob(_JDK_DIRS))]
+    seen: list[str] = []
     for java in candidates:
-        if java.is_file() and 11 <= _java_major(java) <= 23:
+        if not java.is_file():
+            seen.append(f"{java} (missing)")
+            continue
+        major = _java_major(java)
+        if low <= major and (high is None or major <= high):
             return java
-    seen = ", ".join(str(c) for c in candidates) or "none"
-    msg = f"no Java 11-23 runtime found (looked at: {seen}); {_JDK_HINT}"
+        seen.append(f"{java} (Java {major})")
+    msg = f"no suitable Java found (looked at: {', '.join(seen) or 'none'}); {release.java_hint()}"
     raise DevServiceError(msg)
+
+
+def jvm_options(text: str, java_major: int) -> list[str]:
+    """The flags of a ``jvm.options`` text for this JDK; ``N:``, ``N-:`` and ``N-M:`` prefixes as OpenSearch's."""
+    flags = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^(\d+)(-)?(\d+)?:(.*)$", line)
+        if match:
+            low = int(match.group(1))
+            high = int(match.group(3)) if match.group(3) else (None if match.group(2) else low)
+            if java_major < low or (high is not None and java_major > high):
+                continue
+            line = match.group(4)
+        flags.append(line)
+    return flags
 
 
 def _digest(*paths: Path) -> str:
@@ -66,6 +125,7 @@ class OpenSearchNode:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.release = Release(settings.dev_opensearch_version)
         self.port = settings.dev_opensearch_port
         self.transport_port = settings.dev_opensearch_transport_port
         self.source = opensearch_launcher_dir()
@@ -76,8 +136,13 @@ class OpenSearchNode:
 
     # --- fetch ----------------------------------------------------------------------------
     @property
+    def _sources(self) -> list[Path]:
+        """The launcher's common part and the part for this major."""
+        return [self.source / "src" / "common", self.source / "src" / f"v{self.release.major}"]
+
+    @property
     def _classes(self) -> Path:
-        return self.jars / f"classes-{_digest(self.source / 'src')}"
+        return self.jars / f"classes-{_digest(*self._sources)}"
 
     def fetch(self) -> Path:
         """Download the jars once per machine (keyed by the pom) and compile the launcher."""
@@ -88,7 +153,11 @@ class OpenSearchNode:
                 msg = "Maven ('mvn') is not installed; install it with: apt-get install -y maven"
                 raise DevServiceError(msg)
             self.jars.mkdir(parents=True, exist_ok=True)
-            argv = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.source / "pom.xml"), f"-Dmmos.out={self.jars}", "package"]
+            argv = [
+                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.source / "pom.xml"), f"-Dmmos.out={self.jars}",
+                f"-Dopensearch.version={self.release.version}", f"-Dplugin.version={self.release.plugin_version}",
+                f"-Dmmos.major={self.release.major}", "package",
+            ]
             done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
@@ -107,14 +176,14 @@ class OpenSearchNode:
         javac = find_java(self.settings).with_name("javac")
         if not javac.exists():
             javac = Path(shutil.which("javac") or "javac")
-        sources = [str(p) for p in (self.source / "src").rglob("*.java")]
+        sources = [str(p) for folder in self._sources for p in folder.rglob("*.java")]
         staging = self._classes.with_suffix(".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         argv = [str(javac), "-nowarn", "-cp", f"{self.jars / 'lib'}/*", "-d", str(staging), *sources]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
         except FileNotFoundError as e:
-            msg = f"javac not found; {_JDK_HINT}"
+            msg = f"javac not found next to the java binary; {self.release.java_hint()}"
             raise DevServiceError(msg) from e
         if done.returncode != 0:
             msg = f"compiling the OpenSearch launcher failed:\n{done.stderr[-2000:]}"
@@ -122,9 +191,19 @@ class OpenSearchNode:
         staging.rename(self._classes)
 
     # --- run ------------------------------------------------------------------------------
-    def _jvm_options(self) -> list[str]:
-        lines = (self.source / "jvm.options").read_text().splitlines()
-        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    def _check_data_version(self) -> None:
+        """Refuse data written by a newer major (the node would fail deep in its start); remember ours."""
+        marker = self.home / "mmos-version"
+        if marker.exists():
+            written = Release(marker.read_text().strip())
+            if written.major > self.release.major:
+                msg = (
+                    f"the dev node's data in {self.home} was written by OpenSearch {written.version}, which "
+                    f"{self.release.version} cannot read; start {written.version} "
+                    f"(MMOS_DEV_OPENSEARCH_VERSION={written.version}) or delete {self.home} to start empty"
+                )
+                raise DevServiceError(msg)
+        marker.write_text(self.release.version)
 
     def _health(self) -> dict | None:
         try:
@@ -140,16 +219,24 @@ class OpenSearchNode:
         """Start the node (no-op when ours is already up) and wait for a yellow/green cluster."""
         if self.process.pid() is not None:
             self.process.wait_until(lambda: self._health() is not None, timeout_s)
+            running = self.version()
+            if running != self.release.version:
+                msg = (
+                    f"the dev node on port {self.port} runs OpenSearch {running}, not {self.release.version}; "
+                    "stop it first with `mm-opensearch dev down`"
+                )
+                raise DevServiceError(msg)
             return self.status()
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_PORT")
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_TRANSPORT_PORT", self.transport_port)
         self.fetch()
         java = find_java(self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
+        self._check_data_version()
         heap = self.settings.dev_opensearch_heap
         argv = [
             str(java),
-            *self._jvm_options(),
+            *jvm_options((self.source / "jvm.options").read_text(), _java_major(java)),
             f"-Xms{heap}",
             f"-Xmx{heap}",
             "-cp",
@@ -166,6 +253,12 @@ class OpenSearchNode:
     def stop(self) -> bool:
         return self.process.stop(timeout_s=60)
 
+    def version(self) -> str:
+        """The release the running node reports (``GET /``)."""
+        response = httpx.get(self.url, timeout=5)
+        response.raise_for_status()
+        return str(response.json()["version"]["number"])
+
     def plugins(self) -> list[str]:
         """Names of the plugins the running node loaded (``GET _cat/plugins``)."""
         response = httpx.get(f"{self.url}/_cat/plugins", params={"h": "component", "format": "json"}, timeout=5)
@@ -178,5 +271,5 @@ class OpenSearchNode:
         if health is None:
             detail = "starting or unhealthy" if pid else "not running"
             return ServiceStatus("opensearch", False, pid, self.port, detail)
-        detail = f"cluster {health['status']}, plugins: {', '.join(self.plugins()) or 'none'}"
+        detail = f"{self.version()}, cluster {health['status']}, plugins: {', '.join(self.plugins()) or 'none'}"
         return ServiceStatus("opensearch", True, pid, self.port, detail)

@@ -32,6 +32,18 @@ def client(settings: Settings) -> Iterator[OpenSearch]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def cluster_version(client: OpenSearch) -> tuple[int, ...]:
+    """The release the test node runs (the matrix runs the suite on 2.x and 3.x)."""
+    return tuple(int(part) for part in client.info()["version"]["number"].split(".")[:3])
+
+
+@pytest.fixture(scope="session")
+def neural_search(client: OpenSearch) -> bool:
+    """Whether the node has neural-search, so the server fusion path is there."""
+    return any("neural" in row["component"].lower() for row in client.cat.plugins(format="json"))
+
+
 @pytest.fixture
 def index_name(client: OpenSearch) -> Iterator[str]:
     """A fresh index name per test, deleted afterwards."""

@@ -125,7 +125,7 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
 
 def test_augment_in_place_when_knn_is_already_on(
     client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
-    myntra_dir: Path,
+    myntra_dir: Path, cluster_version: tuple[int, ...],
 ) -> None:
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=200))
@@ -142,4 +142,7 @@ def test_augment_in_place_when_knn_is_already_on(
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
     run_augment(client, plan, embedder, schema=schema)
     assert len(fused_vectors(client, index_name)) == len(products)
-    assert inspect_index(client, index_name, schema).vectors_in_source  # a static setting: in place, they stay
+    # A static setting, so in place it stays what the index was created with: off on 2.x, and on by default
+    # for every k-NN index on 3.x.
+    derived_by_default = cluster_version >= (3,)
+    assert inspect_index(client, index_name, schema).vectors_in_source is not derived_by_default

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.services
 N_PRODUCTS = 120
 RRF = FusionOptions(method="rrf", rank_constant=60)
 MIN_MAX = FusionOptions(method="linear", normalization="min_max", weights=(0.3, 0.7))
+SERVER = pytest.param("server", marks=pytest.mark.neural_search)  # the server path needs the plugin (2.x here)
 L2 = FusionOptions(method="linear", normalization="l2", weights=(0.6, 0.4))
 
 
@@ -74,12 +75,13 @@ def tie_groups(response: SearchResponse) -> list[frozenset[str]]:
     return [frozenset(h.id for h in group) for _, group in groupby(response.hits, key=lambda h: round(h.score, 5))]
 
 
+@pytest.mark.neural_search
 def test_the_node_has_neural_search(searcher: HybridSearcher) -> None:
     assert searcher.has_neural_search()
 
 
 @pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
-@pytest.mark.parametrize("path", ["server", "client"])
+@pytest.mark.parametrize("path", [SERVER, "client"])
 def test_filters_apply_to_every_leg(searcher: HybridSearcher, products: list[Product], mode: str, path: str) -> None:
     women = {p.id for p in products if p.source["gender"] == "Women"}
     request = SearchRequest(
@@ -105,7 +107,7 @@ def test_range_and_terms_filters_reach_the_knn_leg(searcher: HybridSearcher, pro
     assert set(ids(response)) == cheap_casual
 
 
-@pytest.mark.parametrize("path", ["server", "client"])
+@pytest.mark.parametrize("path", [SERVER, "client"])
 @pytest.mark.parametrize("fusion", [RRF, MIN_MAX])
 def test_pages_have_no_duplicates_or_gaps(searcher: HybridSearcher, path: str, fusion: FusionOptions) -> None:
     whole = searcher.search(SearchRequest("blue shirt men", size=42, depth=42, fusion=fusion, fusion_path=path))  # type: ignore[arg-type]
@@ -120,7 +122,8 @@ def test_pages_have_no_duplicates_or_gaps(searcher: HybridSearcher, path: str, f
     assert tie_groups(paged) == tie_groups(whole)
 
 
-@pytest.mark.parametrize(("mode", "path"), [("bm25", "auto"), ("vector", "auto"), ("hybrid", "server"),
+@pytest.mark.parametrize(("mode", "path"), [("bm25", "auto"), ("vector", "auto"),
+                                           pytest.param("hybrid", "server", marks=pytest.mark.neural_search),
                                            ("hybrid", "client")])
 def test_ids_only_ranks_like_a_search_with_documents(searcher: HybridSearcher, mode: str, path: str) -> None:
     request = SearchRequest("blue shirt men", mode=mode, size=20, from_=5, fusion_path=path)  # type: ignore[arg-type]
@@ -131,6 +134,7 @@ def test_ids_only_ranks_like_a_search_with_documents(searcher: HybridSearcher, m
     assert all(h.source == {} for h in bare.hits)
 
 
+@pytest.mark.neural_search
 @pytest.mark.parametrize("fusion", [RRF, MIN_MAX, L2])
 def test_server_and_client_fusion_agree_within_ties(searcher: HybridSearcher, fusion: FusionOptions) -> None:
     for query in ("red floral dress", "black watch", "nike sports shoes", "white tshirt women"):
@@ -141,7 +145,7 @@ def test_server_and_client_fusion_agree_within_ties(searcher: HybridSearcher, fu
         assert tie_groups(server)[:-1] == tie_groups(client)[:-1]  # the last group may be cut by the page
 
 
-@pytest.mark.parametrize("path", ["server", "client"])
+@pytest.mark.parametrize("path", [SERVER, "client"])
 @pytest.mark.parametrize("fusion", [RRF, MIN_MAX])
 def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fusion: FusionOptions) -> None:
     request = SearchRequest("red floral dress", size=40, depth=40, fusion=fusion, explain=True, fusion_path=path)  # type: ignore[arg-type]
@@ -163,6 +167,7 @@ def test_explain_reproduces_the_ranking(searcher: HybridSearcher, path: str, fus
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.neural_search
 def test_an_index_of_several_shards_is_fused_on_the_client(
     client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
 ) -> None:
@@ -261,11 +266,12 @@ def test_a_tower_of_another_model_is_refused(
 
 
 def test_without_a_tower_searches_degrade_to_bm25(
-    client: OpenSearch, settings: Settings, product_index: str, searcher: HybridSearcher
+    client: OpenSearch, settings: Settings, product_index: str, searcher: HybridSearcher, neural_search: bool
 ) -> None:
     towerless = HybridSearcher(client, settings, index=product_index, tower_error="model folder missing")
     bm25 = searcher.search(SearchRequest("blue shirt", mode="bm25"))
-    for mode, path in (("vector", "auto"), ("hybrid", "server"), ("hybrid", "client")):
+    paths = ("server", "client") if neural_search else ("auto", "client")
+    for mode, path in (("vector", "auto"), *(("hybrid", path) for path in paths)):
         response = towerless.search(SearchRequest("blue shirt", mode=mode, fusion_path=path))  # type: ignore[arg-type]
         assert response.degraded and response.mode == "bm25" and response.requested_mode == mode
         assert "model folder missing" in (response.degraded_reason or "")

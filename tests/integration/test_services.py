@@ -24,9 +24,9 @@ SCHEMA = CatalogSchema(
 )
 
 
-def test_node_is_opensearch_2_19_1_with_knn(client: OpenSearch) -> None:
+def test_node_runs_the_configured_release_with_knn(client: OpenSearch, settings: Settings) -> None:
     info = client.info()
-    assert info["version"]["number"] == "2.19.1"
+    assert info["version"]["number"] == settings.dev_opensearch_version
     assert client.cluster.health()["status"] in {"green", "yellow"}
     plugins = {row["component"] for row in client.cat.plugins(format="json")}
     assert any("KNNPlugin" in p or p == "opensearch-knn" for p in plugins)
@@ -161,8 +161,17 @@ def test_port_in_use_gives_a_clear_error(tmp_path: Path) -> None:
 def test_missing_jdk_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    with pytest.raises(DevServiceError, match="openjdk-17-jdk-headless.*MMOS_DEV_JAVA_HOME"):
-        find_java(Settings(dev_java_home=tmp_path / "no-jdk"))
+    with pytest.raises(DevServiceError, match="2.19.1 needs a JDK 11-23.*openjdk-17-jdk-headless.*MMOS_DEV_JAVA_HOME"):
+        find_java(Settings(dev_java_home=tmp_path / "no-jdk", dev_opensearch_version="2.19.1"))
+
+
+def test_3x_without_a_jdk_21_says_so(tmp_path: Path) -> None:
+    """3.x needs Java 21+: a JDK 17 given explicitly is refused by name, not started to fail later."""
+    jdk17 = Path("/usr/lib/jvm/java-17-openjdk-amd64")
+    if not (jdk17 / "bin" / "java").exists():
+        pytest.fail(f"this test needs the JDK 17 that scripts/setup.sh expects at {jdk17}")
+    with pytest.raises(DevServiceError, match=r"(?s)java-17.*\(Java 17\).*3\.4\.0 needs a JDK 21 or later"):
+        find_java(Settings(dev_java_home=jdk17, dev_opensearch_version="3.4.0"))
 
 
 def test_maven_failure_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,18 +1,12 @@
 package mmos;
 
-import org.opensearch.analysis.common.CommonAnalysisPlugin;
 import org.opensearch.common.logging.LogConfigurator;
 import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
-import org.opensearch.index.mapper.MapperExtrasPlugin;
-import org.opensearch.index.reindex.ReindexPlugin;
-import org.opensearch.knn.plugin.KNNPlugin;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
-import org.opensearch.painless.PainlessPlugin;
 import org.opensearch.plugins.ExtensiblePlugin;
 import org.opensearch.plugins.Plugin;
-import org.opensearch.transport.Netty4Plugin;
 
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
@@ -20,15 +14,19 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.ArrayList;
-import java.util.Collection;
 import java.util.Collections;
 import java.util.List;
 import java.util.ServiceLoader;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
-/** Single-node OpenSearch 2.19.1 with classpath plugins. Usage: mmos.Launcher HOME [key=value ...] */
-public final class Launcher extends Node {
+/**
+ * Single-node OpenSearch with classpath plugins. Usage: mmos.Launcher HOME [key=value ...]
+ *
+ * What differs between majors (plugin class names, how plugins are handed to {@link Node}) lives in
+ * {@code MajorNode}, compiled from src/v2 or src/v3 beside this file.
+ */
+public final class Launcher {
     private static final String NEURAL = "org.opensearch.neuralsearch.plugin.NeuralSearch";
     private static final String LOG4J = String.join("\n",
         "status = error",
@@ -48,9 +46,17 @@ public final class Launcher extends Node {
         "logger.wlm.name = org.opensearch.wlm.QueryGroupTask",
         "logger.wlm.level = error", "");
 
-    private Launcher(Environment env, Collection<Class<? extends Plugin>> plugins) {
-        super(env, plugins, true);
-    }
+    /** Extensions found through SPI on the classpath (what PluginsService does for plugins from zips). */
+    static final ExtensiblePlugin.ExtensionLoader SPI_EXTENSIONS = new ExtensiblePlugin.ExtensionLoader() {
+        @Override
+        public <T> List<T> loadExtensions(Class<T> type) {
+            List<T> found = new ArrayList<>();
+            ServiceLoader.load(type).forEach(found::add);
+            return found;
+        }
+    };
+
+    private Launcher() {}
 
     public static void main(String[] args) {
         PrintStream err = System.err; // LogConfigurator later redirects System.out/err into log4j
@@ -85,25 +91,15 @@ public final class Launcher extends Node {
             LogConfigurator.registerErrorListener();
             LogConfigurator.configure(env);
 
-            List<Class<? extends Plugin>> plugins = new ArrayList<>(List.of(Netty4Plugin.class, CommonAnalysisPlugin.class,
-                MapperExtrasPlugin.class, ReindexPlugin.class, PainlessPlugin.class, KNNPlugin.class));
+            List<Class<? extends Plugin>> plugins = new ArrayList<>(MajorNode.PLUGINS);
             try {
                 plugins.add(Class.forName(NEURAL).asSubclass(Plugin.class));
             } catch (ClassNotFoundException e) {
                 err.println("mmos: " + NEURAL + " not on the classpath, starting without neural-search");
             }
-            // PluginsService never calls ExtensiblePlugin.loadExtensions for classpath plugins. Painless keeps its
-            // allow-lists in a static map, so feed it the PainlessExtensions (k-NN, analysis-common) found via SPI.
-            new PainlessPlugin().loadExtensions(new ExtensiblePlugin.ExtensionLoader() {
-                @Override
-                public <T> List<T> loadExtensions(Class<T> type) {
-                    List<T> found = new ArrayList<>();
-                    ServiceLoader.load(type).forEach(found::add);
-                    return found;
-                }
-            });
+            MajorNode.loadPainlessExtensions();
 
-            Node node = new Launcher(env, plugins);
+            Node node = MajorNode.create(env, plugins);
             CountDownLatch stopped = new CountDownLatch(1);
             Runtime.getRuntime().addShutdownHook(new Thread(() -> {
                 try {

@@ -1,0 +1,60 @@
+"""What differs between OpenSearch majors in the dev services: the JDK range and jvm.options lines per JDK."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from mm_opensearch.config import Settings
+from mm_opensearch.devservices.opensearch import Release, jvm_options
+from mm_opensearch.resources import opensearch_launcher_dir
+
+OPTIONS = """
+# a comment
+-XX:+UseG1GC
+11-22:-Djava.locale.providers=SPI,COMPAT
+23-:-Djava.locale.providers=SPI,CLDR
+17:-Donly.seventeen=true
+"""
+
+
+@pytest.mark.parametrize(
+    ("java", "expected"),
+    [
+        (17, ["-XX:+UseG1GC", "-Djava.locale.providers=SPI,COMPAT", "-Donly.seventeen=true"]),
+        (21, ["-XX:+UseG1GC", "-Djava.locale.providers=SPI,COMPAT"]),
+        (25, ["-XX:+UseG1GC", "-Djava.locale.providers=SPI,CLDR"]),
+    ],
+)
+def test_jvm_options_lines_apply_to_their_jdk_majors(java: int, expected: list[str]) -> None:
+    assert jvm_options(OPTIONS, java) == expected
+
+
+def test_the_shipped_jvm_options_leave_no_removed_flag_on_a_new_jdk() -> None:
+    text = (opensearch_launcher_dir() / "jvm.options").read_text()
+    assert "-Djava.locale.providers=SPI,COMPAT" in jvm_options(text, 17)
+    on_25 = jvm_options(text, 25)
+    assert "-Djava.locale.providers=SPI,COMPAT" not in on_25  # COMPAT is gone from JDK 23 on
+    assert "--add-modules=jdk.incubator.vector" in on_25
+    assert not [flag for flag in on_25 if re.match(r"^\d", flag)]  # no JDK prefix left on a flag
+
+
+@pytest.mark.parametrize(
+    ("version", "plugin", "java"), [("2.19.1", "2.19.1.0", (11, 23)), ("3.4.0", "3.4.0.0", (21, None))]
+)
+def test_each_release_names_its_plugins_and_jdk(version: str, plugin: str, java: tuple[int, int | None]) -> None:
+    release = Release(version)
+    assert (release.plugin_version, release.java_range) == (plugin, java)
+    assert version in release.java_hint() and "MMOS_DEV_JAVA_HOME" in release.java_hint()
+
+
+@pytest.mark.parametrize("version", ["4.0.0", "2.19", "latest", "1.3.20"])
+def test_an_unknown_release_is_refused_by_the_setting(version: str) -> None:
+    with pytest.raises(ValidationError, match="dev_opensearch_version"):
+        Settings(dev_opensearch_version=version)
+
+
+def test_each_release_has_its_own_jar_cache() -> None:
+    assert Settings(dev_opensearch_version="2.19.1").jar_cache_dir != Settings(dev_opensearch_version="3.4.0").jar_cache_dir
