@@ -12,6 +12,10 @@ candidates while the tower runs, and only the k-NN leg waits for the vector. Aga
 one ``_msearch`` after encoding, this took client hybrid from p50 8.3 / p99 14.0 ms to 7.6 / 11.9 ms
 (``bench/query.py`` queries, default model, demo index, the two taking turns in one process).
 
+Candidate ids are read from ``mm_id`` doc values where every document of the index has one, else
+from the stored ``_id`` (an index augmented in place before its documents got one; see
+:mod:`mm_opensearch.hybrid.query`), never from ``_id`` field data.
+
 A missing query tower or an index without vectors does not fail a search: it is answered from
 BM25 alone and marked ``degraded``. A tower of *another* model than the index's vectors is
 refused (:class:`IndexCompatibilityError`): its vectors would be silently meaningless.
@@ -24,7 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -40,8 +45,10 @@ from mm_opensearch.hybrid.filters import build_filters
 from mm_opensearch.hybrid.fusion import FusedHit, FusionOptions, LegScore, fuse, tuned_fusion
 from mm_opensearch.hybrid.pipelines import PipelineRegistry
 from mm_opensearch.hybrid.query import (
+    CANDIDATES_ONLY,
     VectorKind,
     candidate_id,
+    candidates_only,
     hybrid_request,
     knn_query,
     leg_request,
@@ -49,7 +56,7 @@ from mm_opensearch.hybrid.query import (
     page_request,
 )
 from mm_opensearch.hybrid.tower import QueryTower, load_query_tower
-from mm_opensearch.indexing.mappings import check_model_compatible, read_model_meta
+from mm_opensearch.indexing.mappings import ID_FIELD, check_model_compatible, read_model_meta
 
 __all__ = [
     "SearchMode",
@@ -169,10 +176,39 @@ class SearchResponse:
 
 @dataclass(frozen=True)
 class _IndexFacts:
-    """What a searcher needs to know of its index: the mapping (model, vectors) and the shards a search reaches."""
+    """What a searcher needs to know of its index: the mapping (model, vectors), the shards a search
+    reaches, and whether every document has ``mm_id`` (candidate ids from doc values, not stored ``_id``)."""
 
     mapping: dict[str, Any]
     shards: int
+    ids_complete: bool
+
+
+class _Deadline:
+    """When one search must be answered by: every call to the node gets what is left of it."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self._at = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def passed(self) -> SearchUnavailableError:
+        """The error of a search that ran out of time."""
+        msg = f"OpenSearch did not answer within MMOS_SEARCH_TIMEOUT_S ({self.timeout_s:g} s); retry in a few seconds"
+        return SearchUnavailableError(msg)
+
+    def left(self) -> float | None:
+        """Seconds left (None: no deadline); SearchUnavailableError once none are."""
+        if self._at is None:
+            return None
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise self.passed()
+        return left
+
+    def params(self) -> dict[str, float]:
+        """The ``request_timeout`` parameter for the next call (none without a deadline)."""
+        left = self.left()
+        return {} if left is None else {"request_timeout": left}
 
 
 def _unavailable(e: Exception) -> SearchUnavailableError:
@@ -185,6 +221,8 @@ class HybridSearcher:
 
     ``tower_error`` says why no tower is loaded; searches then run degraded. ``default_fusion``
     applies to requests without fusion options (pass the weights tuned by evaluation here).
+    ``timeout_s`` is the deadline of one whole search (None: each call has the client's timeout);
+    give it a client that does not retry timeouts.
     """
 
     def __init__(
@@ -196,8 +234,10 @@ class HybridSearcher:
         tower: QueryTower | None = None,
         tower_error: str | None = None,
         default_fusion: FusionOptions | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.client = client
+        self.timeout_s = timeout_s
         self.schema = CatalogSchema.from_settings(settings)
         self.lexical_match_type = settings.lexical_match_type
         self.index = index or settings.read_alias or settings.index_name
@@ -228,31 +268,52 @@ class HybridSearcher:
                 raise _unavailable(e) from e
             raise
 
-    def plugins(self) -> frozenset[str]:
+    def plugins(self, deadline: _Deadline | None = None) -> frozenset[str]:
         """Plugin names from ``_cat/plugins``, asked once per searcher."""
         if self._plugins is None:
-            rows = self._call(lambda: self.client.cat.plugins(format="json"))
+            timeout = (deadline or _Deadline(self.timeout_s)).params()
+            rows = self._call(lambda: self.client.cat.plugins(format="json", params=timeout or None))
             self._plugins = frozenset(row["component"] for row in rows)
         return self._plugins
 
-    def has_neural_search(self) -> bool:
+    def has_neural_search(self, deadline: _Deadline | None = None) -> bool:
         """Whether the cluster can fuse ``hybrid`` queries itself."""
-        return bool(self.plugins() & NEURAL_SEARCH_PLUGINS)
+        return bool(self.plugins(deadline) & NEURAL_SEARCH_PLUGINS)
 
-    def _index_facts(self) -> _IndexFacts:
+    def _index_facts(self, deadline: _Deadline | None = None) -> _IndexFacts:
         with self._lock:
             if self._facts is not None and time.monotonic() - self._facts[0] < _META_TTL_S:
                 return self._facts[1]
+        deadline = deadline or _Deadline(self.timeout_s)
         response = self._call(lambda: self.client.indices.get(
-            index=self.index, filter_path=["*.mappings", "*.settings.index.number_of_shards"]
+            index=self.index,
+            filter_path=["*.mappings", "*.settings.index.number_of_shards"],
+            params=deadline.params() or None,
         ))
+        without_id = {"query": {"bool": {"must_not": [{"exists": {"field": ID_FIELD}}]}}}
+        lacking = int(self._call(lambda: self.client.count(
+            index=self.index, body=without_id, params=deadline.params() or None
+        ))["count"])
+        if lacking:
+            logger.info(
+                "index '%s': %d documents have no %s, so candidate ids are read from the stored _id (slower); "
+                "`mm-opensearch index augment %s` fills them", self.index, lacking, ID_FIELD, self.index,
+            )
         facts = _IndexFacts(
             mapping=next(iter(response.values())).get("mappings", {}),  # an alias's indices share one model
             shards=sum(int(body["settings"]["index"]["number_of_shards"]) for body in response.values()),
+            ids_complete=lacking == 0,
         )
         with self._lock:
             self._facts = (time.monotonic(), facts)
         return facts
+
+    def _ids_incomplete(self) -> None:
+        """A document without ``mm_id`` was found (written since the facts were read): use stored ids until they are."""
+        with self._lock:
+            if self._facts is not None:
+                when, facts = self._facts
+                self._facts = (when, replace(facts, ids_complete=False))
 
     def close(self) -> None:
         """Stop the lexical-leg threads and close the client (a serving process's shutdown)."""
@@ -268,8 +329,10 @@ class HybridSearcher:
 
     # --- the query vector (or why there is none) ---------------------------------------------
 
-    def _query_vector(self, request: SearchRequest, timings: dict[str, float]) -> tuple[np.ndarray | None, str | None]:
-        mapping = self._index_facts().mapping
+    def _query_vector(
+        self, request: SearchRequest, timings: dict[str, float], deadline: _Deadline
+    ) -> tuple[np.ndarray | None, str | None]:
+        mapping = self._index_facts(deadline).mapping
         meta = read_model_meta(mapping)
         if meta is None:
             return None, f"index '{self.index}' has no vectors (run `mm-opensearch index augment {self.index}`)"
@@ -297,6 +360,7 @@ class HybridSearcher:
     def search(self, request: SearchRequest) -> SearchResponse:
         """Run ``request``; see the module docstring for paths, paging and degradation."""
         started = time.perf_counter()
+        deadline = _Deadline(self.timeout_s)
         timings: dict[str, float] = {}
         filters = build_filters(request.filters, self.schema.filter_fields)
         lexical = lexical_query(
@@ -306,30 +370,30 @@ class HybridSearcher:
         pipeline: str | None = None
         lexical_leg: Future[_Candidates] | None = None
         if request.mode == "hybrid":
-            pipeline = self._server_pipeline(request, fusion)
+            pipeline = self._server_pipeline(request, fusion, deadline)
             if pipeline is None:  # client fusion: the node ranks BM25 candidates while the query is encoded
-                lexical_leg = self._start_lexical(lexical, request.candidates)
+                lexical_leg = self._start_lexical(lexical, request.candidates, deadline)
         vector, degraded_reason = (None, None)
         if request.mode != "bm25":
-            vector, degraded_reason = self._query_vector(request, timings)
+            vector, degraded_reason = self._query_vector(request, timings, deadline)
         mode: SearchMode = request.mode if vector is not None else "bm25"
         path: Literal["server", "client"] | None = None
         if mode == "bm25":
             if lexical_leg is not None:  # degraded: a page of BM25 with documents, not candidates
                 lexical_leg.cancel()
-            hits = self._single_leg("lexical", lexical, request, timings)
+            hits = self._single_leg("lexical", lexical, request, timings, deadline)
         elif mode == "vector":
             assert vector is not None
             knn = knn_query(request.vector, vector, request.candidates, filters)
-            hits = self._single_leg("vector", knn, request, timings)
+            hits = self._single_leg("vector", knn, request, timings, deadline)
         else:
             assert vector is not None
             knn = knn_query(request.vector, vector, request.candidates, filters)
             if pipeline is not None:
-                path, hits = "server", self._server_hybrid(pipeline, lexical, knn, request, timings)
+                path, hits = "server", self._server_hybrid(pipeline, lexical, knn, request, timings, deadline)
             else:
                 assert lexical_leg is not None
-                path, hits = "client", self._client_hybrid(lexical_leg, knn, request, fusion, timings)
+                path, hits = "client", self._client_hybrid(lexical_leg, knn, request, fusion, timings, deadline)
         timings["total"] = (time.perf_counter() - started) * 1000
         return SearchResponse(
             hits=hits,
@@ -342,31 +406,54 @@ class HybridSearcher:
             timings_ms=timings,
         )
 
-    def _search(self, body: dict[str, Any], **params: Any) -> dict[str, Any]:
+    def _search(self, body: dict[str, Any], deadline: _Deadline, **params: Any) -> dict[str, Any]:
+        params.update(deadline.params())
         return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
 
+    def _candidate_search(
+        self, body: dict[str, Any], deadline: _Deadline, **params: Any
+    ) -> tuple[dict[str, Any], list[str]]:
+        """A search for ids and scores (``body`` without its id entries) and the ids of its hits.
+
+        The ids come from ``mm_id`` doc values where every document has one. A hit without one (a
+        document written since without it) sends the search again for stored ``_id`` instead.
+        """
+        bare = {key: value for key, value in body.items() if key not in CANDIDATES_ONLY}
+        by_doc_values = self._index_facts(deadline).ids_complete
+        response = self._search({**bare, **candidates_only(by_doc_values)}, deadline, **params)
+        ids = [candidate_id(hit) for hit in response["hits"]["hits"]]
+        if None in ids:
+            self._ids_incomplete()
+            response = self._search({**bare, **candidates_only(False)}, deadline, **params)
+            ids = [candidate_id(hit) for hit in response["hits"]["hits"]]
+        return response, [str(doc_id) for doc_id in ids]
+
     def _single_leg(
-        self, leg: str, query: dict[str, Any], request: SearchRequest, timings: dict[str, float]
+        self, leg: str, query: dict[str, Any], request: SearchRequest, timings: dict[str, float], deadline: _Deadline
     ) -> list[SearchHit]:
         body = leg_request(query, size=request.size, from_=request.from_, source=request.with_source)
-        response = self._search(body)
+        if request.with_source:
+            response = self._search(body, deadline)
+            ids = [hit["_id"] for hit in response["hits"]["hits"]]
+        else:
+            response, ids = self._candidate_search(body, deadline)
         timings[leg] = float(response["took"])
         return [
             SearchHit(
-                id=hit["_id"] if request.with_source else candidate_id(hit),
+                id=doc_id,
                 score=hit["_score"],
                 source=hit.get("_source", {}),
                 legs={leg: LegScore(request.from_ + position, hit["_score"])} if request.explain else None,
             )
-            for position, hit in enumerate(response["hits"]["hits"], start=1)
+            for position, (doc_id, hit) in enumerate(zip(ids, response["hits"]["hits"], strict=True), start=1)
         ]
 
-    def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions) -> str | None:
+    def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions, deadline: _Deadline) -> str | None:
         if request.fusion_path == "client":
             return None
-        shards = self._index_facts().shards
+        shards = self._index_facts(deadline).shards
         pipeline = None
-        if self.has_neural_search() and shards == 1:
+        if self.has_neural_search(deadline) and shards == 1:
             pipeline = self._call(lambda: self._pipelines.ensure(fusion))
         if pipeline is None and request.fusion_path == "server":
             if shards > 1:
@@ -377,21 +464,31 @@ class HybridSearcher:
             raise ConfigError(msg)
         return pipeline
 
-    def _candidates(self, query: dict[str, Any], depth: int) -> _Candidates:
+    def _candidates(self, query: dict[str, Any], depth: int, deadline: _Deadline) -> _Candidates:
         """One leg's ``took`` and its ``depth`` best (id, score), best first."""
-        response = self._search(leg_request(query, size=depth, source=False))
-        return float(response["took"]), [(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]]
+        response, ids = self._candidate_search(leg_request(query, size=depth, source=False), deadline)
+        scores = [hit["_score"] for hit in response["hits"]["hits"]]
+        return float(response["took"]), list(zip(ids, scores, strict=True))
 
-    def _start_lexical(self, lexical: dict[str, Any], depth: int) -> Future[_Candidates]:
+    def _start_lexical(self, lexical: dict[str, Any], depth: int, deadline: _Deadline) -> Future[_Candidates]:
         """The lexical leg's candidates, fetched on a background thread while this one goes on."""
-        return self._background.submit(self._candidates, lexical, depth)
+        return self._background.submit(self._candidates, lexical, depth, deadline)
 
     def _both_legs(
-        self, lexical_leg: Future[_Candidates], knn: dict[str, Any], depth: int, timings: dict[str, float]
+        self,
+        lexical_leg: Future[_Candidates],
+        knn: dict[str, Any],
+        depth: int,
+        timings: dict[str, float],
+        deadline: _Deadline,
     ) -> list[list[tuple[str, float]]]:
         """Both legs' candidates: the k-NN leg from here while the started lexical leg finishes."""
-        timings["vector"], vector_hits = self._candidates(knn, depth)
-        timings["lexical"], lexical_hits = lexical_leg.result()
+        timings["vector"], vector_hits = self._candidates(knn, depth, deadline)
+        try:
+            timings["lexical"], lexical_hits = lexical_leg.result(timeout=deadline.left())
+        except FutureTimeout as e:
+            lexical_leg.cancel()
+            raise deadline.passed() from e
         return [lexical_hits, vector_hits]
 
     def _client_hybrid(
@@ -401,13 +498,14 @@ class HybridSearcher:
         request: SearchRequest,
         fusion: FusionOptions,
         timings: dict[str, float],
+        deadline: _Deadline,
     ) -> list[SearchHit]:
-        legs = self._both_legs(lexical_leg, knn, request.candidates, timings)
+        legs = self._both_legs(lexical_leg, knn, request.candidates, timings, deadline)
         started = time.perf_counter()
         fused: list[FusedHit] = fuse(legs, fusion)
         page = fused[request.from_ : request.from_ + request.size]
         timings["fuse"] = (time.perf_counter() - started) * 1000
-        sources = self._sources([hit.id for hit in page]) if request.with_source else {}
+        sources = self._sources([hit.id for hit in page], deadline) if request.with_source else {}
         return [
             SearchHit(
                 id=hit.id,
@@ -418,11 +516,11 @@ class HybridSearcher:
             for hit in page
         ]
 
-    def _sources(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _sources(self, ids: list[str], deadline: _Deadline) -> dict[str, dict[str, Any]]:
         """Documents of one page (without vectors), fetched after fusion picked them."""
         if not ids:
             return {}
-        response = self._search(page_request(ids))
+        response = self._search(page_request(ids), deadline)
         return {hit["_id"]: hit.get("_source", {}) for hit in response["hits"]["hits"]}
 
     def _server_hybrid(
@@ -432,15 +530,17 @@ class HybridSearcher:
         knn: dict[str, Any],
         request: SearchRequest,
         timings: dict[str, float],
+        deadline: _Deadline,
     ) -> list[SearchHit]:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
-        response = self._search(body, search_pipeline=pipeline)
+        response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
         timings["hybrid"] = float(response["took"])
-        page = [(candidate_id(hit), hit["_score"]) for hit in response["hits"]["hits"]]
-        sources = self._sources([doc_id for doc_id, _ in page]) if request.with_source else {}
+        page = list(zip(ids, (hit["_score"] for hit in response["hits"]["hits"]), strict=True))
+        sources = self._sources([doc_id for doc_id, _ in page], deadline) if request.with_source else {}
         explained: list[dict[str, LegScore]] = [{} for _ in _LEGS]
         if request.explain:  # the plugin does not report per-leg ranks: run the very same legs again
-            legs = self._both_legs(self._start_lexical(lexical, request.candidates), knn, request.candidates, {})
+            lexical_leg = self._start_lexical(lexical, request.candidates, deadline)
+            legs = self._both_legs(lexical_leg, knn, request.candidates, {}, deadline)
             for where, leg in zip(explained, legs, strict=True):
                 where.update({doc_id: LegScore(rank, score) for rank, (doc_id, score) in enumerate(leg, start=1)})
         return [
