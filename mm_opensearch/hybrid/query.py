@@ -24,6 +24,7 @@ __all__ = [
     "CANDIDATES_BY_STORED_ID",
     "candidates_only",
     "candidate_id",
+    "ids_by_seq_no_request",
     "lexical_query",
     "knn_query",
     "leg_request",
@@ -47,7 +48,10 @@ CANDIDATES_ONLY: dict[str, Any] = {
     "track_total_hits": False,
 }
 # For an index where some documents lack ``mm_id`` (augmented in place, or written by the
-# application since): the stored ``_id``, without ``_source``.
+# application since) and which spans several shards: the stored ``_id``, without ``_source``. On an
+# index augmented in place (vectors in ``_source``) this is the slow read above: a single-shard
+# index looks up only the hits without ``mm_id``, by their ``_seq_no`` (doc values, unique among a
+# shard's live documents), see :func:`ids_by_seq_no_request`.
 CANDIDATES_BY_STORED_ID: dict[str, Any] = {"_source": False, "track_total_hits": False}
 
 
@@ -66,6 +70,17 @@ def candidate_id(hit: dict[str, Any]) -> str | None:
     if values:
         return str(values[0])
     return str(hit["_id"]) if "_id" in hit else None
+
+
+def ids_by_seq_no_request(seq_nos: Sequence[int]) -> dict[str, Any]:
+    """A search body that returns the ``_id`` (stored) of the documents of one shard with these ``_seq_no``."""
+    return {
+        "query": {"terms": {"_seq_no": list(seq_nos)}},
+        "size": len(seq_nos),
+        "_source": False,
+        "seq_no_primary_term": True,
+        "track_total_hits": False,
+    }
 
 
 def lexical_query(

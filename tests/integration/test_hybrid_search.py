@@ -245,10 +245,12 @@ def id_field_data_off(client: OpenSearch) -> Iterator[None]:
 ID_CASES = [("bm25", "auto"), ("vector", "auto"), ("hybrid", "server"), ("hybrid", "client")]
 
 
-def ranked(searcher: HybridSearcher, *, with_source: bool, explain: bool = False) -> list[list[tuple[str, float]]]:
+def ranked(
+    searcher: HybridSearcher, *, with_source: bool, explain: bool = False, cases: list[tuple[str, str]] = ID_CASES
+) -> list[list[tuple[str, float]]]:
     """(id, score) of a page in every mode and fusion path."""
     pages = []
-    for mode, path in ID_CASES:
+    for mode, path in cases:
         request = SearchRequest("blue shirt men", mode=mode, size=20, from_=5, fusion_path=path,  # type: ignore[arg-type]
                                 with_source=with_source, explain=explain)
         response = searcher.search(request)
@@ -273,25 +275,27 @@ def _strip_ids(client: OpenSearch, index: str, ids: list[str]) -> None:
                            params={"refresh": "true", "conflicts": "abort"})
 
 
-def test_documents_without_mm_id_are_found_by_their_stored_id(
-    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str
+@pytest.mark.parametrize("shards", [1, 2])
+def test_documents_without_mm_id_are_found_without_id_field_data(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str, shards: int
 ) -> None:
+    """One shard looks up the few hits without mm_id by _seq_no; many, or several shards, read the stored _id."""
     create_product_index(client, index_name, CatalogSchema.from_settings(settings), sample=products[0].source,
-                         model=model, modalities=True)
+                         model=model, modalities=True, index_settings={"number_of_shards": shards})
     assert not load_products(client, index_name, products, model=model, modalities=True).failed
     client.indices.refresh(index=index_name)
+    cases = ID_CASES if shards == 1 else [c for c in ID_CASES if c[1] != "server"]  # several shards: client fusion
     with id_field_data_off(client):
         searcher = HybridSearcher(client, settings, index=index_name, tower=model)
-        complete = ranked(searcher, with_source=True)
-        assert ranked(searcher, with_source=False) == complete  # ids from mm_id doc values
-        stripped = {p.id for p in products[::3]}
-        _strip_ids(client, index_name, sorted(stripped))
-        # This searcher still believes every document has mm_id: the hits without one send it back.
-        assert ranked(searcher, with_source=False) == ranked(searcher, with_source=True)
-        fresh = HybridSearcher(client, settings, index=index_name, tower=model)  # knows it from the start
-        bare = ranked(fresh, with_source=False)
-        assert bare == ranked(fresh, with_source=True)
-        assert stripped & {doc_id for page in bare for doc_id, _ in page}  # they are among the hits
+        assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+        for stripped in ({p.id for p in products[::20]}, {p.id for p in products[::3]}):  # 5%, then a third
+            _strip_ids(client, index_name, sorted(stripped))
+            # ``searcher`` still believes every document has mm_id: the hits without one are found all the same.
+            assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+            fresh = HybridSearcher(client, settings, index=index_name, tower=model)  # counts them from the start
+            bare = ranked(fresh, with_source=False, cases=cases)
+            assert bare == ranked(fresh, with_source=True, cases=cases)
+            assert stripped & {doc_id for page in bare for doc_id, _ in page}  # they are among the hits
 
 
 def test_single_leg_explain_gives_the_rank_on_the_page(searcher: HybridSearcher) -> None:
