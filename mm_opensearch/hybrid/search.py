@@ -12,9 +12,14 @@ candidates while the tower runs, and only the k-NN leg waits for the vector. Aga
 one ``_msearch`` after encoding, this took client hybrid from p50 8.3 / p99 14.0 ms to 7.6 / 11.9 ms
 (``bench/query.py`` queries, default model, demo index, the two taking turns in one process).
 
-Candidate ids are read from ``mm_id`` doc values where every document of the index has one, else
-from the stored ``_id`` (an index augmented in place before its documents got one; see
-:mod:`mm_opensearch.hybrid.query`), never from ``_id`` field data.
+Candidate ids are read from ``mm_id`` doc values, never from ``_id`` field data; hits whose
+documents lack ``mm_id`` (an index augmented in place, documents the application wrote since) are
+looked up by ``_seq_no`` or read from the stored ``_id`` (see ``_IdRead``).
+
+A serving searcher (``open_searcher``) has one deadline per search, ``MMOS_SEARCH_TIMEOUT_S``:
+every call to the node (both legs, the page read) gets what is left of it, and its client never
+retries a timeout, so a stuck node gives :class:`SearchUnavailableError` (503) within the deadline
+instead of holding the request for the workers' timeout times their retries.
 
 A missing query tower or an index without vectors does not fail a search: it is answered from
 BM25 alone and marked ``degraded``. A tower of *another* model than the index's vectors is
@@ -37,7 +42,7 @@ from opensearchpy import ConnectionError as OSConnectionError
 from opensearchpy import NotFoundError, OpenSearch, TransportError
 
 from mm_opensearch.catalog import CatalogSchema
-from mm_opensearch.client import TRANSIENT_STATUSES, create_client
+from mm_opensearch.client import TRANSIENT_STATUSES, create_serving_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
 from mm_opensearch.hybrid.batching import QueryBatcher
@@ -232,7 +237,7 @@ class HybridSearcher:
     ``tower_error`` says why no tower is loaded; searches then run degraded. ``default_fusion``
     applies to requests without fusion options (pass the weights tuned by evaluation here).
     ``timeout_s`` is the deadline of one whole search (None: each call has the client's timeout);
-    give it a client that does not retry timeouts.
+    give it a client that does not retry timeouts (:func:`~mm_opensearch.client.create_serving_client`).
     """
 
     def __init__(
@@ -612,7 +617,11 @@ def open_searcher(
     query_cache_size: int = 1024,
     default_fusion: FusionOptions | None = None,
 ) -> HybridSearcher:
-    """A searcher on a new client with the configured model; without a loadable model it runs degraded."""
+    """A serving searcher with the configured model; without a loadable model it runs degraded.
+
+    Its client and deadline are the serving ones (``MMOS_SEARCH_TIMEOUT_S``, timeouts never retried),
+    not the workers' (``MMOS_OPENSEARCH_TIMEOUT_S`` times ``MMOS_OPENSEARCH_MAX_RETRIES``).
+    """
     settings = serving_settings(settings)
     try:
         tower: QueryTower | None = load_query_tower(settings, query_cache_size=query_cache_size)
@@ -624,10 +633,11 @@ def open_searcher(
     if default_fusion is None and tower is not None:
         default_fusion = tuned_fusion(getattr(getattr(tower, "config", None), "hybrid", None) or {})
     return HybridSearcher(
-        create_client(settings),
+        create_serving_client(settings),
         settings,
         index=index,
         tower=tower,
         tower_error=tower_error,
         default_fusion=default_fusion,
+        timeout_s=settings.search_timeout_s,
     )
