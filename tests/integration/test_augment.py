@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -165,11 +168,22 @@ def test_inspect_counts_documents_without_mm_id_and_augment_fills_them(
 
     report = inspect_index(client, index_name, schema)
     assert report.strategy == "ready" and report.docs_without_id == len(products)
+    assert f"{len(products)} documents lack mm_id" in _inspect_output(index_name)
     plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
     assert any("mm_id" in step for step in plan.steps)
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
     run_augment(client, plan, embedder, schema=schema)
 
     assert inspect_index(client, index_name, schema).docs_without_id == 0
+    assert "mm_id doc values" in _inspect_output(index_name)
     hits = client.search(index=index_name, body={"size": 1000, "_source": ["mm_id"]})["hits"]["hits"]
     assert len(hits) == len(products) and all(hit["_source"]["mm_id"] == hit["_id"] for hit in hits)
+
+
+def _inspect_output(index: str) -> str:
+    """What `mm-opensearch index inspect` prints (the environment points it at the test node)."""
+    done = subprocess.run(  # noqa: S603 - our own CLI
+        [str(Path(sys.executable).with_name("mm-opensearch")), "index", "inspect", index],
+        capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "250", "MMOS_MODEL_DIR": ""},
+    )
+    return done.stdout
