@@ -140,3 +140,16 @@ def test_a_stuck_node_gives_503_within_the_deadline_then_searches_recover(
         for body, request in zip(bodies, requests, strict=True):  # recovered: nothing is left stuck
             _answers(http, body, request, searcher)
     searcher.close()
+
+
+def test_a_refused_connection_is_retried_on_another_configured_host(serving_settings: Settings) -> None:
+    """Connection refused is immediate, so trying the next host fits in the deadline (a timeout would not)."""
+    live = serving_settings.opensearch_hosts[0]
+    searcher = open_searcher(serving_settings.model_copy(update={"opensearch_hosts": ["http://127.0.0.1:9", live]}))
+    try:
+        for _ in range(4):  # whichever host the pool picks first
+            started = time.monotonic()
+            assert searcher.search(SearchRequest("shirt", fusion_path="client")).hits
+            assert time.monotonic() - started < DEADLINE_S
+    finally:
+        searcher.close()
