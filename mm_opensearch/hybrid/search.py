@@ -495,7 +495,7 @@ class HybridSearcher:
         shards = self._index_facts(deadline).shards
         pipeline = None
         if self.has_neural_search(deadline) and shards == 1:
-            pipeline = self._call(lambda: self._pipelines.ensure(fusion))
+            pipeline = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
         if pipeline is None and request.fusion_path == "server":
             if shards > 1:
                 reason = _PER_SHARD_FUSION.format(index=self.index, shards=shards)
