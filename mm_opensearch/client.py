@@ -9,7 +9,7 @@ from opensearchpy import OpenSearch, RequestsHttpConnection
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError
 
-__all__ = ["TRANSIENT_STATUSES", "create_client"]
+__all__ = ["TRANSIENT_STATUSES", "create_client", "create_serving_client"]
 
 # HTTP statuses that mean "overloaded or restarting, retry later" (not "your request is wrong").
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
@@ -56,3 +56,22 @@ def create_client(settings: Settings, **overrides: Any) -> OpenSearch:
         kwargs["http_auth"] = (settings.opensearch_user, settings.opensearch_password.get_secret_value())
     kwargs.update(overrides)
     return OpenSearch(**kwargs)
+
+
+def create_serving_client(settings: Settings, **overrides: Any) -> OpenSearch:
+    """A client for answering searches: ``MMOS_SEARCH_TIMEOUT_S`` per call, timeouts never retried.
+
+    The workers' client waits ``opensearch_timeout_s`` (30 s) and retries timeouts
+    ``opensearch_max_retries`` (3) times: against a stuck node that held a search about two minutes.
+    Here a timeout is final (the caller answers 503), and a connection error (refused, reset) is
+    retried once on each other configured host, or once on the only one (a pooled connection the
+    node closed). No retries on 502-504 either: they would outlast the deadline.
+    """
+    kwargs: dict[str, Any] = {
+        "timeout": settings.search_timeout_s,
+        "max_retries": max(len(settings.opensearch_hosts) - 1, 1),
+        "retry_on_timeout": False,
+        "retry_on_status": (),
+    }
+    kwargs.update(overrides)
+    return create_client(settings, **kwargs)

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     opensearch_aws_service: Literal["es", "aoss"] = "es"
     opensearch_timeout_s: float = 30.0
     opensearch_max_retries: int = 3
+    search_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "Deadline of one search as served (API, CLI search): both legs and the page read. A node that has not "
+            "answered by then gives 503 with Retry-After; timeouts are never retried, connection errors are on "
+            "another of MMOS_OPENSEARCH_HOSTS within it. The workers keep MMOS_OPENSEARCH_TIMEOUT_S."
+        ),
+    )
     opensearch_pool_maxsize: int = Field(
         default=64,
         ge=1,

@@ -9,7 +9,7 @@ from opensearchpy import NotFoundError, OpenSearch
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.errors import ConfigError
-from mm_opensearch.indexing.mappings import VECTOR_FIELDS, read_model_meta
+from mm_opensearch.indexing.mappings import ID_FIELD, VECTOR_FIELDS, read_model_meta
 
 __all__ = ["AUGMENT_META_KEY", "IndexReport", "Strategy", "inspect_index", "resolve_index"]
 
@@ -36,6 +36,9 @@ class IndexReport:
     mappings: dict[str, Any]
     augment: dict[str, Any] | None  # set on an index made by augment: previous index, swap time
     vectors_in_source: bool  # stored in _source (costs size and fetch time) unless k-NN derived source is on
+    # Documents without mm_id: while there are any, searches read candidate ids from the stored _id
+    # (slower than mm_id doc values, never _id field data); augment fills them.
+    docs_without_id: int
 
     @property
     def strategy(self) -> Strategy:
@@ -56,6 +59,9 @@ def resolve_index(client: OpenSearch, name: str) -> str:
         msg = f"'{name}' points to {len(found)} indices {sorted(found)}; name one index or a single-index alias"
         raise ConfigError(msg)
     return found[0]
+
+
+_WITHOUT_ID = {"query": {"bool": {"must_not": [{"exists": {"field": ID_FIELD}}]}}}
 
 
 def _truthy(value: Any) -> bool:
@@ -96,4 +102,5 @@ def inspect_index(client: OpenSearch, name: str, schema: CatalogSchema) -> Index
         mappings=mappings,
         augment=(mappings.get("_meta") or {}).get(AUGMENT_META_KEY),
         vectors_in_source=not _truthy(_flat(settings).get("knn.derived_source.enabled")),
+        docs_without_id=int(client.count(index=index, body=_WITHOUT_ID)["count"]),
     )

@@ -85,14 +85,21 @@ def plan_augment(
         raise ConfigError(msg)
     aliases = tuple(sorted(report.aliases))
     common = dict(source=report.index, aliases=aliases, model_id=model_id, dim=dim, modalities=modalities, engine=engine)
+    fill_ids = (
+        (f"copy the _id of {report.docs_without_id} documents into mm_id (keyword doc values searches read "
+         "candidate ids from; until then they read the slower stored _id)",)
+        if report.docs_without_id else ()
+    )
     if report.strategy == "ready":
         return AugmentPlan(target=report.index, strategy="ready", steps=(
+            *fill_ids,
             f"index '{report.index}' already has vectors of model {model_id}; backfill the missing or stale ones",
         ), **common)
     if report.strategy == "in_place":
         return AugmentPlan(target=report.index, strategy="in_place", steps=(
             f"add fields mm_* (knn_vector dim {dim}, {engine}) and _meta model {model_id} to '{report.index}'; "
             "their vectors are stored in _source (keeping them out needs a new index: a static setting)",
+            *fill_ids,
             f"backfill vectors of {report.docs} products in place (queries keep being served)",
         ), **common)
     if not aliases:

@@ -19,7 +19,7 @@ from opensearchpy import OpenSearch
 from mm_opensearch.augment.aliases import record_previous, set_write_block, swap_aliases
 from mm_opensearch.augment.inspect import inspect_index
 from mm_opensearch.augment.plan import AugmentPlan, copy_index_body, vector_mapping_update
-from mm_opensearch.augment.sync import delete_removed, reindex, replay_changes
+from mm_opensearch.augment.sync import delete_removed, fill_id_field, reindex, replay_changes
 from mm_opensearch.catalog import CatalogSchema
 
 __all__ = ["AugmentResult", "Embedder", "run_augment"]
@@ -68,6 +68,9 @@ def run_augment(
         if plan.strategy == "in_place":
             step(f"adding vector fields to '{plan.source}'")
             client.indices.put_mapping(index=plan.source, body=update)
+        if report.docs_without_id:
+            step(f"filling mm_id of {report.docs_without_id} documents of '{plan.source}' (candidate ids)")
+            fill_id_field(client, plan.source)
         step(f"backfilling '{plan.source}' in place")
         embedder.backfill(plan.source, tune=False)
         return result

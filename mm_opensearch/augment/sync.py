@@ -20,8 +20,9 @@ from mm_opensearch.backfill.scan import scan_index
 from mm_opensearch.catalog import CatalogSchema, content_hash, parse_instant
 from mm_opensearch.errors import MMOpenSearchError
 from mm_opensearch.indexing.bulk import bulk_write
+from mm_opensearch.indexing.mappings import ID_FIELD, vector_properties
 
-__all__ = ["ReindexError", "delete_removed", "reindex", "replay_changes"]
+__all__ = ["ReindexError", "delete_removed", "fill_id_field", "reindex", "replay_changes"]
 
 _VECTOR_PREFIX = "mm_"
 
@@ -36,17 +37,48 @@ def reindex(client: OpenSearch, source: str, target: str, *, poll_s: float = 0.5
         body={"source": {"index": source, "size": 1000}, "dest": {"index": target}},
         params={"slices": "auto", "wait_for_completion": "false", "refresh": "false"},
     )["task"]
-    while True:
-        status = client.tasks.get(task_id=task)
-        if status.get("completed"):
-            break
-        time.sleep(poll_s)
+    status = _wait_for_task(client, task, poll_s)
     response = status.get("response", {})
     if status.get("error") or response.get("failures"):
         detail = status.get("error") or response["failures"][:3]
         msg = f"_reindex '{source}' -> '{target}' failed: {detail}; delete '{target}' and run augment again"
         raise ReindexError(msg)
     return int(response.get("created", 0)) + int(response.get("updated", 0))
+
+
+def _wait_for_task(client: OpenSearch, task: str, poll_s: float) -> dict[str, Any]:
+    while True:
+        status = client.tasks.get(task_id=task)
+        if status.get("completed"):
+            return status
+        time.sleep(poll_s)
+
+
+def fill_id_field(client: OpenSearch, index: str, *, poll_s: float = 0.5) -> int:
+    """Give every document without ``mm_id`` its ``_id`` there; returns how many were updated.
+
+    Searches read candidate ids from ``mm_id`` doc values, and fall back to the slower stored
+    ``_id`` while any document lacks it: an index augmented in place keeps its documents, and one
+    given vectors before ``mm_id`` existed is skipped by backfill (its vectors are current). An
+    ``_update_by_query`` in the background (conflicts proceed: a product written meanwhile gets
+    ``mm_id`` with its next vector).
+    """
+    client.indices.put_mapping(index=index, body={"properties": {ID_FIELD: vector_properties(1)[ID_FIELD]}})
+    task = client.update_by_query(
+        index=index,
+        body={
+            "query": {"bool": {"must_not": [{"exists": {"field": ID_FIELD}}]}},
+            "script": {"source": f"ctx._source.{ID_FIELD} = ctx._id", "lang": "painless"},
+        },
+        params={"conflicts": "proceed", "slices": "auto", "wait_for_completion": "false", "refresh": "true"},
+    )["task"]
+    status = _wait_for_task(client, task, poll_s)
+    response = status.get("response", {})
+    if status.get("error") or response.get("failures"):
+        detail = status.get("error") or response["failures"][:3]
+        msg = f"filling {ID_FIELD} in '{index}' failed: {detail}; run `mm-opensearch index augment {index}` again"
+        raise ReindexError(msg)
+    return int(response.get("updated", 0))
 
 
 def replay_changes(

@@ -112,6 +112,8 @@ def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> Non
         "vectors kept in _source": ("yes" if report.vectors_in_source else "no (k-NN derived source)")
         if report.vector_fields else "-",
         "model": f"{report.model['model_id']} (dim {report.model['dim']})" if report.model else "-",
+        "candidate ids": "mm_id doc values" if not report.docs_without_id else
+        f"stored _id: {report.docs_without_id} documents lack mm_id (slower; `index augment` fills it)",
         f"{settings.updated_at_field} field": "yes" if report.has_updated_at else "missing",
         "missing text fields": ", ".join(report.missing_text_fields) or "-",
         "augment strategy": report.strategy,

@@ -66,20 +66,24 @@ class PipelineRegistry:
         """Why the cluster refused these options' pipeline, if it did."""
         return self._refused.get(pipeline_name(options))
 
-    def ensure(self, options: FusionOptions) -> str | None:
-        """The pipeline's name, created if missing; None when the cluster cannot run this fusion."""
+    def ensure(self, options: FusionOptions, *, request_timeout: float | None = None) -> str | None:
+        """The pipeline's name, created if missing; None when the cluster cannot run this fusion.
+
+        ``request_timeout`` bounds each call (a serving search passes what is left of its deadline).
+        """
         name = pipeline_name(options)
+        params = None if request_timeout is None else {"request_timeout": request_timeout}
         with self._lock:
             if name in self._ready:
                 return name
             if name in self._refused:
                 return None
             try:
-                self._client.transport.perform_request("GET", f"/_search/pipeline/{name}")
+                self._client.transport.perform_request("GET", f"/_search/pipeline/{name}", params=params)
             except NotFoundError:
                 try:
                     self._client.transport.perform_request(
-                        "PUT", f"/_search/pipeline/{name}", body=pipeline_body(options)
+                        "PUT", f"/_search/pipeline/{name}", params=params, body=pipeline_body(options)
                     )
                 except RequestError as e:
                     self._refused[name] = str(e.info.get("error", {}).get("reason", e) if isinstance(e.info, dict) else e)

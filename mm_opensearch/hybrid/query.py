@@ -15,13 +15,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mm_opensearch.indexing.mappings import VECTOR_FIELDS
+from mm_opensearch.indexing.mappings import ID_FIELD, VECTOR_FIELDS
 
 __all__ = [
     "VectorKind",
     "SOURCE_EXCLUDES",
     "CANDIDATES_ONLY",
+    "CANDIDATES_BY_STORED_ID",
+    "candidates_only",
     "candidate_id",
+    "ids_by_seq_no_request",
     "lexical_query",
     "knn_query",
     "leg_request",
@@ -35,19 +38,49 @@ SOURCE_EXCLUDES = sorted(VECTOR_FIELDS.values())  # vectors are large and of no 
 # Fusion candidates need ids and scores only, and even the ``_id`` *stored field* is costly: Lucene
 # keeps it in the compressed block that holds each document's whole ``_source`` (vectors included),
 # so fetching 100 candidates decompressed about a hundred blocks, most of a hybrid query's time
-# (measured: 15 ms of 16). ``_id`` read from doc values (field data built once per segment, on the
-# heap) costs well under a millisecond, and nobody needs an exact hit count here.
+# (measured: 15 ms of 16). So ids are read from doc values, of ``mm_id`` (the ``_id`` again, written
+# with every vector): ``_id`` itself has none, and reading it through field data is deprecated,
+# built on the heap per segment, and refused where ``indices.id_field_data.enabled`` is false.
 CANDIDATES_ONLY: dict[str, Any] = {
     "_source": False,
     "stored_fields": "_none_",
-    "docvalue_fields": ["_id"],
+    "docvalue_fields": [ID_FIELD],
     "track_total_hits": False,
 }
+# For an index where some documents lack ``mm_id`` (augmented in place, or written by the
+# application since) and which spans several shards: the stored ``_id``, without ``_source``. On an
+# index augmented in place (vectors in ``_source``) this is the slow read above: a single-shard
+# index looks up only the hits without ``mm_id``, by their ``_seq_no`` (doc values, unique among a
+# shard's live documents), see :func:`ids_by_seq_no_request`.
+CANDIDATES_BY_STORED_ID: dict[str, Any] = {"_source": False, "track_total_hits": False}
 
 
-def candidate_id(hit: dict[str, Any]) -> str:
-    """The document id of a hit fetched with :data:`CANDIDATES_ONLY`."""
-    return str(hit["fields"]["_id"][0])
+def candidates_only(id_doc_values: bool = True) -> dict[str, Any]:
+    """The body entries that make a search return ids and scores only (see :data:`CANDIDATES_ONLY`)."""
+    return dict(CANDIDATES_ONLY if id_doc_values else CANDIDATES_BY_STORED_ID)
+
+
+def candidate_id(hit: dict[str, Any]) -> str | None:
+    """The document id of a candidate hit: its ``mm_id`` doc value, else its ``_id``.
+
+    None for a hit fetched by doc values whose document has no ``mm_id``: the caller asks again
+    with ``id_doc_values=False``.
+    """
+    values = hit.get("fields", {}).get(ID_FIELD)
+    if values:
+        return str(values[0])
+    return str(hit["_id"]) if "_id" in hit else None
+
+
+def ids_by_seq_no_request(seq_nos: Sequence[int]) -> dict[str, Any]:
+    """A search body that returns the ``_id`` (stored) of the documents of one shard with these ``_seq_no``."""
+    return {
+        "query": {"terms": {"_seq_no": list(seq_nos)}},
+        "size": len(seq_nos),
+        "_source": False,
+        "seq_no_primary_term": True,
+        "track_total_hits": False,
+    }
 
 
 def lexical_query(
@@ -72,32 +105,34 @@ def knn_query(
     return {"knn": {VECTOR_FIELDS[kind]: body}}
 
 
-def leg_request(query: dict[str, Any], *, size: int, from_: int = 0, source: bool = True) -> dict[str, Any]:
+def leg_request(
+    query: dict[str, Any], *, size: int, from_: int = 0, source: bool = True, id_doc_values: bool = True
+) -> dict[str, Any]:
     """A search body for one leg: a page of hits without the vector fields.
 
-    ``source=False`` returns ids and scores only (:data:`CANDIDATES_ONLY`): fusion candidates need
+    ``source=False`` returns ids and scores only (:func:`candidates_only`): fusion candidates need
     no documents.
     """
     if not source:
-        return {"query": query, "from": from_, "size": size, **CANDIDATES_ONLY}
+        return {"query": query, "from": from_, "size": size, **candidates_only(id_doc_values)}
     return {"query": query, "from": from_, "size": size, "_source": {"excludes": SOURCE_EXCLUDES}}
 
 
 def hybrid_request(
-    lexical: dict[str, Any], knn: dict[str, Any], *, from_: int, size: int, depth: int
+    lexical: dict[str, Any], knn: dict[str, Any], *, from_: int, size: int, depth: int, id_doc_values: bool = True
 ) -> dict[str, Any]:
     """A neural-search ``hybrid`` body: each sub-query retrieves ``depth`` hits before fusion.
 
     ``pagination_depth`` fixes the candidate lists, so page 2 is cut from the same fused list as
     page 1 (no duplicates, no gaps) as long as ``from + size <= depth``. It returns ids and scores
-    only (:data:`CANDIDATES_ONLY`): the plugin fetches every candidate, so the page's documents are
+    only (:func:`candidates_only`): the plugin fetches every candidate, so the page's documents are
     read afterwards.
     """
     return {
         "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": depth}},
         "from": from_,
         "size": size,
-        **CANDIDATES_ONLY,
+        **candidates_only(id_doc_values),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from opensearchpy import OpenSearch, helpers
 
-from mm_opensearch.indexing.mappings import VECTOR_FIELDS
+from mm_opensearch.indexing.mappings import ID_FIELD, VECTOR_FIELDS
 
 __all__ = [
     "BulkFailure",
@@ -52,6 +52,7 @@ class BulkReport:
 def vector_fields_doc(
     fused: np.ndarray | Sequence[float] | None,
     *,
+    product_id: str,
     model_id: str,
     content_hash: str,
     error: str | None = None,
@@ -61,9 +62,11 @@ def vector_fields_doc(
     """The vector and bookkeeping fields written next to a product's own fields.
 
     ``fused=None`` records only the error: the product stays searchable by BM25 and the reason it
-    has no vector is kept with it.
+    has no vector is kept with it. ``product_id`` (the document's ``_id``) goes to ``mm_id``, where
+    searches read candidate ids from doc values.
     """
     doc: dict[str, Any] = {
+        ID_FIELD: product_id,
         "mm_model_id": model_id,
         "mm_content_hash": content_hash,
         "mm_embedded_at": datetime.now(UTC).isoformat(timespec="milliseconds"),

@@ -78,6 +78,7 @@ def product_vectors(
         docs.append(
             vector_fields_doc(
                 encoding.fused[row] if encoding.has_vector[row] else None,
+                product_id=product.id,
                 model_id=model.model_id,
                 content_hash=content_hash(product.text, product.image),
                 error=encoding.errors[row],

@@ -17,6 +17,7 @@ from mm_opensearch.resources import mappings_dir
 
 __all__ = [
     "VECTOR_FIELDS",
+    "ID_FIELD",
     "IndexModelInfo",
     "vector_index_settings",
     "vector_properties",
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 VECTOR_FIELDS = {"fused": "mm_fused", "text": "mm_text", "image": "mm_image"}
+# The document's ``_id`` again, as keyword doc values: what searches read candidate ids from
+# (``_id`` has no doc values; see :mod:`mm_opensearch.hybrid.query`). Written with every vector.
+ID_FIELD = "mm_id"
 META_KEY = "mm_opensearch"
 IndexModelInfo = dict[str, Any]
 
@@ -68,7 +72,9 @@ def vector_properties(
         vector["method"]["space_type"] = "innerproduct"  # vectors are L2-normalised: same ranking
     names = VECTOR_FIELDS.values() if modalities else [VECTOR_FIELDS["fused"]]
     properties = {name: copy.deepcopy(vector) for name in names}
-    properties.update(copy.deepcopy(template["bookkeeping"]))
+    bookkeeping = copy.deepcopy(template["bookkeeping"])
+    bookkeeping.pop("_comment", None)
+    properties.update(bookkeeping)
     return properties
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -137,7 +140,9 @@ def test_augment_in_place_when_knn_is_already_on(
     load_products(client, index_name, products)
     client.indices.refresh(index=index_name)
     model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
-    plan = plan_augment(inspect_index(client, index_name, schema), model_id=model.model_id, dim=model.dim)
+    report = inspect_index(client, index_name, schema)
+    assert report.docs_without_id == len(products)  # the team's documents: searches read their stored _id
+    plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
     assert plan.strategy == "in_place" and plan.target == index_name
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
     run_augment(client, plan, embedder, schema=schema)
@@ -146,3 +151,42 @@ def test_augment_in_place_when_knn_is_already_on(
     # for every k-NN index on 3.x.
     derived_by_default = cluster_version >= (3,)
     assert inspect_index(client, index_name, schema).vectors_in_source is not derived_by_default
+    assert inspect_index(client, index_name, schema).docs_without_id == 0
+
+
+def test_inspect_counts_documents_without_mm_id_and_augment_fills_them(
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
+    myntra_dir: Path,
+) -> None:
+    """An index given vectors before mm_id existed: backfill skips its current vectors, so augment copies the ids."""
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=150))
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
+    create_product_index(client, index_name, schema, sample=products[0].source, model=model)
+    load_products(client, index_name, products, model=model)
+    client.indices.refresh(index=index_name)
+    assert inspect_index(client, index_name, schema).docs_without_id == 0
+    client.update_by_query(index=index_name, body={"script": {"source": "ctx._source.remove('mm_id')"}},
+                           params={"refresh": "true"})
+
+    report = inspect_index(client, index_name, schema)
+    assert report.strategy == "ready" and report.docs_without_id == len(products)
+    assert f"{len(products)} documents lack mm_id" in _inspect_output(index_name)
+    plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
+    assert any("mm_id" in step for step in plan.steps)
+    embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
+    run_augment(client, plan, embedder, schema=schema)
+
+    assert inspect_index(client, index_name, schema).docs_without_id == 0
+    assert "mm_id doc values" in _inspect_output(index_name)
+    hits = client.search(index=index_name, body={"size": 1000, "_source": ["mm_id"]})["hits"]["hits"]
+    assert len(hits) == len(products) and all(hit["_source"]["mm_id"] == hit["_id"] for hit in hits)
+
+
+def _inspect_output(index: str) -> str:
+    """What `mm-opensearch index inspect` prints (the environment points it at the test node)."""
+    done = subprocess.run(  # noqa: S603 - our own CLI
+        [str(Path(sys.executable).with_name("mm-opensearch")), "index", "inspect", index],
+        capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "250", "MMOS_MODEL_DIR": ""},
+    )
+    return done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -234,6 +235,74 @@ def test_concurrent_searches_reuse_pooled_connections(
     searcher.close()
     assert all(r.hits for r in responses)
     assert not [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+@contextlib.contextmanager
+def id_field_data_off(client: OpenSearch) -> Iterator[None]:
+    """``indices.id_field_data.enabled: false`` (a dynamic cluster setting), as before afterwards."""
+    key = "indices.id_field_data.enabled"
+    before = client.cluster.get_settings(flat_settings=True)["persistent"].get(key)
+    client.cluster.put_settings(body={"persistent": {key: False}})
+    try:
+        yield
+    finally:
+        client.cluster.put_settings(body={"persistent": {key: before}})
+
+
+ID_CASES = [("bm25", "auto"), ("vector", "auto"), ("hybrid", "server"), ("hybrid", "client")]
+
+
+def ranked(
+    searcher: HybridSearcher, *, with_source: bool, explain: bool = False, cases: list[tuple[str, str]] = ID_CASES
+) -> list[list[tuple[str, float]]]:
+    """(id, score) of a page in every mode and fusion path."""
+    pages = []
+    for mode, path in cases:
+        request = SearchRequest("blue shirt men", mode=mode, size=20, from_=5, fusion_path=path,  # type: ignore[arg-type]
+                                with_source=with_source, explain=explain)
+        response = searcher.search(request)
+        assert response.mode == mode and len(response.hits) == 20
+        pages.append([(h.id, h.score) for h in response.hits])
+    return pages
+
+
+def test_searches_answer_without_id_field_data(client: OpenSearch, searcher: HybridSearcher) -> None:
+    """Candidate ids once came from ``_id`` field data, which such a cluster refuses (a 400 for every hybrid search)."""
+    before = {ws: ranked(searcher, with_source=ws, explain=True) for ws in (False, True)}
+    with id_field_data_off(client):
+        after = {ws: ranked(searcher, with_source=ws, explain=True) for ws in (False, True)}
+    assert after == before
+    assert before[False] == before[True]
+
+
+def _strip_ids(client: OpenSearch, index: str, ids: list[str]) -> None:
+    """Documents without mm_id, as the application writes them into an index augmented in place."""
+    client.update_by_query(index=index, body={"query": {"ids": {"values": ids}},
+                                              "script": {"source": "ctx._source.remove('mm_id')"}},
+                           params={"refresh": "true", "conflicts": "abort"})
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_documents_without_mm_id_are_found_without_id_field_data(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str, shards: int
+) -> None:
+    """One shard looks up the few hits without mm_id by _seq_no; many, or several shards, read the stored _id."""
+    create_product_index(client, index_name, CatalogSchema.from_settings(settings), sample=products[0].source,
+                         model=model, modalities=True, index_settings={"number_of_shards": shards})
+    assert not load_products(client, index_name, products, model=model, modalities=True).failed
+    client.indices.refresh(index=index_name)
+    cases = ID_CASES if shards == 1 else [c for c in ID_CASES if c[1] != "server"]  # several shards: client fusion
+    with id_field_data_off(client):
+        searcher = HybridSearcher(client, settings, index=index_name, tower=model)
+        assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+        for stripped in ({p.id for p in products[::20]}, {p.id for p in products[::3]}):  # 5%, then a third
+            _strip_ids(client, index_name, sorted(stripped))
+            # ``searcher`` still believes every document has mm_id: the hits without one are found all the same.
+            assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+            fresh = HybridSearcher(client, settings, index=index_name, tower=model)  # counts them from the start
+            bare = ranked(fresh, with_source=False, cases=cases)
+            assert bare == ranked(fresh, with_source=True, cases=cases)
+            assert stripped & {doc_id for page in bare for doc_id, _ in page}  # they are among the hits
 
 
 def test_single_leg_explain_gives_the_rank_on_the_page(searcher: HybridSearcher) -> None:

@@ -190,10 +190,10 @@ def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:
         "query": {"hybrid": {"queries": [lexical, knn], "pagination_depth": 50}},
         "from": 10,
         "size": 10,
-        # ids from doc values, no stored fields: documents of the page are fetched after fusion
+        # ids from mm_id doc values, no stored fields: documents of the page are fetched after fusion
         "_source": False,
         "stored_fields": "_none_",
-        "docvalue_fields": ["_id"],
+        "docvalue_fields": ["mm_id"],
         "track_total_hits": False,
     }
 
@@ -210,11 +210,25 @@ def test_pages_are_read_without_vectors() -> None:
     candidates = leg_request({"match_all": {}}, size=3, source=False)
     assert candidates["_source"] is False
     assert candidates["stored_fields"] == "_none_"
-    assert candidates["docvalue_fields"] == ["_id"]
+    assert candidates["docvalue_fields"] == ["mm_id"]
 
 
-def test_a_candidate_id_is_read_from_its_doc_value() -> None:
-    assert candidate_id({"_score": 1.0, "fields": {"_id": ["p-7"]}}) == "p-7"
+def test_candidate_ids_never_ask_for_id_field_data() -> None:
+    """``docvalue_fields: [_id]`` is refused where indices.id_field_data.enabled is false."""
+    lexical, knn = lexical_query("q", ["title"], []), knn_query("fused", [1.0], 50, [])
+    for id_doc_values in (True, False):
+        bodies = [leg_request(lexical, size=5, source=False, id_doc_values=id_doc_values),
+                  hybrid_request(lexical, knn, from_=0, size=5, depth=50, id_doc_values=id_doc_values)]
+        for body in bodies:
+            assert "_id" not in body.get("docvalue_fields", []) and body["_source"] is False
+    stored = leg_request(lexical, size=5, source=False, id_doc_values=False)
+    assert "stored_fields" not in stored and "docvalue_fields" not in stored  # the stored _id comes back
+
+
+def test_a_candidate_id_is_read_from_mm_id_else_from_the_hit() -> None:
+    assert candidate_id({"_score": 1.0, "fields": {"mm_id": ["p-7"]}}) == "p-7"
+    assert candidate_id({"_score": 1.0, "_id": "p-8"}) == "p-8"
+    assert candidate_id({"_score": 1.0}) is None  # fetched by doc values, but the document has no mm_id
 
 
 def test_pipelines_are_named_by_their_parameters() -> None:

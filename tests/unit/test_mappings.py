@@ -35,6 +35,8 @@ def test_vector_body_records_model_and_dimension() -> None:
             "parameters": {"m": 16, "ef_construction": 128},
         }
     assert props["mm_model_id"]["type"] == "keyword" and props["mm_embedded_at"]["type"] == "date"
+    assert props["mm_id"] == {"type": "keyword", "index": False}  # doc values for candidate ids, never searched
+    assert "_comment" not in props
     assert body["mappings"]["_meta"]["mm_opensearch"]["model_id"] == "abc"
     assert body["settings"]["index"]["knn"] is True
     assert body["settings"]["index"]["knn.derived_source.enabled"] is True  # vectors kept out of _source
@@ -62,5 +64,6 @@ def test_vectors_are_written_as_the_shortest_decimals_of_their_float32_values() 
     written = json_floats(vector)
     np.testing.assert_array_equal(np.asarray(written, dtype=np.float32), vector)  # exact round trip
     assert len(json.dumps(written)) < 0.7 * len(json.dumps(vector.tolist()))
-    doc = vector_fields_doc(vector, model_id="m", content_hash="h", text=vector[::-1])
+    doc = vector_fields_doc(vector, product_id="p-1", model_id="m", content_hash="h", text=vector[::-1])
+    assert doc["mm_id"] == "p-1"  # candidate ids are read from its doc values
     assert doc["mm_fused"] == written and doc["mm_text"] == json_floats(vector[::-1])
