@@ -21,7 +21,6 @@ from mm_opensearch.backfill import (
     JobStore,
     enqueue,
     follow_changes,
-    redis_client,
     retry_dead_letters,
     wait_for_job,
 )
@@ -30,6 +29,7 @@ from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError
+from mm_opensearch.preflight import connect_redis
 
 __all__ = ["jobs_app", "register"]
 
@@ -44,7 +44,7 @@ def _queue() -> JobQueue:
 
 
 def _store() -> JobStore:
-    return JobStore(redis_client(get_settings()))
+    return JobStore(connect_redis(get_settings()))  # a wrong MMOS_REDIS_URL fails in seconds, in one line
 
 
 @contextmanager
