@@ -21,7 +21,9 @@ from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
-__all__ = ["OpenSearchNode", "find_java"]
+__all__ = ["DEV_CLUSTER_NAME", "OpenSearchNode", "find_java"]
+
+DEV_CLUSTER_NAME = "mm-opensearch-dev"  # cluster.name that dev/opensearch's Launcher sets
 
 _JDK_HINT = "install a JDK 17 (apt-get install -y openjdk-17-jdk-headless) or set MMOS_DEV_JAVA_HOME"
 
