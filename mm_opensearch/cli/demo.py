@@ -32,22 +32,15 @@ def demo(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Run on a cluster other than the local dev node.")] = False,
 ) -> None:
     """Bring services up, index the sample catalog, answer hybrid queries and print metrics."""
-    from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
     from mm_opensearch.devservices import OpenSearchNode, RedisServer  # noqa: PLC0415
     from mm_opensearch.preflight import connect_opensearch  # noqa: PLC0415
-    from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: PLC0415
-    from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: PLC0415
-    from mm_opensearch.hybrid.fusion import tuned_fusion  # noqa: PLC0415
-    from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: PLC0415
-    from mm_opensearch.judgments import load_qrels, load_queries  # noqa: PLC0415
-    from mm_opensearch.towers import load_default_model  # noqa: PLC0415
 
     settings = get_settings()
     folder = data_dir or settings.data_dir
     alias = index
     local = not_the_dev_node(settings.opensearch_hosts, dev_port=settings.dev_opensearch_port) is None
     if not local:
-        _refuse_unless(yes, settings, alias, None)  # before anything starts, or waits on a far host
+        _refuse_unless(yes, settings, alias, None)  # before anything starts (or torch loads)
     else:
         with console.status("starting OpenSearch and Redis (harmless when they already run)"):
             OpenSearchNode(settings).start()
@@ -56,6 +49,15 @@ def demo(
     if local:  # a local port may be a tunnel to a team's cluster: its name tells
         _refuse_unless(yes, settings, alias, str(client.info().get("cluster_name")))
     check_demo_alias(client, alias)  # before minutes of indexing, not after
+
+    from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
+    from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: PLC0415
+    from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: PLC0415
+    from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: PLC0415
+    from mm_opensearch.hybrid.fusion import tuned_fusion  # noqa: PLC0415
+    from mm_opensearch.judgments import load_qrels, load_queries  # noqa: PLC0415
+    from mm_opensearch.towers import load_default_model  # noqa: PLC0415
+
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(folder / "products.jsonl.gz", schema, limit=limit))
     with console.status("loading the model"):
