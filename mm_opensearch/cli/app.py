@@ -32,13 +32,16 @@ app = typer.Typer(
 )
 
 
+_SERVICES = frozenset({"serve", "worker"})
+
+
 @app.callback()
-def _logging() -> None:
+def _logging(ctx: typer.Context) -> None:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    if settings.log_level != "DEBUG":
+    if settings.log_level != "DEBUG" and ctx.invoked_subcommand not in _SERVICES:
         # opensearch-py logs every failed request at WARNING with its traceback; main() reports the
-        # error in one line, and MMOS_LOG_LEVEL=DEBUG brings both back.
+        # error in one line, and MMOS_LOG_LEVEL=DEBUG brings both back. Services keep their logs.
         logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 
@@ -61,9 +64,16 @@ def config_show() -> None:
     Console().print_json(json.dumps(get_settings().redacted(), default=str))
 
 
+def _debug() -> bool:
+    try:
+        return get_settings().log_level == "DEBUG"
+    except ValidationError:  # the settings themselves are what failed
+        return os.environ.get("MMOS_LOG_LEVEL", "").upper() == "DEBUG"
+
+
 def _fail(message: str) -> None:
     """Print one ``error:`` line on stderr (never wrapped, never read as markup), the traceback at DEBUG."""
-    if os.environ.get("MMOS_LOG_LEVEL", "").upper() == "DEBUG":
+    if _debug():
         traceback.print_exc()
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 
 import pytest
 
+from mm_opensearch.config import get_settings
 from mm_opensearch.demo import not_the_dev_node
 
 cli_app = importlib.import_module("mm_opensearch.cli.app")  # the module; mm_opensearch.cli.app is also the Typer app
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """main() reads MMOS_LOG_LEVEL through the cached settings: each test sees its own environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def _boom() -> None:
