@@ -108,27 +108,66 @@ def to_product(source: dict[str, Any], schema: CatalogSchema, base_dir: Path | N
     return Product(id=str(raw_id), source=source, text=product_text(source, schema), image=image or None)
 
 
-def read_catalog(path: Path, schema: CatalogSchema, *, limit: int | None = None) -> Iterator[Product]:
-    """Products of a ``.jsonl`` or ``.jsonl.gz`` file; relative image paths resolve beside it."""
+def _catalog_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a ``.jsonl`` or ``.jsonl.gz`` file; unreadable bytes name their line and offset.
+
+    Read as bytes and decoded line by line: a text-mode reader fails on a whole chunk, with no line.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        handle = opener(path, "rt", encoding="utf-8")
+        handle = opener(path, "rb")
     except FileNotFoundError as e:
         msg = f"catalog file {path} does not exist; pass the path of a JSON Lines catalog"
         raise ConfigError(msg) from e
+    except OSError as e:  # a folder, no permission
+        msg = f"catalog file {path} cannot be read ({e.strerror or e}); pass the path of a JSON Lines catalog"
+        raise ConfigError(msg) from e
+    offset = line_no = 0
     with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if limit is not None and line_no > limit:
-                return
-            if not line.strip():
-                continue
-            try:
-                source = json.loads(line)
-            except json.JSONDecodeError as e:
-                msg = f"{path}:{line_no} is not valid JSON ({e.msg}); each line must hold one product object"
-                raise ConfigError(msg) from e
-            try:
-                yield to_product(source, schema, path.parent)
-            except ConfigError as e:
-                msg = f"{path}:{line_no}: {e}"
-                raise ConfigError(msg) from e
+        try:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    hint = "; it is gzipped: name it .gz" if raw.startswith(b"\x1f\x8b") else ""
+                    msg = (
+                        f"{path}:{line_no} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start} "
+                        f"of the file{' once uncompressed' if opener is gzip.open else ''}); write the catalog "
+                        f"as UTF-8 JSON Lines{hint}"
+                    )
+                    raise ConfigError(msg) from e
+                yield line_no, text.removeprefix("\ufeff") if line_no == 1 else text  # a BOM is no product
+                offset += len(raw)
+        except gzip.BadGzipFile as e:
+            msg = f"catalog file {path} is named .gz but is not gzipped; name a plain catalog .jsonl"
+            raise ConfigError(msg) from e
+        except EOFError as e:
+            msg = f"catalog file {path} is a truncated gzip file (it ends inside line {line_no + 1}); copy or write it again"
+            raise ConfigError(msg) from e
+
+
+def read_catalog(path: Path, schema: CatalogSchema, *, limit: int | None = None) -> Iterator[Product]:
+    """Products of a ``.jsonl`` or ``.jsonl.gz`` file; relative image paths resolve beside it."""
+    for line_no, line in _catalog_lines(path):
+        if limit is not None and line_no > limit:
+            return
+        if not line.strip():
+            continue
+        try:
+            source = json.loads(line)
+        except json.JSONDecodeError as e:
+            msg = f"{path}:{line_no} is not valid JSON ({e.msg}); each line must hold one product object"
+            raise ConfigError(msg) from e
+        if not isinstance(source, dict):
+            msg = f"{path}:{line_no} holds a JSON {_json_kind(source)}, not an object; each line must hold one product object"
+            raise ConfigError(msg)
+        try:
+            yield to_product(source, schema, path.parent)
+        except ConfigError as e:
+            msg = f"{path}:{line_no}: {e}"
+            raise ConfigError(msg) from e
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)

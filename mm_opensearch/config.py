@@ -7,9 +7,12 @@ they never appear in ``repr``, logs or ``mm-opensearch config show``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +25,43 @@ RESEND_SCAN_LIMIT = 10_000  # queued messages per list the stall guard reads, at
 JOB_RETENTION_S = 3 * 86_400.0  # finished jobs are kept three days
 SETTLED_WINDOW_S = 86_400.0  # far above the default visibility timeout (3600 s), after which redelivery happens
 
+MASK = "****"
+
+# user:password@ (the password may hold a raw '@': the authority ends at the last one before the path)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&;](?:[^=&#]*(?:pass|pwd|secret|token|key|auth)[^=&#]*)=)(?P<value>[^&#;]*)", re.I)
+
+
+def mask_url(value: str) -> str:
+    """``value`` with the credentials of any URL in it masked: ``http://admin:****@host``.
+
+    A lone user part (``https://TOKEN@host``) is often a token and is masked whole; query values
+    whose name suggests a secret (``?password=``) too. Text without a URL comes back unchanged.
+    """
+    if "://" not in value:
+        return value
+
+    def _userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
+
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}{MASK}", _URL_USERINFO.sub(_userinfo, value))
+
+
+def _masked(value: object) -> object:
+    """A setting's value safe to print: secrets hidden, URLs without their credentials."""
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        # A URL-valued secret (MMOS_REDIS_URL) shows where it points, never its password.
+        return mask_url(secret) if "://" in secret else ("**********" if secret else "")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
+
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mm-opensearch"
@@ -30,7 +70,10 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration for connecting to OpenSearch/Redis and locating models, data and caches."""
 
-    model_config = SettingsConfigDict(env_prefix="MMOS_", env_file=".env", extra="ignore", env_ignore_empty=True)
+    # hide_input_in_errors: a refused value (a URL with its password) never appears in the error text.
+    model_config = SettingsConfigDict(
+        env_prefix="MMOS_", env_file=".env", extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
 
     # --- OpenSearch connection -------------------------------------------------------------
     opensearch_hosts: Annotated[list[str], NoDecode] = Field(
@@ -58,6 +101,14 @@ class Settings(BaseSettings):
             "another of MMOS_OPENSEARCH_HOSTS within it. The workers keep MMOS_OPENSEARCH_TIMEOUT_S."
         ),
     )
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How long a command waits for OpenSearch and Redis to answer its first request before it stops "
+            "with an error naming MMOS_OPENSEARCH_HOSTS or MMOS_REDIS_URL (later outages are retried as usual)."
+        ),
+    )
     opensearch_pool_maxsize: int = Field(
         default=64,
         ge=1,
@@ -68,7 +119,10 @@ class Settings(BaseSettings):
     )
 
     # --- Redis (Celery broker, result backend, checkpoints, dead letters) --------------------
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path; shown masked.",
+    )
 
     # --- Index names ------------------------------------------------------------------------
     index_name: str = "products"
@@ -207,6 +261,36 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("opensearch_hosts", mode="after")
+    @classmethod
+    def _hosts_are_urls(cls, hosts: list[str]) -> list[str]:
+        if not hosts:
+            msg = "names no host; write one URL or several, comma-separated, e.g. https://search-1:9200"
+            raise ValueError(msg)
+        for entry in hosts:
+            candidate = entry if "://" in entry else f"http://{entry}"  # opensearch-py also takes host:port
+            try:
+                parts = urlsplit(candidate)
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in entry:
+                msg = (
+                    f"entry '{mask_url(entry)}' is not an OpenSearch URL; write http(s)://host:port, "
+                    "comma-separated for several, e.g. https://search-1:9200,https://search-2:9200"
+                )
+                raise ValueError(msg)
+        return hosts
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url_scheme(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            msg = f"'{mask_url(value)}' is not a Redis URL; write redis://host:6379/0, rediss://... (TLS) or unix:///path"
+            raise ValueError(msg)
+        return url
+
     @model_validator(mode="after")
     def _windows_above_the_limits(self) -> Settings:
         if self.backfill_resubmit_after_s <= self.worker_task_time_limit_s:
@@ -239,16 +323,13 @@ class Settings(BaseSettings):
         return self.cache_dir / f"opensearch-{self.dev_opensearch_version}"
 
     def redacted(self) -> dict[str, object]:
-        """The settings as a dict that is safe to print (secrets masked)."""
-        out: dict[str, object] = {}
-        for name, value in self:
-            if isinstance(value, SecretStr):
-                out[name] = "**********" if value.get_secret_value() else ""
-            elif isinstance(value, Path):
-                out[name] = str(value)
-            else:
-                out[name] = value
-        return out
+        """The settings as a dict that is safe to print: secrets and the credentials inside URLs masked."""
+        return {name: _masked(value) for name, value in self}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() lands in logs and tracebacks: the same masking as config show.
+        for name, value in super().__repr_args__():
+            yield name, value if isinstance(value, SecretStr) else _masked(value)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,8 @@ Every message names what was wrong and the fix, so a CLI user or an API client c
      ├── ImageLoadError         an image could not be fetched or decoded (the product keeps its text)
      ├── ModelError             a model artifact is missing, corrupt, or of another model than expected
      ├── IndexCompatibilityError  an index's vectors were made by another model or have another dimension
-     └── SearchUnavailableError OpenSearch could not be reached (the API answers 503)
+     ├── SearchUnavailableError OpenSearch could not be reached (the API answers 503)
+     └── RedisUnavailableError  Redis (broker, job state) could not be reached
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "ModelError",
     "IndexCompatibilityError",
     "SearchUnavailableError",
+    "RedisUnavailableError",
 ]
 
 
@@ -65,3 +67,7 @@ class IndexCompatibilityError(MMOpenSearchError):
 
 class SearchUnavailableError(MMOpenSearchError):
     """OpenSearch did not answer; retrying later may help."""
+
+
+class RedisUnavailableError(MMOpenSearchError):
+    """Redis (the Celery broker and the job state) did not answer; the message names MMOS_REDIS_URL."""

@@ -8,4 +8,5 @@ VENV="$(scripts/setup.sh | tail -n 1)"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$VENV/bin/mm-opensearch" dev up
 "$VENV/bin/mm-opensearch" demo "$@"
+echo "the demo index is served as 'mmos-demo': '$VENV/bin/mm-opensearch search \"red dress\" --index mmos-demo --explain'"
 echo "services keep running: '$VENV/bin/mm-opensearch dev down' stops them"

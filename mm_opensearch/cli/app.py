@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import traceback
 
+import redis
 import typer
+from opensearchpy import ConnectionError as OSConnectionError
+from opensearchpy import TransportError
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from mm_opensearch.cli import demo, dev, evaluate, index, jobs, search, serve, train
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import MMOpenSearchError
 from mm_opensearch.logs import configure_logging
+from mm_opensearch.preflight import opensearch_error_message, redis_error_message
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,10 +32,17 @@ app = typer.Typer(
 )
 
 
+_SERVICES = frozenset({"serve", "worker"})
+
+
 @app.callback()
-def _logging() -> None:
+def _logging(ctx: typer.Context) -> None:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.log_level != "DEBUG" and ctx.invoked_subcommand not in _SERVICES:
+        # opensearch-py logs every failed request at WARNING with its traceback; main() reports the
+        # error in one line, and MMOS_LOG_LEVEL=DEBUG brings both back. Services keep their logs.
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 
 app.add_typer(dev.app, name="dev")
@@ -50,17 +64,66 @@ def config_show() -> None:
     Console().print_json(json.dumps(get_settings().redacted(), default=str))
 
 
+def _debug() -> bool:
+    try:
+        return get_settings().log_level == "DEBUG"
+    except ValidationError:  # the settings themselves are what failed
+        return os.environ.get("MMOS_LOG_LEVEL", "").upper() == "DEBUG"
+
+
+def _fail(message: str) -> None:
+    """Print one ``error:`` line on stderr (never wrapped, never read as markup), the traceback at DEBUG."""
+    if _debug():
+        traceback.print_exc()
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+
+
+def _settings_error(e: ValidationError) -> str:
+    errors = "; ".join(
+        f"{'MMOS_' + '_'.join(map(str, err['loc'])).upper() if err['loc'] else 'MMOS_*'}: {err['msg']}"
+        for err in e.errors()
+    )
+    return f"invalid configuration: {errors}"
+
+
+def _transport_error(e: TransportError) -> str:
+    """An HTTP error OpenSearch answered: its status, type and reason (no request body, no traceback)."""
+    info = e.info if isinstance(e.info, dict) else {}
+    error = info.get("error") if isinstance(info.get("error"), dict) else {}
+    reason = error.get("reason") or e.error or ""
+    hint = {401: "; check MMOS_OPENSEARCH_USER and MMOS_OPENSEARCH_PASSWORD",
+            403: "; the configured user lacks a privilege for this (see the reason)"}.get(e.status_code, "")
+    return f"OpenSearch answered {e.status_code} {error.get('type') or e.error}: {str(reason)[:300]}{hint}"
+
+
 def main() -> None:
-    """Entry point that turns library errors into a one-line message and exit code 1."""
+    """Entry point: every failure is one ``error:`` line (naming the setting or file) and exit code 1.
+
+    Library errors, invalid settings and connection errors of opensearch-py and redis are expected
+    and get their own message; anything else gets a short line and how to see the traceback.
+    """
     try:
         app()
     except MMOpenSearchError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        _fail(str(e))
         raise SystemExit(1) from e
     except ValidationError as e:  # MMOS_* settings
-        errors = "; ".join(
-            f"{'MMOS_' + '_'.join(map(str, err['loc'])).upper() if err['loc'] else 'MMOS_*'}: {err['msg']}"
-            for err in e.errors()
-        )
-        Console(stderr=True).print(f"[bold red]error:[/] invalid configuration: {errors}")
+        _fail(_settings_error(e))
         raise SystemExit(1) from e
+    except OSConnectionError as e:  # also timeouts and TLS; before TransportError, its base class
+        _fail(opensearch_error_message(get_settings().opensearch_hosts, e))
+        raise SystemExit(1) from e
+    except TransportError as e:
+        _fail(_transport_error(e))
+        raise SystemExit(1) from e
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        _fail(redis_error_message(get_settings().redis_url.get_secret_value(), e))
+        raise SystemExit(1) from e
+    except Exception as e:  # noqa: BLE001 - the last resort: a line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        _fail(f"unexpected {type(e).__name__}: {first} (rerun with MMOS_LOG_LEVEL=DEBUG for the traceback)")
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    main()

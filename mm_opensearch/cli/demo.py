@@ -2,7 +2,8 @@
 
 Starts the local services if needed, indexes the whole catalog (BM25 fields + fused and
 per-modality vectors from the default model), shows hybrid results beside BM25's for a few
-queries, and prints offline metrics on the judged validation queries.
+queries, and prints offline metrics on the judged validation queries. It runs on the local dev
+node only (``--yes`` for another cluster) and serves its index under its own alias, ``mmos-demo``.
 """
 
 from __future__ import annotations
@@ -15,38 +16,48 @@ from rich.console import Console
 from rich.table import Table
 
 from mm_opensearch.cli.evaluate import metrics_table
-from mm_opensearch.config import get_settings
+from mm_opensearch.config import Settings, get_settings
+from mm_opensearch.demo import DEMO_ALIAS, DEMO_PREFIX, check_demo_alias, not_the_dev_node, serve_demo_index
+from mm_opensearch.errors import ConfigError
 
 console = Console()
 
-DEMO_PREFIX = "mmos-demo"
 SAMPLE_QUERIES = ("navy blue casual shirts for men", "women red floral dress", "puma sports shoes", "black leather wallet")
 
 
 def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Catalog folder (default MMOS_DATA_DIR).")] = None,
     limit: Annotated[int | None, typer.Option(help="Index only the first N products (quick look).")] = None,
-    index: Annotated[str | None, typer.Option(help="Alias to serve the demo index under (default MMOS_INDEX_NAME).")] = None,
+    index: Annotated[str, typer.Option(help="Alias to serve the demo index under (only a free or demo alias).")] = DEMO_ALIAS,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run on a cluster other than the local dev node.")] = False,
 ) -> None:
     """Bring services up, index the sample catalog, answer hybrid queries and print metrics."""
-    from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
-    from mm_opensearch.client import create_client  # noqa: PLC0415
     from mm_opensearch.devservices import OpenSearchNode, RedisServer  # noqa: PLC0415
-    from mm_opensearch.augment import swap_aliases  # noqa: PLC0415
-    from mm_opensearch.augment.inspect import resolve_index  # noqa: PLC0415
-    from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: PLC0415
-    from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: PLC0415
-    from mm_opensearch.hybrid.fusion import tuned_fusion  # noqa: PLC0415
-    from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: PLC0415
-    from mm_opensearch.judgments import load_qrels, load_queries  # noqa: PLC0415
-    from mm_opensearch.towers import load_default_model  # noqa: PLC0415
+    from mm_opensearch.preflight import connect_opensearch  # noqa: PLC0415
 
     settings = get_settings()
     folder = data_dir or settings.data_dir
-    with console.status("starting OpenSearch and Redis (harmless when they already run)"):
-        OpenSearchNode(settings).start()
-        RedisServer(settings).start()
-    client = create_client(settings)
+    alias = index
+    local = not_the_dev_node(settings.opensearch_hosts, dev_port=settings.dev_opensearch_port) is None
+    if not local:
+        _refuse_unless(yes, settings, alias, None)  # before anything starts (or torch loads)
+    else:
+        with console.status("starting OpenSearch and Redis (harmless when they already run)"):
+            OpenSearchNode(settings).start()
+            RedisServer(settings).start()
+    client = connect_opensearch(settings)
+    if local:  # a local port may be a tunnel to a team's cluster: its name tells
+        _refuse_unless(yes, settings, alias, str(client.info().get("cluster_name")))
+    check_demo_alias(client, alias)  # before minutes of indexing, not after
+
+    from mm_opensearch.catalog import CatalogSchema, read_catalog  # noqa: PLC0415 - torch loads only here
+    from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: PLC0415
+    from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: PLC0415
+    from mm_opensearch.hybrid import HybridSearcher, SearchRequest  # noqa: PLC0415
+    from mm_opensearch.hybrid.fusion import tuned_fusion  # noqa: PLC0415
+    from mm_opensearch.judgments import load_qrels, load_queries  # noqa: PLC0415
+    from mm_opensearch.towers import load_default_model  # noqa: PLC0415
+
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(folder / "products.jsonl.gz", schema, limit=limit))
     with console.status("loading the model"):
@@ -61,10 +72,8 @@ def demo(
         on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
     )
     demo_index = eval_index_name(DEMO_PREFIX, "multimodal", model.model_id)
-    alias = index or settings.index_name
-    current = resolve_index(client, alias) if client.indices.exists_alias(name=alias) else None
-    swap_aliases(client, [alias], to_index=demo_index, from_index=current)
-    console.print(f"index {demo_index} is served as '{alias}' (try: mm-opensearch search \"red dress\" --explain)")
+    serve_demo_index(client, alias, demo_index)
+    console.print(f"index {demo_index} is served as '{alias}' (try: mm-opensearch search \"red dress\" --index {alias} --explain)")
 
     searcher = HybridSearcher(client, settings, index=alias, tower=model, default_fusion=tuned_fusion(model.config.hybrid))
     label = next(iter(schema.text_fields))
@@ -80,5 +89,17 @@ def demo(
             table.add_row(str(i + 1), *cells)
         console.print(table)
 
-    title = f"validation queries ({len(result.runs['bm25'])}), whole catalog indexed"
+    indexed = "whole catalog" if limit is None else f"first {len(products)} products"
+    title = f"validation queries ({len(result.runs['bm25'])}), {indexed} indexed"
     console.print(metrics_table(result.modes, title=title))
+
+
+def _refuse_unless(yes: bool, settings: Settings, alias: str, cluster_name: str | None) -> None:
+    """Stop before anything is written on a cluster that is not the dev node, unless ``--yes``."""
+    reason = not_the_dev_node(settings.opensearch_hosts, dev_port=settings.dev_opensearch_port, cluster_name=cluster_name)
+    if reason and not yes:
+        msg = (
+            f"{reason}; the demo creates {DEMO_PREFIX}-* indices and the '{alias}' alias there. Point "
+            "MMOS_OPENSEARCH_HOSTS at the dev node (`mm-opensearch dev up`), or pass --yes to run it on this cluster"
+        )
+        raise ConfigError(msg)

@@ -25,10 +25,10 @@ from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder
 from mm_opensearch.backfill.pipeline import EmbedContext
 from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.cli.jobs import progress_display
-from mm_opensearch.client import create_client
 from mm_opensearch.config import get_settings
-from mm_opensearch.errors import ModelError
+from mm_opensearch.errors import ConfigError, ModelError
 from mm_opensearch.indexing.load import create_product_index, load_products
+from mm_opensearch.preflight import check_redis, connect_opensearch
 
 if TYPE_CHECKING:
     from opensearchpy import OpenSearch
@@ -80,30 +80,49 @@ def create(
     alias: Annotated[list[str] | None, typer.Option(help="Aliases to point at the new index.")] = None,
     yes: Yes = False,
 ) -> None:
-    """Create a product index from the mappings/ templates, optionally loading a catalog."""
+    """Create a product index from the mappings/ templates, optionally loading a catalog.
+
+    Exits non-zero when the catalog holds no product or any product failed to load. Several lines
+    with the same id are one product: each write replaces the last, so the last line wins (counted).
+    """
     settings = get_settings()
-    client = create_client(settings)
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(catalog, schema, limit=limit)) if catalog else []
+    if catalog and not products:
+        msg = f"catalog {catalog} holds no products (no line with a product object); nothing to load into '{name}'"
+        raise ConfigError(msg)
+    client = connect_opensearch(settings)
     model = _model() if vectors else None
     if client.indices.exists(index=name):
         _confirm(f"index '{name}' exists; delete and recreate it?", yes)
     create_product_index(client, name, schema, sample=products[0].source if products else None, model=model,
                          modalities=modalities, replace=True)
+    failed = 0
     if products:
         roots = settings.image_roots_or(catalog.parent) if catalog else ()
         report = load_products(client, name, products, model=model, modalities=modalities, image_roots=roots)
-        console.print(f"loaded {report.succeeded} products, {len(report.failed)} failed")
+        failed = len(report.failed)
+        distinct = len({p.id for p in products})
+        repeats = len(products) - distinct
+        line = f"loaded {distinct - len({f.id for f in report.failed})} of {distinct} products into '{name}'"
+        if repeats:
+            line += f"; {repeats} duplicate ids ({len(products)} lines), the last one wins"
+        console.print(line)
+        for failure in report.failed[:5]:
+            console.print(f"  {failure.id}: [{failure.status}] {failure.error}", markup=False)
     if alias:
         swap_aliases(client, alias, to_index=name)
     console.print(f"created '{name}'" + (f" with aliases {alias}" if alias else ""))
+    if failed:
+        msg = f"{failed} products of {catalog} failed to load into '{name}' (the first are listed above); fix them and load again"
+        raise ConfigError(msg)
 
 
 @app.command()
 def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> None:
     """What the index has, and what augmenting it takes."""
     settings = get_settings()
-    report = inspect_index(create_client(settings), name, CatalogSchema.from_settings(settings))
+    report = inspect_index(connect_opensearch(settings), name, CatalogSchema.from_settings(settings))
     table = Table("property", "value", show_header=False)
     rows = {
         "index": report.index, "aliases": ", ".join(report.aliases) or "-", "documents": str(report.docs),
@@ -139,7 +158,7 @@ def augment(
 ) -> None:
     """Add vectors to an index without interrupting its queries (in place, or copy + alias swap)."""
     settings = get_settings()
-    client = create_client(settings)
+    client = connect_opensearch(settings)
     schema = CatalogSchema.from_settings(settings)
     model = _model()
     plan = plan_augment(inspect_index(client, name, schema), model_id=model.model_id, dim=model.dim,
@@ -148,6 +167,7 @@ def augment(
     if dry_run:
         return
     _confirm("go ahead?", yes)
+    check_redis(settings)  # a wrong MMOS_REDIS_URL fails in seconds, in one line
     store = JobStore.from_settings(settings)
     if inline:
         queue = InlineQueue(lambda q: EmbedContext(
@@ -179,14 +199,14 @@ def swap(
     if dry_run:
         return
     _confirm("go ahead?", yes)
-    swap_aliases(create_client(get_settings()), alias, to_index=to, from_index=from_index)
+    swap_aliases(connect_opensearch(get_settings()), alias, to_index=to, from_index=from_index)
     console.print("done")
 
 
 def _augmented(name: str) -> tuple[OpenSearch, CatalogSchema, IndexStatus]:
     """Client, schema and status of an index that augment made (for rollback and cleanup)."""
     settings = get_settings()
-    client, schema = create_client(settings), CatalogSchema.from_settings(settings)
+    client, schema = connect_opensearch(settings), CatalogSchema.from_settings(settings)
     return client, schema, index_status(client, name, schema)
 
 
@@ -225,7 +245,7 @@ def cleanup(
 def status(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> None:
     """Vector coverage, errors, aliases and the index kept for rollback."""
     settings = get_settings()
-    state = index_status(create_client(settings), name, CatalogSchema.from_settings(settings))
+    state = index_status(connect_opensearch(settings), name, CatalogSchema.from_settings(settings))
     report = state.report
     console.print(f"'{report.index}' aliases {list(report.aliases)}: {report.docs} products, "
                   f"{state.with_vector} with vectors ({state.coverage:.1%}), {state.with_error} with embedding errors")

@@ -29,6 +29,7 @@ from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError
+from mm_opensearch.preflight import check_redis
 
 __all__ = ["jobs_app", "register"]
 
@@ -43,7 +44,9 @@ def _queue() -> JobQueue:
 
 
 def _store() -> JobStore:
-    return JobStore.from_settings(get_settings())
+    settings = get_settings()
+    check_redis(settings)  # a wrong MMOS_REDIS_URL fails in seconds, in one line
+    return JobStore.from_settings(settings)
 
 
 @contextmanager

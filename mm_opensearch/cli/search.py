@@ -11,6 +11,7 @@ from rich.table import Table
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.hybrid import FusionOptions, SearchRequest, SearchResponse, open_searcher, parse_filter_expressions
+from mm_opensearch.preflight import check_opensearch
 
 
 def _table(response: SearchResponse, title_field: str, explain: bool) -> Table:
@@ -57,10 +58,14 @@ def search(
     rank_constant: Annotated[int | None, typer.Option(help="rrf: k in 1/(k + rank).")] = None,
     client_side: Annotated[bool, typer.Option(help="Fuse on the client even when the cluster could.")] = False,
     explain: Annotated[bool, typer.Option(help="Show each leg's rank and score.")] = False,
+    index: Annotated[
+        str | None, typer.Option(help="Index or alias, e.g. mmos-demo (default MMOS_READ_ALIAS or MMOS_INDEX_NAME).")
+    ] = None,
 ) -> None:
-    """Search the configured index and print the hits."""
+    """Search the configured index (or --index) and print the hits."""
     settings = get_settings()
-    searcher = open_searcher(settings)
+    check_opensearch(settings)  # a wrong MMOS_OPENSEARCH_HOSTS fails here, before the model loads
+    searcher = open_searcher(settings, index=index)
     default = searcher.fusion_for(fusion)  # type: ignore[arg-type]  # the fields of the method named
     options = FusionOptions(
         method=fusion or default.method,  # type: ignore[arg-type]

@@ -26,7 +26,9 @@ from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
-__all__ = ["OpenSearchNode", "Release", "find_java", "jvm_options"]
+__all__ = ["DEV_CLUSTER_NAME", "OpenSearchNode", "Release", "find_java", "jvm_options"]
+
+DEV_CLUSTER_NAME = "mm-opensearch-dev"  # cluster.name that dev/opensearch's Launcher sets
 
 _JDK_DIRS = "/usr/lib/jvm/*/bin/java"  # where Debian and Temurin packages put their JDKs
 

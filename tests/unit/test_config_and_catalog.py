@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mm_opensearch.catalog import CatalogSchema, content_hash, parse_instant, read_catalog
-from mm_opensearch.config import Settings
+from mm_opensearch.config import Settings, mask_url
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
 
@@ -92,3 +93,93 @@ def test_updated_at_values_parse_to_comparable_utc_instants() -> None:
     assert parse_instant("2026-11-30T10:00:00") == parse_instant("2026-11-30T10:00:00Z")  # naive = UTC
     assert parse_instant("2026-11-30T10:00:00.001Z") > parse_instant("2026-11-30T10:00:00")
     assert parse_instant(None) is None and parse_instant("") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://admin:hunter2@search-1:9200", "http://admin:****@search-1:9200"),
+        ("https://TOKEN123@search-1:9200", "https://****@search-1:9200"),  # a lone user part is often a token
+        ("http://admin:p@ss@host/x", "http://admin:****@host/x"),  # a raw '@' in the password
+        ("redis://:hunter2@redis:6379/0", "redis://:****@redis:6379/0"),
+        ("redis://redis:6379/0?password=hunter2&db=1", "redis://redis:6379/0?password=****&db=1"),
+        ("https://search-1:9200", "https://search-1:9200"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url_hides_credentials_and_keeps_where_it_points(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_redacted_masks_credentials_inside_url_valued_settings() -> None:
+    settings = Settings(
+        opensearch_hosts="http://admin:hunter2@search-1:9200,https://search-2:9200",
+        redis_url="redis://default:s3cret@redis:6379/0",
+        api_key="k3y",
+    )
+    shown = settings.redacted()
+    assert shown["opensearch_hosts"] == ["http://admin:****@search-1:9200", "https://search-2:9200"]
+    assert shown["redis_url"] == "redis://default:****@redis:6379/0"
+    assert shown["api_key"] == "**********"
+    text = json.dumps(shown, default=str) + repr(settings)
+    assert "hunter2" not in text and "s3cret" not in text and "k3y" not in text
+    assert settings.opensearch_hosts[0] == "http://admin:hunter2@search-1:9200"  # the client still gets it
+
+
+@pytest.mark.parametrize("hosts", ["not a url", "ftp://search-1:9200", "http://search-1:port", "http://", ","])
+def test_a_host_that_is_not_an_opensearch_url_is_refused_naming_the_setting(hosts: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(opensearch_hosts=hosts)
+    [error] = caught.value.errors()
+    assert error["loc"] == ("opensearch_hosts",)
+    assert "https://search-1:9200" in error["msg"]  # the form to write
+
+
+def test_a_redis_url_of_another_scheme_is_refused_without_its_password() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis_url="http://admin:hunter2@redis:6379")
+    assert "hunter2" not in str(caught.value)
+    assert "redis://" in caught.value.errors()[0]["msg"]
+
+
+def test_host_port_without_a_scheme_is_still_accepted() -> None:
+    assert Settings(opensearch_hosts="search-1:9200").opensearch_hosts == ["search-1:9200"]
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"), [(b"[1, 2]", "array"), (b'"a string"', "string"), (b"42", "number"), (b"null", "null")]
+)
+def test_a_catalog_line_that_is_json_but_not_an_object_names_file_and_line(
+    tmp_path: Path, line: bytes, kind: str
+) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "1", "title": "a"}\n' + line + b"\n")
+    with pytest.raises(ConfigError, match=rf"c\.jsonl:2 holds a JSON {kind}, not an object"):
+        list(read_catalog(path, CatalogSchema()))
+
+
+def test_a_catalog_that_is_not_utf8_names_line_and_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"id": "1", "title": "a"}\n{"id": "2", "title": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match=r"c\.jsonl\.gz:2 is not UTF-8 \(byte 0xe9 at offset 51 of the file once uncompressed"):
+        list(read_catalog(path, CatalogSchema()))
+
+
+def test_a_gzipped_catalog_without_gz_and_a_gz_that_is_not_gzip_say_so(tmp_path: Path) -> None:
+    plain_named = tmp_path / "c.jsonl"
+    plain_named.write_bytes(gzip.compress(b'{"id": "1"}\n'))
+    with pytest.raises(ConfigError, match="it is gzipped: name it .gz"):
+        list(read_catalog(plain_named, CatalogSchema()))
+    gz_named = tmp_path / "d.jsonl.gz"
+    gz_named.write_bytes(b'{"id": "1"}\n')
+    with pytest.raises(ConfigError, match="named .gz but is not gzipped"):
+        list(read_catalog(gz_named, CatalogSchema()))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        list(read_catalog(tmp_path, CatalogSchema()))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_product(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "1", "title": "a"}\n')
+    assert [p.id for p in read_catalog(path, CatalogSchema())] == ["1"]
