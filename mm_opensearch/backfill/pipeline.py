@@ -14,16 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import opensearchpy
-import redis
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue, WriteJob, batch_ids, new_job_id
+from mm_opensearch.backfill.retry import RefusedWritesError, classify_response
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema, Product, content_hash, to_product
-from mm_opensearch.client import TRANSIENT_STATUSES
 from mm_opensearch.errors import ConfigError
-from mm_opensearch.indexing.bulk import bulk_write, vector_update_action
+from mm_opensearch.indexing.bulk import BulkFailure, bulk_write, vector_update_action
 from mm_opensearch.indexing.load import product_vectors
 from mm_opensearch.indexing.mappings import check_model_compatible
 
@@ -38,7 +36,6 @@ __all__ = [
     "embed_step",
     "enqueue",
     "is_current",
-    "is_transient",
     "read_product",
     "retry_dead_letters",
     "submit_embed",
@@ -72,13 +69,6 @@ class EmbedContext:
                 index, body["mappings"], self.model.model_id, self.model.dim
             )
         return self._checked[index]
-
-
-def is_transient(error: BaseException) -> bool:
-    """Errors worth retrying: the cluster or Redis was unreachable, overloaded or restarting."""
-    if isinstance(error, opensearchpy.ConnectionError | redis.ConnectionError | redis.TimeoutError):
-        return True
-    return isinstance(error, opensearchpy.TransportError) and error.status_code in TRANSIENT_STATUSES
 
 
 def read_product(hit: dict[str, Any], schema: CatalogSchema, image_dir: Path | None = None) -> Product:
@@ -126,10 +116,7 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
 def write_step(ctx: EmbedContext, job: WriteJob) -> dict[str, int]:
     """Write the vectors; re-embed refused (stale) products; count the batch once. Returns its product counts."""
     report = bulk_write(ctx.client, job.actions)
-    retryable = [f for f in report.failed if f.status in TRANSIENT_STATUSES]
-    if retryable:  # 429s that outlived bulk_write's own backoff: the whole step is retried later
-        msg = f"{len(retryable)} writes to '{job.index}' were rejected with {retryable[0].status}; retrying"
-        raise opensearchpy.TransportError(retryable[0].status, msg)
+    _raise_if_refused(job.index, report.failed)
     errors = [{"id": f.id, "status": f.status, "error": f.error} for f in report.failed] + job.failed
     conflicts = report.conflicts
     if conflicts and job.attempt + 1 > MAX_STALE_REREADS:
@@ -142,6 +129,20 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> dict[str, int]:
     counts = {"written": report.succeeded, "skipped": job.skipped, "missing": job.missing, "failed": len(errors)}
     ctx.store.settle(job.job_id, job.batch_id, **counts)
     return counts
+
+
+def _raise_if_refused(index: str, failures: list[BulkFailure]) -> None:
+    """Items refused because of the cluster, not the document, fail the whole step.
+
+    A 429 that outlived bulk_write's own backoff or a write block is retried later (the written
+    items are skipped then as current); missing privileges dead-letter the batch. Other item
+    failures (a document the mapping refuses) are the product's own and are recorded with it.
+    """
+    verdicts = [classify_response(f.status, {"type": f.type, "reason": f.error}) for f in failures]
+    for kind in ("denied", "transient"):
+        refused = [verdict for verdict in verdicts if verdict.kind == kind]
+        if refused:
+            raise RefusedWritesError(refused[0], len(refused), index)
 
 
 def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:
