@@ -18,7 +18,7 @@ from mm_opensearch.backfill.pipeline import (
     write_step,
 )
 from mm_opensearch.backfill.recovery import StallGuard
-from mm_opensearch.backfill.retry import ErrorVerdict, RefusedWritesError, RetryPolicy, classify_error, is_transient
+from mm_opensearch.backfill.retry import ErrorVerdict, RefusedItemsError, RetryPolicy, classify_error, is_transient
 from mm_opensearch.backfill.run import BackfillTimeoutError, backfill_job_id, run_backfill, wait_for_job
 from mm_opensearch.backfill.store import DeadLetter, JobCounts, JobStore, redis_client
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
@@ -34,7 +34,7 @@ __all__ = [
     "JobQueue",
     "JobStore",
     "QueueEmbedder",
-    "RefusedWritesError",
+    "RefusedItemsError",
     "RetryPolicy",
     "StallGuard",
     "WriteJob",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue, WriteJob, batch_ids, new_job_id
-from mm_opensearch.backfill.retry import RefusedWritesError, classify_response
+from mm_opensearch.backfill.retry import RefusedItemsError, classify_response
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema, Product, content_hash, to_product
 from mm_opensearch.errors import ConfigError
@@ -90,6 +90,7 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
     meta = ctx.index_meta(job.index)
     assert ctx.model is not None  # checked by index_meta
     response = ctx.client.mget(index=job.index, body={"ids": list(job.ids)})
+    _raise_if_unread(job.index, response["docs"])
     products, versions, missing, skipped = [], [], 0, 0
     for doc in response["docs"]:
         if not doc.get("found"):
@@ -142,7 +143,19 @@ def _raise_if_refused(index: str, failures: list[BulkFailure]) -> None:
     for kind in ("denied", "transient"):
         refused = [verdict for verdict in verdicts if verdict.kind == kind]
         if refused:
-            raise RefusedWritesError(refused[0], len(refused), index)
+            raise RefusedItemsError(refused[0], len(refused), f"writes to '{index}'")
+
+
+def _raise_if_unread(index: str, docs: list[dict[str, Any]]) -> None:
+    """A product the multi-get could not read is not missing: the step fails, and is retried when that passes.
+
+    After a node restart, a shard not started yet answers ``no_shard_available_action_exception``
+    for each of its documents; counting them as missing would skip them for good.
+    """
+    verdicts = [classify_response(0, doc["error"]) for doc in docs if "error" in doc]
+    if verdicts:
+        first = next((v for v in verdicts if v.kind == "denied"), verdicts[0])
+        raise RefusedItemsError(first, len(verdicts), f"reads of '{index}'")
 
 
 def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:

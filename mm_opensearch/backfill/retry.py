@@ -3,8 +3,8 @@
 Errors are classified by what OpenSearch says they are, not by HTTP status alone: a 403 is a
 write block (``cluster_block_exception``: ``index.blocks.write``, a flood-stage disk watermark),
 which an operator or the cluster lifts, or missing privileges (``security_exception``), which no
-retry fixes. A whole response and one item of a bulk response go through the same
-:func:`classify_response`.
+retry fixes. A whole response and one item of a bulk or multi-get response go through
+the same :func:`classify_response`.
 
 A transient failure is retried with capped exponential backoff and equal jitter (half the delay
 fixed, half random), so the waits add up to a known span however the dice fall: full jitter could
@@ -27,7 +27,7 @@ from mm_opensearch.errors import MMOpenSearchError
 
 __all__ = [
     "ErrorVerdict",
-    "RefusedWritesError",
+    "RefusedItemsError",
     "RetryPolicy",
     "classify_error",
     "classify_response",
@@ -35,7 +35,10 @@ __all__ = [
     "missing_privilege",
 ]
 
-TRANSIENT_TYPES = frozenset({"cluster_block_exception"})  # blocks are lifted: by an operator or a freed disk
+# Blocks are lifted (by an operator, a freed disk); a shard is unavailable while a restarted node recovers it.
+TRANSIENT_TYPES = frozenset({
+    "cluster_block_exception", "no_shard_available_action_exception", "unavailable_shards_exception",
+})
 PERMANENT_TYPES = frozenset({"security_exception"})
 _PRIVILEGE = re.compile(r"no permissions for \[(.*?)\](?: and |$)")
 
@@ -57,12 +60,12 @@ class ErrorVerdict:
         return self.kind == "transient"
 
 
-class RefusedWritesError(MMOpenSearchError):
-    """Items of a bulk write were refused for a reason about the cluster, not the documents: a 429 or a
-    write block (retry the batch) or missing privileges (dead-letter it)."""
+class RefusedItemsError(MMOpenSearchError):
+    """Items of a bulk write or a multi-get failed for a reason about the cluster, not the documents: a
+    429, a write block, a shard not started yet (retry the batch) or missing privileges (dead-letter it)."""
 
-    def __init__(self, verdict: ErrorVerdict, refused: int, index: str) -> None:
-        super().__init__(f"{refused} writes to '{index}' were refused: {verdict.reason}")
+    def __init__(self, verdict: ErrorVerdict, refused: int, what: str) -> None:
+        super().__init__(f"{refused} {what} were refused: {verdict.reason}")
         self.verdict = verdict
 
 
@@ -101,7 +104,7 @@ def classify_error(error: BaseException) -> ErrorVerdict:
     """Classify an exception raised by a step: connection trouble and passing refusals are transient."""
     if isinstance(error, opensearchpy.ConnectionError | redis.ConnectionError | redis.TimeoutError):
         return ErrorVerdict("transient", f"{type(error).__name__}: {error}")  # refused, reset, timeout
-    if isinstance(error, RefusedWritesError):
+    if isinstance(error, RefusedItemsError):
         return ErrorVerdict(error.verdict.kind, str(error))
     if isinstance(error, opensearchpy.TransportError) and isinstance(error.status_code, int):
         info = error.info if isinstance(error.info, dict) else {}

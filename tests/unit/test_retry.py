@@ -8,8 +8,8 @@ import opensearchpy
 import pytest
 import redis
 
-from mm_opensearch.backfill import RefusedWritesError, RetryPolicy, classify_error, is_transient
-from mm_opensearch.backfill.pipeline import _raise_if_refused
+from mm_opensearch.backfill import RefusedItemsError, RetryPolicy, classify_error, is_transient
+from mm_opensearch.backfill.pipeline import _raise_if_refused, _raise_if_unread
 from mm_opensearch.backfill.retry import classify_response, missing_privilege
 from mm_opensearch.errors import IndexCompatibilityError
 from mm_opensearch.indexing.bulk import BulkFailure
@@ -100,11 +100,11 @@ def test_bulk_items_go_through_the_same_classifier() -> None:
         return BulkFailure("p1", status, reason, kind)
 
     assert classify_response(403, {"type": WRITE_BLOCK[1], "reason": WRITE_BLOCK[2]}).transient
-    with pytest.raises(RefusedWritesError) as blocked:
+    with pytest.raises(RefusedItemsError) as blocked:
         _raise_if_refused("products", [item(*WRITE_BLOCK), item(*WRITE_BLOCK)])
     assert classify_error(blocked.value).transient and "2 writes to 'products' were refused" in str(blocked.value)
 
-    with pytest.raises(RefusedWritesError) as denied:  # a block and a refusal: no retry makes the refusal pass
+    with pytest.raises(RefusedItemsError) as denied:  # a block and a refusal: no retry makes the refusal pass
         _raise_if_refused("products", [item(*WRITE_BLOCK), item(*NO_BULK_PRIVILEGE)])
     assert classify_error(denied.value).kind == "denied"
     assert "indices:data/write/bulk[s]" in str(denied.value)
@@ -143,3 +143,16 @@ def test_the_default_retries_ride_out_a_ten_minute_outage() -> None:
     while (wait := policy.delay(retries, elapsed, LowestJitter())) is not None:
         elapsed, retries = elapsed + wait, retries + 1
     assert elapsed >= settings.worker_retry_budget_s >= 300  # several minutes, not 1 + 2 + 4 s
+
+
+def test_a_product_the_multi_get_could_not_read_is_retried_not_counted_missing() -> None:
+    # what mget answers for each document of a shard not started yet (a node that is recovering)
+    unread = {"_index": "products", "_id": "7", "error": {
+        "root_cause": [{"type": "no_shard_available_action_exception",
+                        "reason": "No shard available for [org.opensearch.action.get.MultiGetShardRequest@7bea7081]"}],
+        "type": "no_shard_available_action_exception",
+        "reason": "No shard available for [org.opensearch.action.get.MultiGetShardRequest@7bea7081]"}}
+    with pytest.raises(RefusedItemsError) as failed:
+        _raise_if_unread("products", [{"_index": "products", "_id": "6", "found": False}, unread])
+    assert classify_error(failed.value).transient and "1 reads of 'products'" in str(failed.value)
+    _raise_if_unread("products", [{"_index": "products", "_id": "6", "found": False}])  # deleted: really missing
