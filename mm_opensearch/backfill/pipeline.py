@@ -185,17 +185,24 @@ def enqueue(
 def dead_letter(store: JobStore, kind: str, payload: dict[str, Any], reason: str) -> str:
     """Park a batch that failed for good and count it as settled so its job can finish."""
     letter_id = store.add_dead_letter(kind, payload, reason)
-    n = len(payload.get("ids") or payload.get("actions") or ())
+    n = _products(payload)
     store.record_errors(payload["job_id"], [{"batch": payload["batch_id"], "status": -1, "error": reason}])
     store.settle(payload["job_id"], payload["batch_id"], dead=n)
     return letter_id
+
+
+def _products(payload: dict[str, Any]) -> int:
+    """How many products a dead-lettered batch counts for in its job's ``dead``."""
+    return len(payload.get("ids") or payload.get("actions") or ())
 
 
 def retry_dead_letters(store: JobStore, queue: JobQueue, letter_ids: list[str] | None = None) -> list[str]:
     """Submit dead-lettered batches again (as new batches of their job); returns the retried ids.
 
     Every retry is an embed of the batch's products, also for a failed write: the products may
-    have changed since, and the write's vectors were made from the version read back then.
+    have changed since, and the write's vectors were made from the version read back then. The
+    products leave their job's ``dead`` count as they are sent again and count once more, as
+    written or dead, when the retry settles.
     """
     retried = []
     for letter in store.dead_letters():
@@ -207,7 +214,7 @@ def retry_dead_letters(store: JobStore, queue: JobQueue, letter_ids: list[str] |
                        payload.get("attempt", 0))
         store.ensure_job(job.job_id, job.index)
         submit_embed(store, queue, job)
-        store.remove_dead_letter(letter.id)
+        store.retract_dead_letter(letter.id, job.job_id, _products(payload))
         retried.append(letter.id)
     return retried
 
