@@ -118,7 +118,8 @@ def wait_for_job(
     """Block until every batch of the job is written or dead-lettered; marks the job finished.
 
     With ``queue``, batches presumed lost by the broker are sent again after ``resubmit_after_s``
-    (:class:`~mm_opensearch.backfill.recovery.StallGuard`).
+    (:class:`~mm_opensearch.backfill.recovery.StallGuard`). Redis unreachable is waited out
+    (and logged) until ``timeout_s``.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     guard = StallGuard(store, queue, job_id, after_s=resubmit_after_s) if queue is not None else None
