@@ -88,6 +88,7 @@ def _load_after_fork(**_: Any) -> None:
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
+    """The worker's ``MMOS_WORKER_MAX_RETRIES``, ``_RETRY_BUDGET_S`` and ``_RETRY_BACKOFF_MAX_S``."""
     return RetryPolicy(settings.worker_max_retries, settings.worker_retry_budget_s, settings.worker_retry_backoff_max_s)
 
 

@@ -156,3 +156,16 @@ def test_a_product_the_multi_get_could_not_read_is_retried_not_counted_missing()
         _raise_if_unread("products", [{"_index": "products", "_id": "6", "found": False}, unread])
     assert classify_error(failed.value).transient and "1 reads of 'products'" in str(failed.value)
     _raise_if_unread("products", [{"_index": "products", "_id": "6", "found": False}])  # deleted: really missing
+
+
+def test_the_worker_refuses_a_visibility_timeout_a_waiting_retry_can_outlast() -> None:
+    """A retry waits out its countdown unacknowledged in a worker, then runs up to the time limit."""
+    from mm_opensearch.config import Settings  # noqa: PLC0415
+    from mm_opensearch.errors import ConfigError  # noqa: PLC0415
+    from workers.app import check_time_limits, create_app  # noqa: PLC0415
+
+    fits = Settings(worker_task_time_limit_s=600, worker_visibility_timeout_s=700, worker_retry_backoff_max_s=60)
+    check_time_limits(create_app(fits).conf)
+    tight = fits.model_copy(update={"worker_retry_backoff_max_s": 100.0})
+    with pytest.raises(ConfigError, match="plus the longest retry backoff .100 s.*MMOS_WORKER_RETRY_BACKOFF_MAX_S"):
+        check_time_limits(create_app(tight).conf)
