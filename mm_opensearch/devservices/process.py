@@ -125,7 +125,9 @@ class ManagedProcess:
             while _pid_alive(pid):
                 time.sleep(0.1)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it: no zombie is left
+            # reap it when this process started it: no zombie is left. Not WNOHANG: a JVM whose main
+            # thread is a zombie already is reapable only once its other threads are gone, soon.
+            os.waitpid(pid, 0)
         self.pid_file.unlink(missing_ok=True)
         return True
 
