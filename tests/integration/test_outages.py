@@ -275,6 +275,8 @@ def test_a_backfill_with_dead_letters_exits_non_zero_and_their_retry_moves_the_c
         assert f"job {job_id} finished with 30 products dead-lettered ({batches} batches)" in said, said
         assert f"`mm-opensearch jobs dead-letters --job {job_id} --retry`" in said
         assert "Traceback" not in done.stderr
+        waited = _cli(cli_env, "jobs", "wait", job_id, "--timeout", "60")  # the same verdict when waited on again
+        assert waited.returncode == 1 and f"({batches} batches)" in " ".join(waited.stderr.split()), waited.stderr
 
         retried = _cli(cli_env, "jobs", "dead-letters", "--job", job_id, "--retry")
         assert retried.returncode == 0, retried.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import opensearchpy
 import pytest
@@ -169,3 +170,16 @@ def test_the_worker_refuses_a_visibility_timeout_a_waiting_retry_can_outlast() -
     tight = fits.model_copy(update={"worker_retry_backoff_max_s": 100.0})
     with pytest.raises(ConfigError, match="plus the longest retry backoff .100 s.*MMOS_WORKER_RETRY_BACKOFF_MAX_S"):
         check_time_limits(create_app(tight).conf)
+
+
+def test_the_unreachable_redis_is_named_without_its_password(caplog: pytest.LogCaptureFixture) -> None:
+    from mm_opensearch.backfill.outage import RedisOutage  # noqa: PLC0415
+
+    client = redis.Redis.from_url("redis://reader:hunter2@cache.internal:6380/3")
+    outage = RedisOutage(client)
+    with caplog.at_level("WARNING", logger="mm_opensearch.backfill.outage"):
+        outage.failed(redis.ConnectionError("Error 111 connecting to cache.internal:6380. Connection refused."), time.monotonic())
+        outage.answered()
+    said = caplog.text
+    assert "Redis at cache.internal:6380/3 is unreachable" in said and "answers again" in said
+    assert "hunter2" not in said and "reader" not in said
