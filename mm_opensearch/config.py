@@ -210,9 +210,20 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="Redis redelivers an unacknowledged task after this; must exceed the hard limit."
     )
     worker_max_retries: int = Field(
-        default=5, ge=0, description="Retries of a batch on transient errors before it goes to the dead letters."
+        default=30, ge=0,
+        description="Most retries of a batch on transient errors (cluster or Redis unreachable, 429, 502-504, write "
+        "blocks) before it goes to the dead letters; MMOS_WORKER_RETRY_BUDGET_S usually ends them first.",
     )
-    worker_retry_backoff_max_s: int = Field(default=120, gt=0, description="Cap of the exponential retry backoff.")
+    worker_retry_budget_s: float = Field(
+        default=600.0, ge=0,
+        description="How long a batch keeps retrying transient errors, from its first failure: the longest outage "
+        "of OpenSearch or Redis a backfill rides out without dead letters.",
+    )
+    worker_retry_backoff_max_s: float = Field(
+        default=60.0, gt=0,
+        description="Cap of the exponential retry backoff (1, 2, 4 ... s, half of each random); the visibility "
+        "timeout must exceed it plus the task time limit, as a retry waits in a worker unacknowledged.",
+    )
     worker_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve the worker's Prometheus metrics (all its processes) here."
     )

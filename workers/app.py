@@ -2,9 +2,10 @@
 
 Late acks make a task killed mid-way (worker SIGKILLed, machine lost) run again, which is safe
 because every write is idempotent and guarded by ``if_seq_no``. Redis redelivers an unacknowledged
-task after ``visibility_timeout``; if that were shorter than the hard time limit, a slow but healthy
-task would be handed to a second worker while the first still runs it, so the worker refuses to
-start with such a config.
+task after ``visibility_timeout``; if that were shorter than the hard time limit (plus the longest
+retry backoff, which a worker waits out holding the message), a slow but healthy task would be
+handed to a second worker while the first still runs it, so the worker refuses to start with such
+a config.
 """
 
 from __future__ import annotations
@@ -67,14 +68,20 @@ def create_app(settings: Settings) -> Celery:
 
 
 def check_time_limits(conf: Any) -> None:
-    """Refuse a visibility timeout that does not exceed the hard time limit (duplicate execution)."""
+    """Refuse a visibility timeout that a task, or a retry waiting out its backoff, can outlast.
+
+    A retry is a new message with a countdown, held unacknowledged by the worker that took it until
+    it is due: its backoff and then its run both count against the visibility timeout.
+    """
     hard = conf.task_time_limit
     visibility = conf.broker_transport_options.get("visibility_timeout")
-    if hard is None or visibility is None or visibility <= hard:
+    settings: Settings | None = conf.get("mmos_settings")
+    backoff = settings.worker_retry_backoff_max_s if settings is not None else 0
+    if hard is None or visibility is None or visibility <= hard + backoff:
         msg = (
-            f"visibility_timeout ({visibility} s) must be longer than the hard task time limit ({hard} s), "
-            "or Redis hands a running task to a second worker; raise MMOS_WORKER_VISIBILITY_TIMEOUT_S "
-            "or lower MMOS_WORKER_TASK_TIME_LIMIT_S"
+            f"visibility_timeout ({visibility} s) must be longer than the hard task time limit ({hard} s) plus the "
+            f"longest retry backoff ({backoff:g} s), or Redis hands a running task to a second worker; raise "
+            "MMOS_WORKER_VISIBILITY_TIMEOUT_S or lower MMOS_WORKER_TASK_TIME_LIMIT_S or MMOS_WORKER_RETRY_BACKOFF_MAX_S"
         )
         raise ConfigError(msg)
 

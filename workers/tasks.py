@@ -2,26 +2,29 @@
 
 The model is loaded once per worker process, after the fork (``worker_process_init``), so no
 torch state is shared across processes and each process runs a bounded number of threads.
+How long a batch retries is :class:`~mm_opensearch.backfill.RetryPolicy`'s call, from the
+``MMOS_WORKER_RETRY_*`` settings; the time of its first failure travels with the retried message.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from celery import Task
 from celery.signals import worker_process_init
-from celery.utils.time import get_exponential_backoff_interval
 
 from mm_opensearch.backfill import (
     EmbedContext,
     EmbedJob,
     JobStore,
+    RetryPolicy,
     WriteJob,
+    classify_error,
     dead_letter,
     embed_step,
-    is_transient,
     write_step,
 )
 from mm_opensearch.catalog import CatalogSchema
@@ -84,31 +87,49 @@ def _load_after_fork(**_: Any) -> None:
         context(with_model=True)
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The worker's ``MMOS_WORKER_MAX_RETRIES``, ``_RETRY_BUDGET_S`` and ``_RETRY_BACKOFF_MAX_S``."""
+    return RetryPolicy(settings.worker_max_retries, settings.worker_retry_budget_s, settings.worker_retry_backoff_max_s)
+
+
 class BatchTask(Task):
-    """Retries transient errors with exponential backoff and full jitter; dead-letters the rest."""
+    """Retries transient errors with capped exponential backoff within a budget; dead-letters the rest."""
 
     kind = ""
+    max_retries = None  # Celery's default (3) would silently cut MMOS_WORKER_MAX_RETRIES short: the policy decides
 
-    def run_step(self, step: Callable[[EmbedContext, T], R], ctx: EmbedContext, job: T) -> R:
+    def run_step(self, step: Callable[[EmbedContext, T], R], ctx: EmbedContext, job: T,
+                 failing_since: float | None) -> R:
         try:
             with metrics.seconds.labels(task=self.kind).time():
                 result = step(ctx, job)
         except Exception as e:
-            if is_transient(e) and self.request.retries < _settings().worker_max_retries:
-                countdown = get_exponential_backoff_interval(
-                    factor=1, retries=self.request.retries, maximum=_settings().worker_retry_backoff_max_s,
-                    full_jitter=True,
-                )
-                log.warning("batch %s: %s; retry %d in %d s", job.batch_id, e, self.request.retries + 1, countdown,
-                            extra={"batch": job.batch_id, "task": self.kind, "retry": self.request.retries + 1})
+            verdict, since = classify_error(e), failing_since or time.time()
+            countdown = None
+            if verdict.transient:
+                countdown = retry_policy(_settings()).delay(self.request.retries, time.time() - since)
+            if countdown is not None:
+                log.warning("batch %s: %s; retry %d in %.1f s", job.batch_id, verdict.reason, self.request.retries + 1,
+                            countdown, extra={"batch": job.batch_id, "task": self.kind, "retry": self.request.retries + 1})
                 metrics.batches.labels(task=self.kind, outcome="retry").inc()
-                raise self.retry(exc=e, countdown=countdown) from e
+                raise self.retry(args=self.request.args, kwargs={"failing_since": since}, exc=e,
+                                 countdown=countdown) from e
             raise
         metrics.batches.labels(task=self.kind, outcome="ok").inc()
         return result
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
-        reason = f"{type(exc).__name__}: {exc} (after {self.request.retries} retries)"
+        retries, verdict = self.request.retries, classify_error(exc)
+        if verdict.transient:
+            settings = _settings()
+            spent = time.time() - ((kwargs or {}).get("failing_since") or time.time())
+            reason = (f"{verdict.reason} (still failing after {retries} retries over {spent:.0f} s; "
+                      f"MMOS_WORKER_MAX_RETRIES={settings.worker_max_retries}, "
+                      f"MMOS_WORKER_RETRY_BUDGET_S={settings.worker_retry_budget_s:g})")
+        elif retries:
+            reason = f"{verdict.reason} (after {retries} retries)"
+        else:
+            reason = f"{verdict.reason} (not retried: it would fail again)"
         letter = dead_letter(context(with_model=False).store, self.kind, args[0], reason)
         metrics.batches.labels(task=self.kind, outcome="dead").inc()
         log.error("batch %s dead-lettered as %s: %s", args[0].get("batch_id"), letter, reason,
@@ -124,12 +145,12 @@ class WriteTask(BatchTask):
 
 
 @app.task(base=EmbedTask, bind=True, name="mmos.embed_batch")
-def embed_batch(self: BatchTask, job: dict[str, Any]) -> None:
+def embed_batch(self: BatchTask, job: dict[str, Any], failing_since: float | None = None) -> None:
     """Encode one batch of products of an index (ids only in the message)."""
-    self.run_step(embed_step, context(with_model=True), EmbedJob.from_dict(job))
+    self.run_step(embed_step, context(with_model=True), EmbedJob.from_dict(job), failing_since)
 
 
 @app.task(base=WriteTask, bind=True, name="mmos.write_batch")
-def write_batch(self: BatchTask, job: dict[str, Any]) -> None:
+def write_batch(self: BatchTask, job: dict[str, Any], failing_since: float | None = None) -> None:
     """Write one batch of vectors with ``if_seq_no`` guards."""
-    metrics.settled(self.run_step(write_step, context(with_model=False), WriteJob.from_dict(job)))
+    metrics.settled(self.run_step(write_step, context(with_model=False), WriteJob.from_dict(job), failing_since))

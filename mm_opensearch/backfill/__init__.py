@@ -13,12 +13,12 @@ from mm_opensearch.backfill.pipeline import (
     dead_letter,
     embed_step,
     enqueue,
-    is_transient,
     retry_dead_letters,
     submit_embed,
     write_step,
 )
 from mm_opensearch.backfill.recovery import StallGuard
+from mm_opensearch.backfill.retry import ErrorVerdict, RefusedItemsError, RetryPolicy, classify_error, is_transient
 from mm_opensearch.backfill.run import BackfillTimeoutError, backfill_job_id, run_backfill, wait_for_job
 from mm_opensearch.backfill.store import DeadLetter, JobCounts, JobStore, redis_client
 from mm_opensearch.backfill.tuning import bulk_load_settings, restore_index_settings
@@ -28,16 +28,20 @@ __all__ = [
     "DeadLetter",
     "EmbedContext",
     "EmbedJob",
+    "ErrorVerdict",
     "InlineQueue",
     "JobCounts",
     "JobQueue",
     "JobStore",
     "QueueEmbedder",
+    "RefusedItemsError",
+    "RetryPolicy",
     "StallGuard",
     "WriteJob",
     "backfill_job_id",
     "bulk_load_settings",
     "changes_job_id",
+    "classify_error",
     "dead_letter",
     "embed_step",
     "enqueue",

@@ -15,16 +15,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import opensearchpy
-import redis
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue, WriteJob, batch_ids, new_job_id
+from mm_opensearch.backfill.retry import RefusedItemsError, classify_response
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import CatalogSchema, Product, content_hash, to_product
-from mm_opensearch.client import TRANSIENT_STATUSES
 from mm_opensearch.errors import ConfigError
-from mm_opensearch.indexing.bulk import bulk_write, vector_update_action
+from mm_opensearch.indexing.bulk import BulkFailure, bulk_write, vector_update_action
 from mm_opensearch.indexing.load import product_vectors
 from mm_opensearch.indexing.mappings import check_model_compatible
 
@@ -39,7 +37,6 @@ __all__ = [
     "embed_step",
     "enqueue",
     "is_current",
-    "is_transient",
     "read_product",
     "retry_dead_letters",
     "submit_embed",
@@ -76,13 +73,6 @@ class EmbedContext:
         return self._checked[index]
 
 
-def is_transient(error: BaseException) -> bool:
-    """Errors worth retrying: the cluster or Redis was unreachable, overloaded or restarting."""
-    if isinstance(error, opensearchpy.ConnectionError | redis.ConnectionError | redis.TimeoutError):
-        return True
-    return isinstance(error, opensearchpy.TransportError) and error.status_code in TRANSIENT_STATUSES
-
-
 def read_product(hit: dict[str, Any], schema: CatalogSchema, image_dir: Path | None = None) -> Product:
     """The encoder inputs of a search hit or mget doc; the product id is always the ``_id``.
 
@@ -102,6 +92,7 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
     meta = ctx.index_meta(job.index)
     assert ctx.model is not None  # checked by index_meta
     response = ctx.client.mget(index=job.index, body={"ids": list(job.ids)})
+    _raise_if_unread(job.index, response["docs"])
     products, versions, missing, skipped = [], [], 0, 0
     for doc in response["docs"]:
         if not doc.get("found"):
@@ -133,10 +124,7 @@ def embed_step(ctx: EmbedContext, job: EmbedJob) -> WriteJob:
 def write_step(ctx: EmbedContext, job: WriteJob) -> dict[str, int]:
     """Write the vectors; re-embed refused (stale) products; count the batch once. Returns its product counts."""
     report = bulk_write(ctx.client, job.actions)
-    retryable = [f for f in report.failed if f.status in TRANSIENT_STATUSES]
-    if retryable:  # 429s that outlived bulk_write's own backoff: the whole step is retried later
-        msg = f"{len(retryable)} writes to '{job.index}' were rejected with {retryable[0].status}; retrying"
-        raise opensearchpy.TransportError(retryable[0].status, msg)
+    _raise_if_refused(job.index, report.failed)
     errors = [{"id": f.id, "status": f.status, "error": f.error} for f in report.failed] + job.failed
     conflicts = report.conflicts
     if conflicts and job.attempt + 1 > MAX_STALE_REREADS:
@@ -149,6 +137,32 @@ def write_step(ctx: EmbedContext, job: WriteJob) -> dict[str, int]:
     counts = {"written": report.succeeded, "skipped": job.skipped, "missing": job.missing, "failed": len(errors)}
     ctx.store.settle(job.job_id, job.batch_id, **counts)
     return counts
+
+
+def _raise_if_refused(index: str, failures: list[BulkFailure]) -> None:
+    """Items refused because of the cluster, not the document, fail the whole step.
+
+    A 429 that outlived bulk_write's own backoff or a write block is retried later (the written
+    items are skipped then as current); missing privileges dead-letter the batch. Other item
+    failures (a document the mapping refuses) are the product's own and are recorded with it.
+    """
+    verdicts = [classify_response(f.status, {"type": f.type, "reason": f.error}) for f in failures]
+    for kind in ("denied", "transient"):
+        refused = [verdict for verdict in verdicts if verdict.kind == kind]
+        if refused:
+            raise RefusedItemsError(refused[0], len(refused), f"writes to '{index}'")
+
+
+def _raise_if_unread(index: str, docs: list[dict[str, Any]]) -> None:
+    """A product the multi-get could not read is not missing: the step fails, and is retried when that passes.
+
+    After a node restart, a shard not started yet answers ``no_shard_available_action_exception``
+    for each of its documents; counting them as missing would skip them for good.
+    """
+    verdicts = [classify_response(0, doc["error"]) for doc in docs if "error" in doc]
+    if verdicts:
+        first = next((v for v in verdicts if v.kind == "denied"), verdicts[0])
+        raise RefusedItemsError(first, len(verdicts), f"reads of '{index}'")
 
 
 def submit_embed(store: JobStore, queue: JobQueue, job: EmbedJob) -> None:
@@ -178,17 +192,24 @@ def enqueue(
 def dead_letter(store: JobStore, kind: str, payload: dict[str, Any], reason: str) -> str:
     """Park a batch that failed for good and count it as settled so its job can finish."""
     letter_id = store.add_dead_letter(kind, payload, reason)
-    n = len(payload.get("ids") or payload.get("actions") or ())
+    n = _products(payload)
     store.record_errors(payload["job_id"], [{"batch": payload["batch_id"], "status": -1, "error": reason}])
     store.settle(payload["job_id"], payload["batch_id"], dead=n)
     return letter_id
+
+
+def _products(payload: dict[str, Any]) -> int:
+    """How many products a dead-lettered batch counts for in its job's ``dead``."""
+    return len(payload.get("ids") or payload.get("actions") or ())
 
 
 def retry_dead_letters(store: JobStore, queue: JobQueue, letter_ids: list[str] | None = None) -> list[str]:
     """Submit dead-lettered batches again (as new batches of their job); returns the retried ids.
 
     Every retry is an embed of the batch's products, also for a failed write: the products may
-    have changed since, and the write's vectors were made from the version read back then.
+    have changed since, and the write's vectors were made from the version read back then. The
+    products leave their job's ``dead`` count as they are sent again and count once more, as
+    written or dead, when the retry settles.
     """
     retried = []
     for letter in store.dead_letters():
@@ -200,7 +221,7 @@ def retry_dead_letters(store: JobStore, queue: JobQueue, letter_ids: list[str] |
                        payload.get("attempt", 0))
         store.ensure_job(job.job_id, job.index)
         submit_embed(store, queue, job)
-        store.remove_dead_letter(letter.id)
+        store.retract_dead_letter(letter.id, job.job_id, _products(payload))
         retried.append(letter.id)
     return retried
 

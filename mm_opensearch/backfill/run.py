@@ -19,6 +19,7 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import EmbedJob, JobQueue
+from mm_opensearch.backfill.outage import REDIS_ERRORS, RedisOutage
 from mm_opensearch.backfill.pipeline import is_current, read_product, submit_embed
 from mm_opensearch.backfill.recovery import StallGuard
 from mm_opensearch.backfill.scan import point_in_time, scan_slice
@@ -86,6 +87,24 @@ def _scan_slice(
     store.save_cursor(job_id, slice_id, after, done=True)
 
 
+def _scan_slice_across_outages(*args: Any, outage: RedisOutage, **kwargs: Any) -> None:
+    """:func:`_scan_slice`, started again from its checkpoint after Redis was unreachable.
+
+    A page whose batch was sent but whose checkpoint was not saved is sent again: the batch id is
+    the same and counts once, and its products are skipped as current if it ran already.
+    """
+    while True:
+        attempt = time.monotonic()
+        try:
+            _scan_slice(*args, **kwargs)
+        except REDIS_ERRORS as e:
+            outage.failed(e, attempt)
+            time.sleep(1.0)
+        else:
+            outage.answered()
+            return
+
+
 def wait_for_job(
     store: JobStore,
     job_id: str,
@@ -99,30 +118,45 @@ def wait_for_job(
     """Block until every batch of the job is written or dead-lettered; marks the job finished.
 
     With ``queue``, batches presumed lost by the broker are sent again after ``resubmit_after_s``
-    (:class:`~mm_opensearch.backfill.recovery.StallGuard`).
+    (:class:`~mm_opensearch.backfill.recovery.StallGuard`). Redis unreachable is waited out
+    (and logged) until ``timeout_s``.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     guard = StallGuard(store, queue, job_id, after_s=resubmit_after_s) if queue is not None else None
+    outage, counts = RedisOutage(store.redis), None
     while True:
-        counts = store.counts(job_id)
-        if counts is None:
-            msg = (f"job '{job_id}' does not exist: never started, or it finished longer than MMOS_JOB_RETENTION_S "
-                   "ago and its record expired")
-            raise MMOpenSearchError(msg)
-        if on_progress is not None:
-            on_progress(counts)
-        if counts.settled:
-            store.finish(job_id)
-            return replace(counts, status="finished")
-        if deadline is not None and time.monotonic() > deadline:
-            msg = (
-                f"job '{job_id}' has {counts.batches_enqueued - counts.batches_settled} batches in flight after "
-                f"{timeout_s:.0f} s; is a worker running (`mm-opensearch worker`)? Run the same command to resume"
-            )
-            raise BackfillTimeoutError(msg)
-        if guard is not None:
-            guard.check(counts)
+        attempt = time.monotonic()
+        try:
+            counts = store.counts(job_id)
+            if counts is None:
+                msg = (f"job '{job_id}' does not exist: never started, or it finished longer than "
+                       "MMOS_JOB_RETENTION_S ago and its record expired")
+                raise MMOpenSearchError(msg)
+            if on_progress is not None:
+                on_progress(counts)
+            if counts.settled:
+                store.finish(job_id)
+                outage.answered()
+                return replace(counts, status="finished")
+            _check_deadline(job_id, counts, deadline, timeout_s)
+            if guard is not None:
+                guard.check(counts)
+            outage.answered()
+        except REDIS_ERRORS as e:  # the job's state is safe in Redis: wait for it to come back
+            outage.failed(e, attempt)
+            _check_deadline(job_id, counts, deadline, timeout_s)
         time.sleep(poll_s)
+
+
+def _check_deadline(job_id: str, counts: JobCounts | None, deadline: float | None, timeout_s: float | None) -> None:
+    if deadline is None or time.monotonic() <= deadline:
+        return
+    pending = "?" if counts is None else counts.batches_enqueued - counts.batches_settled
+    msg = (
+        f"job '{job_id}' has {pending} batches in flight after {timeout_s:.0f} s; is a worker running "
+        "(`mm-opensearch worker`)? Run the same command to resume"
+    )
+    raise BackfillTimeoutError(msg)
 
 
 def run_backfill(
@@ -171,7 +205,9 @@ def run_backfill(
                 "index": index, "pit_id": pit_id, "job_id": job_id, "slices": slices,
                 "batch_size": batch_size, "schema": schema, "model_id": meta["model_id"], "image_dir": image_dir,
             }
-            futures = [pool.submit(_scan_slice, client, store, queue, slice_id=s, **kwargs) for s in range(slices)]
+            outage = RedisOutage(store.redis)
+            futures = [pool.submit(_scan_slice_across_outages, client, store, queue, slice_id=s, outage=outage, **kwargs)
+                       for s in range(slices)]
             for future in futures:
                 future.result()
         store.mark_scanned(job_id)

@@ -182,6 +182,19 @@ for i = 1, #ARGV do
 end
 """
 
+# KEYS: dead letters, their order, the letter's job hash. ARGV: letter id, its product count. The
+# products leave the job's dead count (they count again when the retry settles), never below zero
+# (a job restarted meanwhile began its counts afresh) and never for a job deleted meanwhile.
+_RETRACT_DEAD = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local dead = tonumber(redis.call('HGET', KEYS[3], 'dead') or '0')
+  redis.call('HINCRBY', KEYS[3], 'dead', -math.min(dead, tonumber(ARGV[2])))
+end
+return 1
+"""
+
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A client that rides out a Redis restart: connection errors are retried for ~30 s."""
@@ -263,6 +276,7 @@ class JobStore:
         self._errors = client.register_script(_ERRORS)
         self._resent = client.register_script(_RESENT)
         self._postpone = client.register_script(_POSTPONE)
+        self._retract_dead = client.register_script(_RETRACT_DEAD)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -493,6 +507,14 @@ class JobStore:
             for letter_id, raw in zip(ids, records, strict=True)
             if raw is not None
         ]
+
+    def retract_dead_letter(self, letter_id: str, job_id: str, products: int) -> bool:
+        """Remove a dead letter that is being retried and take its products out of its job's dead count.
+
+        False when it was gone already (retried or deleted by someone else), so nothing is uncounted twice.
+        """
+        keys = [self._key("dead"), self._key("dead", "order"), self._key("job", job_id)]
+        return bool(self._retract_dead(keys=keys, args=[letter_id, products]))
 
     def remove_dead_letter(self, letter_id: str) -> None:
         pipe = self.redis.pipeline()

@@ -34,6 +34,7 @@ from mm_opensearch.preflight import check_redis
 __all__ = ["jobs_app", "register"]
 
 console = Console()
+err_console = Console(stderr=True)
 jobs_app = typer.Typer(help="Follow embedding jobs, the change feed and dead letters.", no_args_is_help=True)
 
 
@@ -75,6 +76,19 @@ def print_counts(counts: JobCounts) -> None:
     console.print(table)
 
 
+def exit_if_dead_letters(counts: JobCounts) -> None:
+    """A finished job with dead letters is not a success: say how many and how to retry them, exit 1."""
+    if not counts.dead:
+        return
+    batches = sum(1 for letter in _store().dead_letters() if letter.payload.get("job_id") == counts.job_id)
+    err_console.print(
+        f"[bold red]error:[/] job {counts.job_id} finished with {counts.dead} products dead-lettered "
+        f"({batches} batches); see why with `mm-opensearch jobs dead-letters --job {counts.job_id}`, send them "
+        f"again with `mm-opensearch jobs dead-letters --job {counts.job_id} --retry`"
+    )
+    raise typer.Exit(1)
+
+
 def backfill(
     index: Annotated[str, typer.Argument(help="Index or alias with vector fields (see `index augment`).")],
     slices: Annotated[int, typer.Option(min=1, help="Parallel scan slices.")] = 2,
@@ -96,6 +110,8 @@ def backfill(
     print_counts(counts)
     if not wait:
         console.print(f"the workers go on; `mm-opensearch jobs wait {counts.job_id}` waits for them")
+        return
+    exit_if_dead_letters(counts)
 
 
 def enqueue_ids(
@@ -133,22 +149,25 @@ def job_wait(
     job_id: Annotated[str, typer.Argument(help="Job id, e.g. backfill-products_v2 (see `backfill --no-wait`).")],
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the workers.")] = None,
 ) -> None:
-    """Wait until every batch of a job is settled, sending again those the broker lost."""
+    """Wait until every batch of a job is settled, sending again those the broker lost; exit 1 on dead letters."""
     settings, store = get_settings(), _store()
     with progress_display(f"job {job_id}") as update:
         counts = wait_for_job(store, job_id, timeout_s=timeout, on_progress=update, queue=_queue(),
                               resubmit_after_s=settings.backfill_resubmit_after_s)
     print_counts(counts)
+    exit_if_dead_letters(counts)
 
 
 @jobs_app.command("dead-letters")
 def dead_letters(
     retry: Annotated[bool, typer.Option(help="Submit them again.")] = False,
     letter_id: Annotated[list[str] | None, typer.Option("--id", help="Only these dead letters.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only the dead letters of this job.")] = None,
 ) -> None:
     """List batches that failed for good, with their reason; --retry submits them again."""
     store = _store()
-    letters = [d for d in store.dead_letters() if not letter_id or d.id in letter_id]
+    letters = [d for d in store.dead_letters()
+               if (not letter_id or d.id in letter_id) and (job is None or d.payload.get("job_id") == job)]
     table = Table("id", "kind", "job", "batch", "products", "failed at", "reason")
     for d in letters:
         n = len(d.payload.get("ids") or d.payload.get("actions") or ())
@@ -157,7 +176,9 @@ def dead_letters(
     console.print(table)
     if retry and letters:
         retried = retry_dead_letters(store, _queue(), [d.id for d in letters])
-        console.print(f"resubmitted {len(retried)} batches")
+        jobs = sorted({d.payload["job_id"] for d in letters if d.id in retried})
+        console.print(f"resubmitted {len(retried)} batches; wait for them with "
+                      + ", ".join(f"`mm-opensearch jobs wait {j}`" for j in jobs))
 
 
 @jobs_app.command("follow")

@@ -261,6 +261,10 @@ class OpenSearchNode:
         response.raise_for_status()
         return str(response.json()["version"]["number"])
 
+    def kill(self) -> bool:
+        """SIGKILL the JVM (no shutdown, no flush): what an outage test needs. ``start`` recovers from it."""
+        return self.process.kill()
+
     def plugins(self) -> list[str]:
         """Names of the plugins the running node loaded (``GET _cat/plugins``)."""
         response = httpx.get(f"{self.url}/_cat/plugins", params={"h": "component", "format": "json"}, timeout=5)

@@ -125,7 +125,32 @@ class ManagedProcess:
             while _pid_alive(pid):
                 time.sleep(0.1)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it: no zombie is left
+            # reap it when this process started it: no zombie is left. Not WNOHANG: a JVM whose main
+            # thread is a zombie already is reapable only once its other threads are gone, soon.
+            os.waitpid(pid, 0)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the process group at once, as an OOM killer or a lost machine would. False when nothing ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)  # our child: reaped once every thread has exited
+        except ChildProcessError:  # someone else's (`dev up` exited): gone from /proc once its reaper saw it
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30  # a dying JVM frees its sockets only when its last thread is gone
+        while port_is_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -33,6 +33,7 @@ class BulkFailure:
     id: str
     status: int
     error: str
+    type: str = ""  # OpenSearch's error type, e.g. cluster_block_exception: what the failure is, beyond its status
 
 
 @dataclass
@@ -145,5 +146,6 @@ def bulk_write(
         else:
             error = result.get("error")
             reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
-            report.failed.append(BulkFailure(str(result.get("_id")), int(result.get("status", 0)), reason))
+            kind = str(error.get("type", "")) if isinstance(error, dict) else ""
+            report.failed.append(BulkFailure(str(result.get("_id")), int(result.get("status", 0)), reason, kind))
     return report

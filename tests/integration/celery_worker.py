@@ -26,7 +26,7 @@ class WorkerProcess:
 
     def __init__(self, model_dir: Path, log: Path, **env: str) -> None:
         self.env = {**os.environ, "MMOS_MODEL_DIR": str(model_dir), "MMOS_TORCH_THREADS": "1",
-                    "MMOS_WORKER_MAX_RETRIES": "3", "MMOS_WORKER_RETRY_BACKOFF_MAX_S": "2",
+                    "MMOS_WORKER_MAX_RETRIES": "3", "MMOS_WORKER_RETRY_BACKOFF_MAX_S": "1",
                     "PYTHONPATH": str(REPO), **TEST_LIMITS, **env}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
