@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import redis
 from opensearchpy import OpenSearch
 
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.config import Settings
+from mm_opensearch.indexing.load import (
+    create_product_index,
+    load_products,
+    product_vectors,
+)
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
+from mm_opensearch.towers import MultimodalModel
 from workers.app import IO_QUEUE, MODEL_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,3 +87,36 @@ def fused_vectors(client: OpenSearch, index: str) -> dict[str, np.ndarray]:
     body = {"size": 10_000, "_source": [VECTOR_FIELDS["fused"]], "query": {"exists": {"field": VECTOR_FIELDS["fused"]}}}
     hits = client.search(index=index, body=body)["hits"]["hits"]
     return {hit["_id"]: np.asarray(hit["_source"][VECTOR_FIELDS["fused"]], dtype=np.float32) for hit in hits}
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stamped_catalog(myntra_dir: Path, schema: CatalogSchema, limit: int) -> list[Product]:
+    """The first ``limit`` Myntra products without images, all updated at one fixed time."""
+    stamp = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
+    products = read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=limit)
+    return [Product(p.id, {**p.source, "updated_at": stamp}, p.text, p.image) for p in products]
+
+
+def index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
+                          model: MultimodalModel) -> None:
+    """An index mapped for ``model``'s vectors holding the products' BM25 fields only (what a backfill fills)."""
+    create_product_index(client, index, schema, sample=products[0].source, model=model)
+    report = load_products(client, index, products)
+    assert report.succeeded == len(products) and not report.failed
+    client.indices.refresh(index=index)
+
+
+def assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> None:
+    """Every product has the vector an encode of it gives now: none missing, none duplicated, none of another."""
+    assert client.count(index=index)["count"] == len(products)
+    stored = fused_vectors(client, index)
+    assert sorted(stored) == sorted(p.id for p in products)
+    for product, expected in zip(products, product_vectors(model, products), strict=True):
+        assert expected is not None
+        np.testing.assert_allclose(stored[product.id], expected["mm_fused"], atol=1e-5)

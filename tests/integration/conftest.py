@@ -10,6 +10,9 @@ import pytest
 import redis
 from opensearchpy import OpenSearch
 
+from mm_opensearch.backfill import JobStore
+from mm_opensearch.backfill import redis_client as store_client
+from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.towers import ModelConfig, MultimodalModel
@@ -65,3 +68,14 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(settings.redis_url.get_secret_value())
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def schema(settings: Settings) -> CatalogSchema:
+    return CatalogSchema.from_settings(settings)
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    """The job store on the test Redis, with the default retention."""
+    return JobStore(store_client(settings))

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -33,20 +32,19 @@ from mm_opensearch.backfill import (
     wait_for_job,
 )
 from mm_opensearch.backfill import redis_client as store_client
-from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
-from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import MultimodalModel
-from tests.integration.celery_worker import WorkerProcess, purge_queues
+from tests.integration.celery_worker import (
+    WorkerProcess,
+    closed_port,
+    index_without_vectors,
+    purge_queues,
+    stamped_catalog,
+)
 from workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,35 +56,15 @@ def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
 def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     purge_queues(settings)
     process = WorkerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
-                            MMOS_WORKER_METRICS_PORT=str(_closed_port()))
+                            MMOS_WORKER_METRICS_PORT=str(closed_port()))
     process.start()
     yield process
     process.stop()
 
 
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(store_client(settings))
-
-
-@pytest.fixture(scope="module")
-def schema(settings: Settings) -> CatalogSchema:
-    return CatalogSchema.from_settings(settings)
-
-
 @pytest.fixture(scope="module")
 def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
-    stamp = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
-    products = read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=300)
-    return [Product(p.id, {**p.source, "updated_at": stamp}, p.text, p.image) for p in products]
-
-
-def _index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
-                           model: MultimodalModel) -> None:
-    create_product_index(client, index, schema, sample=products[0].source, model=model)
-    report = load_products(client, index, products)
-    assert report.succeeded == len(products) and not report.failed
-    client.indices.refresh(index=index)
+    return stamped_catalog(myntra_dir, schema, 300)
 
 
 def _wait_until(predicate, timeout_s: float = 60.0) -> None:  # noqa: ANN001
@@ -158,7 +136,7 @@ def test_batches_queued_behind_a_stuck_worker_are_not_sent_again(
     schema: CatalogSchema, catalog: list[Product], redis_client: redis.Redis,
 ) -> None:
     products = catalog[:240]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     queue, before = CeleryJobQueue(app), _embeds_run(worker)
     result: dict[str, object] = {}
     with _Frozen(worker) as frozen:
@@ -189,7 +167,7 @@ def test_a_batch_whose_message_was_lost_is_sent_again_and_only_it(
     schema: CatalogSchema, catalog: list[Product], redis_client: redis.Redis,
 ) -> None:
     products = catalog[:30]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     queue, before = CeleryJobQueue(app), _embeds_run(worker)
     with _Frozen(worker):
         job_id = enqueue(store, queue, index_name, [p.id for p in products], batch_size=10)
@@ -211,7 +189,7 @@ def test_the_broker_is_read_from_its_oldest_end_and_no_further_than_the_limit(
     schema: CatalogSchema, catalog: list[Product], redis_client: redis.Redis,
 ) -> None:
     products = catalog[:50]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     queue = CeleryJobQueue(app)
     with _Frozen(worker):
         job_id = enqueue(store, queue, index_name, [p.id for p in products], batch_size=10)
@@ -272,7 +250,7 @@ def test_the_change_feed_keeps_redis_flat_over_many_batches(
     redis_client: redis.Redis, settings: Settings, prefix: str,
 ) -> None:
     products = catalog[:40]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     store = JobStore(store_client(settings), prefix=prefix, retention_s=600, settled_window_s=0.5)
     queue = InlineQueue(lambda q: EmbedContext(client, store, q, schema, model))
     assert poll_changes(client, store, queue, index_name) == 0  # sets the checkpoint

@@ -14,21 +14,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 from opensearchpy import OpenSearch
 
-from mm_opensearch.backfill import JobStore, enqueue, redis_client, run_backfill, wait_for_job
-from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.backfill import JobStore, enqueue, run_backfill, wait_for_job
+from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode, RedisServer
-from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import MultimodalModel
-from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
+from tests.integration.celery_worker import (
+    WorkerProcess,
+    assert_all_vectors_fresh,
+    closed_port,
+    index_without_vectors,
+    purge_queues,
+    stamped_catalog,
+)
 from workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
@@ -47,20 +50,8 @@ def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
 
 
 @pytest.fixture(scope="module")
-def schema(settings: Settings) -> CatalogSchema:
-    return CatalogSchema.from_settings(settings)
-
-
-@pytest.fixture(scope="module")
 def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
-    stamp = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
-    products = read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=400)
-    return [Product(p.id, {**p.source, "updated_at": stamp}, p.text, p.image) for p in products]
-
-
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(redis_client(settings))
+    return stamped_catalog(myntra_dir, schema, 400)
 
 
 @pytest.fixture
@@ -80,24 +71,6 @@ def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> It
         worker.stop()
 
 
-def _index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
-                           model: MultimodalModel) -> None:
-    create_product_index(client, index, schema, sample=products[0].source, model=model)
-    report = load_products(client, index, products)
-    assert report.succeeded == len(products) and not report.failed
-    client.indices.refresh(index=index)
-
-
-def _assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> None:
-    """Every product has the vector an encode of it gives now: none missing, none of another product."""
-    assert client.count(index=index)["count"] == len(products)
-    stored = fused_vectors(client, index)
-    assert sorted(stored) == sorted(p.id for p in products)
-    for product, expected in zip(products, product_vectors(model, products), strict=True):
-        assert expected is not None
-        np.testing.assert_allclose(stored[product.id], expected["mm_fused"], atol=1e-5)
-
-
 def _wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -112,14 +85,6 @@ def _dead_letters(store: JobStore, job_id: str) -> list:
 def _forget_dead_letters(store: JobStore, job_id: str) -> None:
     for letter in _dead_letters(store, job_id):
         store.remove_dead_letter(letter.id)
-
-
-def _closed_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
@@ -139,7 +104,7 @@ def test_a_worker_retries_as_often_as_it_is_configured_to(
     store: JobStore, start_worker: Callable[..., WorkerProcess],
 ) -> None:
     # Celery's own task default (3 retries) used to win over MMOS_WORKER_MAX_RETRIES
-    worker = start_worker(MMOS_OPENSEARCH_HOSTS=f"http://127.0.0.1:{_closed_port()}", MMOS_WORKER_MAX_RETRIES="5",
+    worker = start_worker(MMOS_OPENSEARCH_HOSTS=f"http://127.0.0.1:{closed_port()}", MMOS_WORKER_MAX_RETRIES="5",
                           MMOS_WORKER_RETRY_BACKOFF_MAX_S="1")
     job_id = enqueue(store, CeleryJobQueue(app), "unreachable", ["a", "b"], batch_size=2)
     counts = wait_for_job(store, job_id, timeout_s=60)
@@ -155,7 +120,7 @@ def test_a_worker_retries_as_often_as_it_is_configured_to(
 def test_a_worker_stops_retrying_when_its_time_budget_is_spent(
     store: JobStore, start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    start_worker(MMOS_OPENSEARCH_HOSTS=f"http://127.0.0.1:{_closed_port()}", MMOS_WORKER_MAX_RETRIES="1000",
+    start_worker(MMOS_OPENSEARCH_HOSTS=f"http://127.0.0.1:{closed_port()}", MMOS_WORKER_MAX_RETRIES="1000",
                  MMOS_WORKER_RETRY_BUDGET_S="6", MMOS_WORKER_RETRY_BACKOFF_MAX_S="1")
     started = time.monotonic()
     job_id = enqueue(store, CeleryJobQueue(app), "unreachable", ["a"], batch_size=1)
@@ -179,7 +144,7 @@ def test_a_backfill_rides_out_the_opensearch_node_killed_and_started_30_s_later(
     model: MultimodalModel, schema: CatalogSchema, catalog: list[Product], settings: Settings,
 ) -> None:
     products = catalog[:300]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     worker = start_worker(**RIDE_OUT)
     job_id, result = f"backfill-{index_name}", {}
     began = time.monotonic()
@@ -222,7 +187,7 @@ def test_a_backfill_rides_out_the_opensearch_node_killed_and_started_30_s_later(
     assert retries > 0  # the outage did hit batches in flight
     assert counts.dead == counts.failed == 0
     assert counts.written + counts.skipped == len(products)  # a batch written before the kill may be re-read
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def test_a_write_block_set_during_a_backfill_is_waited_out(
@@ -230,7 +195,7 @@ def test_a_write_block_set_during_a_backfill_is_waited_out(
     model: MultimodalModel, schema: CatalogSchema, catalog: list[Product],
 ) -> None:
     products = catalog[:400]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     worker = start_worker(**RIDE_OUT)
     job_id, result = f"backfill-{index_name}", {}
 
@@ -253,7 +218,7 @@ def test_a_write_block_set_during_a_backfill_is_waited_out(
     assert store.errors(job_id) == []  # no product failed, none was dead-lettered
     assert counts.dead == counts.failed == 0 and not _dead_letters(store, job_id)
     assert counts.written + counts.skipped == len(products)
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def test_a_backfill_with_dead_letters_exits_non_zero_and_their_retry_moves_the_counts_back(
@@ -261,7 +226,7 @@ def test_a_backfill_with_dead_letters_exits_non_zero_and_their_retry_moves_the_c
     model: MultimodalModel, schema: CatalogSchema, catalog: list[Product], cli_env: dict[str, str],
 ) -> None:
     products = catalog[:30]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     start_worker(MMOS_WORKER_MAX_RETRIES="0")  # a write block dead-letters every batch at once
     job_id = f"backfill-{index_name}"
     client.indices.put_settings(index=index_name, body={"index.blocks.write": True})
@@ -288,7 +253,7 @@ def test_a_backfill_with_dead_letters_exits_non_zero_and_their_retry_moves_the_c
         _forget_dead_letters(store, job_id)
     counts = store.counts(job_id)
     assert counts is not None and (counts.written, counts.dead, counts.failed) == (30, 0, 0)  # not written 30, dead 30
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 # --- Redis down ----------------------------------------------------------------------------------------
@@ -300,7 +265,7 @@ def test_a_backfill_waits_for_redis_down_longer_than_its_client_retries(
     cli_env: dict[str, str], tmp_path: Path,
 ) -> None:
     products = catalog[:40]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     job_id = f"backfill-{index_name}"
     out, err = tmp_path / "backfill.out", tmp_path / "backfill.err"
     cli = str(Path(sys.executable).with_name("mm-opensearch"))
@@ -328,4 +293,4 @@ def test_a_backfill_waits_for_redis_down_longer_than_its_client_retries(
     assert f"Redis at 127.0.0.1:{settings.dev_redis_port}/0 is unreachable" in log and "answers again" in log
     assert "Traceback" not in log
     assert re.search(r"finished\s*│\s*40\s*│\s*40\s*│", out.read_text()), out.read_text()  # status, total, written
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)

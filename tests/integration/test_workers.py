@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Collection, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -31,18 +29,26 @@ from mm_opensearch.backfill import (
     enqueue,
     follow_changes,
     poll_changes,
-    redis_client,
     retry_dead_letters,
     run_backfill,
     wait_for_job,
     write_step,
 )
-from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import RedisServer
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import MultimodalModel
-from tests.integration.celery_worker import REPO, WorkerProcess, fused_vectors, purge_queues
+from tests.integration.celery_worker import (
+    REPO,
+    WorkerProcess,
+    assert_all_vectors_fresh,
+    closed_port,
+    fused_vectors,
+    index_without_vectors,
+    purge_queues,
+    stamped_catalog,
+)
 from workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
@@ -61,45 +67,15 @@ def worker(tiny_model_dir: Path, settings: Settings, tmp_path_factory: pytest.Te
     purge_queues(settings)
     process = WorkerProcess(tiny_model_dir, tmp_path_factory.mktemp("logs") / "worker.log",
                             MMOS_IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", MMOS_IMAGE_FETCH_TIMEOUT_S="2",
-                            MMOS_WORKER_METRICS_PORT=str(_closed_port()))
+                            MMOS_WORKER_METRICS_PORT=str(closed_port()))
     process.start()
     yield process
     process.stop()
 
 
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(redis_client(settings))
-
-
-@pytest.fixture(scope="module")
-def schema(settings: Settings) -> CatalogSchema:
-    return CatalogSchema.from_settings(settings)
-
-
 @pytest.fixture(scope="module")
 def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
-    stamp = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
-    products = read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=N_PRODUCTS)
-    return [Product(p.id, {**p.source, "updated_at": stamp}, p.text, p.image) for p in products]
-
-
-def _index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
-                           model: MultimodalModel) -> None:
-    create_product_index(client, index, schema, sample=products[0].source, model=model)
-    report = load_products(client, index, products)
-    assert report.succeeded == len(products) and not report.failed
-    client.indices.refresh(index=index)
-
-
-def _assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> None:
-    assert client.count(index=index)["count"] == len(products)  # none duplicated, none lost
-    stored = fused_vectors(client, index)
-    assert sorted(stored) == sorted(p.id for p in products)  # none missing
-    fresh = product_vectors(model, products)
-    for product, expected in zip(products, fresh, strict=True):
-        assert expected is not None
-        np.testing.assert_allclose(stored[product.id], expected["mm_fused"], atol=1e-5)
+    return stamped_catalog(myntra_dir, schema, N_PRODUCTS)
 
 
 def _wait_until(predicate, timeout_s: float = 60.0) -> None:  # noqa: ANN001
@@ -113,7 +89,7 @@ def test_backfill_survives_sigkill_of_the_worker(
     client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
-    _index_without_vectors(client, index_name, schema, catalog, model)
+    index_without_vectors(client, index_name, schema, catalog, model)
     result: dict[str, object] = {}
 
     def backfill() -> None:
@@ -134,7 +110,7 @@ def test_backfill_survives_sigkill_of_the_worker(
     assert counts.written + counts.skipped == N_PRODUCTS and counts.failed == counts.dead == 0  # type: ignore[attr-defined]
     settings = client.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
     assert settings["refresh_interval"] == "1s"  # restored after the bulk-load tuning
-    _assert_all_vectors_fresh(client, index_name, model, catalog)
+    assert_all_vectors_fresh(client, index_name, model, catalog)
 
 
 def test_backfill_completes_across_a_redis_restart(
@@ -142,7 +118,7 @@ def test_backfill_completes_across_a_redis_restart(
     schema: CatalogSchema, catalog: list[Product], settings: Settings,
 ) -> None:
     products = catalog[:1000]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     result: dict[str, object] = {}
 
     def backfill() -> None:
@@ -160,7 +136,7 @@ def test_backfill_completes_across_a_redis_restart(
     thread.join(150)
     assert not thread.is_alive()
     assert result["counts"].written + result["counts"].skipped >= len(products)  # type: ignore[attr-defined]
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def _plant_lost_batch(store: JobStore, job_id: str, index: str, products: list[Product]) -> None:
@@ -175,7 +151,7 @@ def test_a_batch_the_broker_lost_is_sent_again_when_the_job_stalls(
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
     products = catalog[:30]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     job_id = enqueue(store, CeleryJobQueue(app), index_name, [p.id for p in products[:20]], batch_size=10)
     _plant_lost_batch(store, job_id, index_name, products[20:])
 
@@ -183,7 +159,7 @@ def test_a_batch_the_broker_lost_is_sent_again_when_the_job_stalls(
 
     assert counts.written == len(products) and counts.batches_settled == counts.batches_enqueued == 3
     assert store.in_flight(job_id) == []
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def test_the_change_feed_re_embeds_edited_products(
@@ -191,7 +167,7 @@ def test_the_change_feed_re_embeds_edited_products(
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
     products = catalog[:20]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, timeout_s=60)
     queue, job_id = CeleryJobQueue(app), changes_job_id(index_name)
     assert poll_changes(client, store, queue, index_name) == 0  # the first poll only sets the checkpoint
@@ -209,7 +185,7 @@ def test_the_change_feed_re_embeds_edited_products(
     counts = wait_for_job(store, job_id, timeout_s=60)
     assert counts.written == 2
     now = [Product(p.id, source, *_inputs(source, schema)) for p, source in zip(products, (edited, later), strict=False)]
-    _assert_all_vectors_fresh(client, index_name, model, [*now, *products[2:]])
+    assert_all_vectors_fresh(client, index_name, model, [*now, *products[2:]])
 
 
 def test_the_change_feed_follower_sends_a_lost_batch_again(
@@ -217,7 +193,7 @@ def test_the_change_feed_follower_sends_a_lost_batch_again(
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
     products = catalog[:10]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     newest = {**products[-1].source, "updated_at": "2024-06-01T00:00:00Z"}  # the feed keeps polling this one
     client.index(index=index_name, id=products[-1].id, body=newest, refresh=True)
     job_id = changes_job_id(index_name)
@@ -233,7 +209,7 @@ def test_the_change_feed_follower_sends_a_lost_batch_again(
         follower.join(10)
     assert store.counts(job_id).written == len(products)  # type: ignore[union-attr]
     now = [*products[:-1], Product(products[-1].id, newest, *_inputs(newest, schema))]
-    _assert_all_vectors_fresh(client, index_name, model, now)
+    assert_all_vectors_fresh(client, index_name, model, now)
 
 
 def test_a_backfill_started_without_waiting_is_waited_for_from_the_cli(
@@ -241,7 +217,7 @@ def test_a_backfill_started_without_waiting_is_waited_for_from_the_cli(
     catalog: list[Product], tiny_model_dir: Path,
 ) -> None:
     products = catalog[:30]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     cli = [str(Path(sys.executable).with_name("mm-opensearch"))]
     env = {**os.environ, "MMOS_MODEL_DIR": str(tiny_model_dir), "COLUMNS": "200"}
 
@@ -254,7 +230,7 @@ def test_a_backfill_started_without_waiting_is_waited_for_from_the_cli(
 
     assert waited.returncode == 0, waited.stderr
     assert re.search(r"finished\s*│\s*30\s*│\s*30\s*│", waited.stdout), waited.stdout  # status, total, written
-    _assert_all_vectors_fresh(client, index_name, model, products)
+    assert_all_vectors_fresh(client, index_name, model, products)
 
 
 def test_resending_backs_off_while_no_worker_takes_the_batches(store: JobStore) -> None:
@@ -296,7 +272,7 @@ def test_a_vector_of_an_older_version_is_refused(
     catalog: list[Product],
 ) -> None:
     products = catalog[:3]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     queue = RecordingQueue()
     ctx = EmbedContext(client, store, queue, schema, model)
     target = products[0]
@@ -328,12 +304,6 @@ def _inputs(source: dict, schema: CatalogSchema) -> tuple[str | None, str | None
     return product.text, product.image
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker_metrics(worker: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, labels) -> value, scraped from the worker's metrics port."""
     url = f"http://127.0.0.1:{worker.env['MMOS_WORKER_METRICS_PORT']}/metrics"
@@ -347,7 +317,7 @@ def test_the_worker_exports_prometheus_metrics_summed_over_its_processes(
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
     products = catalog[:40]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     before = _worker_metrics(worker)
     assert ("mmos_worker_batches_total", (("outcome", "dead"), ("task", "write"))) in before  # zero, yet listed
 
@@ -370,9 +340,9 @@ def test_unreachable_images_give_text_only_vectors_with_the_error_recorded(
     client: OpenSearch, index_name: str, store: JobStore, worker: WorkerProcess, model: MultimodalModel,
     schema: CatalogSchema, catalog: list[Product],
 ) -> None:
-    urls = [f"http://127.0.0.1:{_closed_port()}/x.jpg", "http://169.254.169.254/latest/meta-data/x.jpg"]
+    urls = [f"http://127.0.0.1:{closed_port()}/x.jpg", "http://169.254.169.254/latest/meta-data/x.jpg"]
     products = [Product(p.id, {**p.source, "image": url}, p.text, url) for p, url in zip(catalog, urls, strict=False)]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     counts = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, timeout_s=60)
     assert counts.written == 2
     client.indices.refresh(index=index_name)
@@ -423,7 +393,7 @@ def test_a_malformed_image_value_fails_only_its_product_not_its_batch(
     values[catalog[12].id] = "http://[::1/x"  # an unclosed IPv6 bracket: ValueError from urlsplit
     bad = {catalog[5].id, catalog[12].id}
     products = [Product(p.id, {**p.source, "image": values[p.id]}, p.text, values[p.id]) for p in catalog[:20]]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
 
     counts = run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, batch_size=20, timeout_s=120)
 
@@ -474,7 +444,7 @@ def test_image_paths_stay_inside_the_roots_and_no_file_contents_reach_the_index_
     ]
     products = [Product(p.id, {**p.source, "image": value}, p.text, value)
                 for p, (value, _) in zip(catalog, cases, strict=False)]
-    _index_without_vectors(client, index_name, schema, products, model)
+    index_without_vectors(client, index_name, schema, products, model)
     queue = RecordingQueue()
     ctx = EmbedContext(client, store, queue, schema, model, image_dir=data, image_roots=(data,))
     caplog.set_level("DEBUG")
