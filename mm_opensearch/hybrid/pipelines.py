@@ -74,6 +74,11 @@ class PipelineRegistry:
         """Why the cluster refused these options' pipeline, if it did."""
         return self._refused.get(pipeline_name(options))
 
+    def forget(self, name: str) -> None:
+        """Forget that pipeline ``name`` exists (it was deleted): the next :meth:`ensure` checks again."""
+        with self._lock:
+            self._ready.discard(name)
+
     def ensure(self, options: FusionOptions, *, request_timeout: float | None = None) -> str | None:
         """The pipeline's name, created if missing; None when the cluster cannot run this fusion.
 

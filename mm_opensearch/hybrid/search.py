@@ -225,6 +225,11 @@ def _past_the_end(e: RequestError) -> bool:
     return "Reached end of search result" in str(e.info)
 
 
+def _pipeline_missing(e: RequestError) -> bool:
+    """Whether a search named a pipeline the cluster does not have (deleted since it was recorded)."""
+    return "Pipeline" in str(e.info) and "is not defined" in str(e.info)
+
+
 _VALUE_ERRORS = frozenset({"parse_exception", "query_shard_exception", "number_format_exception"})
 _MAX_REASON_CHARS = 200
 
@@ -490,7 +495,7 @@ class HybridSearcher:
             assert vector is not None
             knn = knn_query(request.vector, vector, request.candidates, filters)
             if pipeline is not None:
-                path, hits = "server", self._server_hybrid(pipeline, lexical, knn, request, timings, deadline)
+                path, hits = "server", self._server_hybrid(pipeline, fusion, lexical, knn, request, timings, deadline)
             else:
                 assert lexical_leg is not None
                 path, hits = "client", self._client_hybrid(lexical_leg, knn, request, fusion, timings, deadline)
@@ -610,6 +615,23 @@ class HybridSearcher:
             raise ConfigError(msg)
         return pipeline
 
+    def _recreate_pipeline(self, pipeline: str, fusion: FusionOptions, deadline: _Deadline) -> str:
+        """A pipeline the index's record (or this searcher) knew was deleted since: create it again, if allowed."""
+        logger.warning(
+            "search pipeline %s is gone from the cluster; creating it again (`mm-opensearch index provision %s` "
+            "records the cluster as it is now)", pipeline, self.index,
+        )
+        self._pipelines.forget(pipeline)
+        created = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
+        if created is None:
+            msg = (
+                f"search pipeline {pipeline} is gone from the cluster and cannot be created again "
+                f"({self._pipelines.refusal(fusion)}); run `mm-opensearch index provision {self.index}`, "
+                "or use fusion_path 'client'"
+            )
+            raise ConfigError(msg)
+        return created
+
     def _candidates(self, query: dict[str, Any], depth: int, deadline: _Deadline) -> _Candidates:
         """One leg's ``took`` and its ``depth`` best (id, score), best first."""
         response, ids = self._candidate_search(leg_request(query, size=depth, source=False), deadline)
@@ -672,6 +694,7 @@ class HybridSearcher:
     def _server_hybrid(
         self,
         pipeline: str,
+        fusion: FusionOptions,
         lexical: dict[str, Any],
         knn: dict[str, Any],
         request: SearchRequest,
@@ -680,7 +703,13 @@ class HybridSearcher:
     ) -> list[SearchHit]:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
         try:
-            response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
+            try:
+                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
+            except RequestError as e:
+                if not _pipeline_missing(e):
+                    raise
+                pipeline = self._recreate_pipeline(pipeline, fusion, deadline)
+                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
         except RequestError as e:
             if _past_the_end(e):  # fewer fused candidates than `from`: an empty page, as on the client path
                 return []

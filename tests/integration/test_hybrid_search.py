@@ -485,6 +485,20 @@ def test_an_index_without_recorded_capabilities_asks_the_cluster_once_and_says_s
     assert len(told) == 1 and product_index in told[0]
 
 
+@pytest.mark.neural_search
+def test_a_recorded_pipeline_deleted_since_is_created_again(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, provisioned_index: str
+) -> None:
+    fusion = FusionOptions(method="linear", normalization="l2", weights=(0.25, 0.75))
+    name = pipeline_name(fusion)
+    provision_index(client, provisioned_index, default_fusions([RRF, MIN_MAX, fusion]))
+    client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
+    searcher = HybridSearcher(client, settings, index=provisioned_index, tower=model)
+    response = searcher.search(SearchRequest("blue shirt men", fusion=fusion, fusion_path="server"))
+    assert response.fusion_path == "server" and response.hits
+    assert client.transport.perform_request("GET", f"/_search/pipeline/{name}")[name]
+
+
 def _recorded_as_3x(client: OpenSearch, index: str) -> None:
     """Record that the index's cluster is a 3.x with neural-search and the usual pipelines (what a team's 3.x
     cluster with the plugin installed would record), whatever the test node runs."""
