@@ -101,6 +101,14 @@ class Settings(BaseSettings):
             "another of MMOS_OPENSEARCH_HOSTS within it. The workers keep MMOS_OPENSEARCH_TIMEOUT_S."
         ),
     )
+    server_fusion_on_3x: bool = Field(
+        default=False,
+        description=(
+            "Allow fusion_path=server on OpenSearch 3.x where neural-search is installed. Untested here (Maven "
+            "Central has no neural-search for 3.x, see docs/opensearch-versions.md); fusion_path=auto fuses on the "
+            "client on 3.x either way."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=5.0,
         gt=0,

@@ -71,8 +71,9 @@ class SearchIn(BaseModel):
     fusion: FusionIn | None = None
     fusion_path: FusionPath = Field(
         default=_DEFAULTS["fusion_path"],
-        description="auto: on the node (neural-search) where it fuses like the client, i.e. a single-shard index and "
-        "a fusion the plugin supports; on the client otherwise. server refuses (422) where that does not hold.",
+        description="auto: on the node (neural-search on 2.x) where it fuses like the client, i.e. a single-shard "
+        "index and a fusion the plugin supports; on the client otherwise, and always on 3.x (untested here). server "
+        "refuses (422) where that does not hold, and on 3.x unless MMOS_SERVER_FUSION_ON_3X is set.",
     )
     explain: bool = _DEFAULTS["explain"]
 

@@ -4,11 +4,15 @@ Reading never stops: until the atomic alias swap readers use the old index, afte
 one. Writing stops only for the final catch-up (a write block on the old index while the last
 changes are replayed and the aliases move), so no write lands in an index that is about to be
 left behind. Embedding is delegated to an :class:`Embedder` (the workers, or in-process).
+
+Augmenting provisions the index for search: the cluster's capabilities are detected, the server
+fusion path's pipelines created and both recorded in the ``_meta`` of the index that will serve
+(before the swap, so its first search finds them; see :mod:`mm_opensearch.hybrid.capabilities`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +25,15 @@ from mm_opensearch.augment.inspect import inspect_index
 from mm_opensearch.augment.plan import AugmentPlan, copy_index_body, vector_mapping_update
 from mm_opensearch.augment.sync import delete_removed, fill_id_field, reindex, replay_changes
 from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.hybrid.capabilities import (
+    ClusterCapabilities,
+    default_fusions,
+    detect_capabilities,
+    provision_pipelines,
+    record_capabilities,
+)
+from mm_opensearch.hybrid.fusion import FusionOptions
+from mm_opensearch.indexing.mappings import CAPABILITIES_META_KEY
 
 __all__ = ["AugmentResult", "Embedder", "run_augment"]
 
@@ -39,6 +52,7 @@ class Embedder(Protocol):
 @dataclass
 class AugmentResult:
     plan: AugmentPlan
+    capabilities: ClusterCapabilities | None = None  # as recorded in the serving index's _meta
     copied: int = 0
     replayed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -56,18 +70,25 @@ def run_augment(
     schema: CatalogSchema,
     image_dir: Path | None = None,
     on_step: Callable[[str], None] | None = None,
+    fusions: Iterable[FusionOptions] = (),
 ) -> AugmentResult:
-    """Add vectors as ``plan`` says; the source index is kept (write-blocked) after a swap."""
+    """Add vectors as ``plan`` says; the source index is kept (write-blocked) after a swap.
+
+    ``fusions`` (the model's tuned ones) get server-path pipelines besides each method's defaults.
+    """
     step = on_step or (lambda _message: None)
     result = AugmentResult(plan)
     report = inspect_index(client, plan.source, schema)
     update = vector_mapping_update(
         report.mappings, model_id=plan.model_id, dim=plan.dim, modalities=plan.modalities, engine=plan.engine
     )
+    step("detecting the cluster's capabilities and creating the server fusion pipelines")
+    result.capabilities = provision_pipelines(client, detect_capabilities(client), default_fusions(fusions))
     if plan.strategy in ("ready", "in_place"):
         if plan.strategy == "in_place":
             step(f"adding vector fields to '{plan.source}'")
             client.indices.put_mapping(index=plan.source, body=update)
+        record_capabilities(client, plan.source, result.capabilities)
         if report.docs_without_id:
             step(f"filling mm_id of {report.docs_without_id} documents of '{plan.source}' (candidate ids)")
             fill_id_field(client, plan.source)
@@ -75,6 +96,7 @@ def run_augment(
         embedder.backfill(plan.source, tune=False)
         return result
 
+    update["_meta"][CAPABILITIES_META_KEY] = result.capabilities.to_meta()
     body = copy_index_body(report, update)
     step(f"creating '{plan.target}'")
     client.indices.create(index=plan.target, body=body)

@@ -73,6 +73,11 @@ def demo(
     )
     demo_index = eval_index_name(DEMO_PREFIX, "multimodal", model.model_id)
     serve_demo_index(client, alias, demo_index)
+    from mm_opensearch.hybrid.capabilities import default_fusions, provision_index  # noqa: PLC0415
+    from mm_opensearch.hybrid.fusion import tuned_fusions  # noqa: PLC0415
+
+    # Serving then picks server or client fusion from the index mapping, with no cluster-level call.
+    provision_index(client, demo_index, default_fusions(tuned_fusions(model.config.hybrid).values()))
     console.print(f"index {demo_index} is served as '{alias}' (try: mm-opensearch search \"red dress\" --index {alias} --explain)")
 
     searcher = HybridSearcher(client, settings, index=alias, tower=model, default_fusion=tuned_fusion(model.config.hybrid))

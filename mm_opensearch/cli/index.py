@@ -1,4 +1,4 @@
-"""``mm-opensearch index``: create, inspect, augment, swap, roll back and clean up product indices."""
+"""``mm-opensearch index``: create, inspect, augment, provision, swap, roll back and clean up product indices."""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ from mm_opensearch.augment import (
     run_augment,
     swap_aliases,
 )
+from mm_opensearch.augment.inspect import resolve_index
 from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder
 from mm_opensearch.backfill.pipeline import EmbedContext
 from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.cli.jobs import progress_display
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError, ModelError
+from mm_opensearch.hybrid.capabilities import ClusterCapabilities, default_fusions, provision_index
+from mm_opensearch.hybrid.fusion import FusionOptions, tuned_fusion, tuned_fusions
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.preflight import check_redis, connect_opensearch
 
@@ -57,6 +60,38 @@ def _model() -> MultimodalModel:
     from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415 - torch loads only when needed
 
     return MultimodalModel.load(settings.model_dir, settings=settings, use_feature_cache=False)
+
+
+def _tuned(model: MultimodalModel | None) -> list[FusionOptions]:
+    """The model's tuned fusions, the ones a serving searcher defaults to (none without a model)."""
+    if model is None:
+        return []
+    hybrid = model.config.hybrid or {}
+    return [tuned_fusion(hybrid), *tuned_fusions(hybrid).values()]
+
+
+def _describe(capabilities: ClusterCapabilities) -> dict[str, str]:
+    """Rows for the capabilities recorded in an index's _meta."""
+    if not capabilities.neural_search:
+        server = "no (neural-search not installed): client fusion"
+    else:
+        techniques = ", ".join(capabilities.normalization) + (", rrf" if capabilities.rrf else "")
+        untested = "" if capabilities.server_path_tested else "; untested here, auto fuses on the client"
+        server = f"neural-search ({techniques}){untested}"
+    return {
+        "cluster (recorded)": f"OpenSearch {capabilities.version}, detected {capabilities.detected_at}",
+        "k-NN plugin": "yes" if capabilities.knn else "no",
+        "server fusion": server,
+        "search pipelines": ", ".join(capabilities.pipelines) or "-",
+        **({"refused pipelines": "; ".join(f"{k}: {v}" for k, v in capabilities.refused.items())}
+           if capabilities.refused else {}),
+    }
+
+
+def _print_capabilities(index: str, capabilities: ClusterCapabilities) -> None:
+    console.print(f"recorded in '{index}' _meta: OpenSearch {capabilities.version}, "
+                  f"neural-search {'yes' if capabilities.neural_search else 'no'}, "
+                  f"pipelines {list(capabilities.pipelines)}", markup=False)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -110,6 +145,8 @@ def create(
         console.print(line)
         for failure in report.failed[:5]:
             console.print(f"  {failure.id}: [{failure.status}] {failure.error}", markup=False)
+    if model is not None:  # an index with vectors is searched hybrid: record what the cluster can fuse
+        _print_capabilities(name, provision_index(client, name, default_fusions(_tuned(model))))
     if alias:
         swap_aliases(client, alias, to_index=name)
     console.print(f"created '{name}'" + (f" with aliases {alias}" if alias else ""))
@@ -137,6 +174,9 @@ def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> Non
         "missing text fields": ", ".join(report.missing_text_fields) or "-",
         "augment strategy": report.strategy,
     }
+    recorded = ClusterCapabilities.from_mapping(report.mappings)
+    rows.update(_describe(recorded) if recorded else
+                {"cluster (recorded)": f"- (`mm-opensearch index provision {report.index}` records it)"})
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
@@ -182,8 +222,25 @@ def augment(
                                  batch_size=settings.backfill_batch_size, slices=slices, timeout_s=timeout,
                                  resubmit_after_s=settings.backfill_resubmit_after_s, on_progress=update)
         result = run_augment(client, plan, embedder, schema=schema, image_dir=settings.data_dir,
-                             on_step=lambda message: console.print(f"· {message}"))
+                             on_step=lambda message: console.print(f"· {message}"), fusions=_tuned(model))
+    if result.capabilities is not None:
+        _print_capabilities(plan.target, result.capabilities)
     console.print(f"done: copied {result.copied}, replayed {len(result.replayed)}, deleted {len(result.deleted)}")
+
+
+@app.command()
+def provision(name: Annotated[str, typer.Argument(help="Index or alias (each index behind it is provisioned).")]) -> None:
+    """Detect what the cluster can do, create the server fusion pipelines, and record both in the index _meta.
+
+    Searches then choose server or client fusion from the index mapping alone, with no cluster-level
+    call: run it once per index, and again after a cluster upgrade or a plugin change. With
+    MMOS_MODEL_DIR set, the model's tuned fusions get pipelines too.
+    """
+    settings = get_settings()
+    client = connect_opensearch(settings)
+    model = _model() if settings.model_dir is not None else None
+    index = resolve_index(client, name)
+    _print_capabilities(index, provision_index(client, index, default_fusions(_tuned(model))))
 
 
 @app.command()

@@ -3,7 +3,9 @@
 A pipeline's name encodes everything it does (``mmos-rrf-k60``, ``mmos-linear-min_max-w0.3-0.7``),
 so two processes that want the same fusion share one pipeline and nothing ever has to update one
 in place. A fusion the cluster refuses (``z_score`` or weighted RRF on 2.19) is remembered as such:
-the searcher then fuses on the client for those options instead of failing every request.
+the searcher then fuses on the client for those options instead of failing every request, and so
+does a process without the right to read or create pipelines (a read-only search role): provisioning
+(``mm-opensearch index provision``) creates the usual ones with a user that has it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from opensearchpy import NotFoundError, OpenSearch, RequestError
+from opensearchpy import AuthorizationException, NotFoundError, OpenSearch, RequestError
 
 from mm_opensearch.hybrid.fusion import FusionOptions
 
@@ -53,6 +55,12 @@ def pipeline_body(options: FusionOptions) -> dict[str, Any]:
     }
 
 
+_NO_RIGHTS = (
+    "this user may not read or create search pipeline {name} (403); create it with `mm-opensearch index provision` "
+    "as a user that may"
+)
+
+
 class PipelineRegistry:
     """Creates or reuses pipelines on one cluster; remembers which exist and which were refused."""
 
@@ -65,6 +73,11 @@ class PipelineRegistry:
     def refusal(self, options: FusionOptions) -> str | None:
         """Why the cluster refused these options' pipeline, if it did."""
         return self._refused.get(pipeline_name(options))
+
+    def forget(self, name: str) -> None:
+        """Forget that pipeline ``name`` exists (it was deleted): the next :meth:`ensure` checks again."""
+        with self._lock:
+            self._ready.discard(name)
 
     def ensure(self, options: FusionOptions, *, request_timeout: float | None = None) -> str | None:
         """The pipeline's name, created if missing; None when the cluster cannot run this fusion.
@@ -85,8 +98,14 @@ class PipelineRegistry:
                     self._client.transport.perform_request(
                         "PUT", f"/_search/pipeline/{name}", params=params, body=pipeline_body(options)
                     )
+                except AuthorizationException:
+                    self._refused[name] = _NO_RIGHTS.format(name=name)
+                    return None
                 except RequestError as e:
                     self._refused[name] = str(e.info.get("error", {}).get("reason", e) if isinstance(e.info, dict) else e)
                     return None
+            except AuthorizationException:
+                self._refused[name] = _NO_RIGHTS.format(name=name)
+                return None
             self._ready.add(name)
             return name

@@ -2,7 +2,12 @@
 
 Hybrid fusion runs on the server (neural-search ``hybrid`` query + a search pipeline) when the
 cluster has the plugin, accepts the requested fusion and the index is a single shard, and on the
-client otherwise (fused by :mod:`mm_opensearch.hybrid.fusion`). Both paths fetch ``depth``
+client otherwise (fused by :mod:`mm_opensearch.hybrid.fusion`). What the cluster has is read from
+the capabilities recorded in the index ``_meta`` at provisioning time (see
+:mod:`mm_opensearch.hybrid.capabilities`), with the mapping the searcher caches anyway: choosing
+the path takes no cluster-level call. ``auto`` never picks the server path on 3.x, which no test
+here exercises (Maven Central has no neural-search for 3.x); ``server`` there needs
+``MMOS_SERVER_FUSION_ON_3X``. Both paths fetch ``depth``
 candidates per leg and cut the page from the fused list, so paging is stable and the two paths
 rank alike. Over several shards the plugin fuses per shard (see ``_PER_SHARD_FUSION``), which the
 legs' global lists do not reproduce, so such an index is fused on the client.
@@ -56,7 +61,8 @@ from mm_opensearch.hybrid.fusion import (
     tuned_fusion,
     tuned_fusions,
 )
-from mm_opensearch.hybrid.pipelines import PipelineRegistry
+from mm_opensearch.hybrid.capabilities import NEURAL_SEARCH_PLUGINS, ClusterCapabilities, detect_capabilities
+from mm_opensearch.hybrid.pipelines import PipelineRegistry, pipeline_name
 from mm_opensearch.hybrid.query import (
     CANDIDATES_ONLY,
     VectorKind,
@@ -98,7 +104,6 @@ MAX_SIZE = 100
 MAX_WINDOW = 10_000  # index.max_result_window and the k-NN plugin's largest k
 MAX_QUERY_CHARS = 1024
 DEFAULT_DEPTH = 100
-NEURAL_SEARCH_PLUGINS = frozenset({"org.opensearch.neuralsearch.plugin.NeuralSearch", "opensearch-neural-search"})
 _META_TTL_S = 30.0  # an index re-embedded by another model is noticed within this time
 _LEGS = ("lexical", "vector")
 # Measured against the client path on a 2-shard index: the plugin takes pagination_depth candidates
@@ -208,6 +213,7 @@ class _IndexFacts:
     shards: int
     id_read: _IdRead
     field_types: dict[str, str] = field(default_factory=dict)  # filter values are checked against these
+    capabilities: ClusterCapabilities | None = None  # recorded at provisioning; None on an older index
 
 
 def _past_the_end(e: RequestError) -> bool:
@@ -217,6 +223,11 @@ def _past_the_end(e: RequestError) -> bool:
     with a 400 "Reached end of search result, increase pagination_depth", not with an empty page.
     """
     return "Reached end of search result" in str(e.info)
+
+
+def _pipeline_missing(e: RequestError) -> bool:
+    """Whether a search named a pipeline the cluster does not have (deleted since it was recorded)."""
+    return "Pipeline" in str(e.info) and "is not defined" in str(e.info)
 
 
 _VALUE_ERRORS = frozenset({"parse_exception", "query_shard_exception", "number_format_exception"})
@@ -297,8 +308,9 @@ class HybridSearcher:
         self.tower_error = tower_error if tower is None else None
         self.default_fusion = default_fusion or FusionOptions()
         self.method_fusions = dict(method_fusions or {})
+        self.server_fusion_on_3x = settings.server_fusion_on_3x
         self._pipelines = PipelineRegistry(client)
-        self._plugins: frozenset[str] | None = None
+        self._detected: ClusterCapabilities | None = None  # asked of the cluster for an index without a record
         self._facts: tuple[float, _IndexFacts] | None = None
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=_LEXICAL_THREADS, thread_name_prefix="mmos-lexical-leg")
@@ -330,17 +342,34 @@ class HybridSearcher:
                 raise _unavailable(e) from e
             raise
 
-    def plugins(self, deadline: _Deadline | None = None) -> frozenset[str]:
-        """Plugin names from ``_cat/plugins``, asked once per searcher."""
-        if self._plugins is None:
-            timeout = (deadline or _Deadline(self.timeout_s)).params()
-            rows = self._call(lambda: self.client.cat.plugins(format="json", params=timeout or None))
-            self._plugins = frozenset(row["component"] for row in rows)
-        return self._plugins
+    def capabilities(self, deadline: _Deadline | None = None) -> ClusterCapabilities:
+        """What the cluster can do: as recorded in the index ``_meta``, else asked of the cluster once.
+
+        An index provisioned before capabilities were recorded costs two cluster-level calls
+        (``GET /``, ``_cat/plugins``) once per searcher, and a log line saying how to record them.
+        """
+        recorded = self._index_facts(deadline).capabilities
+        if recorded is not None:
+            return recorded
+        with self._lock:
+            detected = self._detected
+        if detected is None:
+            left = (deadline or _Deadline(self.timeout_s)).left()
+            detected = self._call(lambda: detect_capabilities(self.client, request_timeout=left))
+            with self._lock:
+                first, self._detected = self._detected is None, detected
+            if first:
+                logger.info(
+                    "index '%s' has no recorded cluster capabilities, so they were asked of the cluster (OpenSearch "
+                    "%s, neural-search %s); `mm-opensearch index provision %s` records them, and searches then need "
+                    "no cluster-level call", self.index, detected.version, "yes" if detected.neural_search else "no",
+                    self.index,
+                )
+        return detected
 
     def has_neural_search(self, deadline: _Deadline | None = None) -> bool:
         """Whether the cluster can fuse ``hybrid`` queries itself."""
-        return bool(self.plugins(deadline) & NEURAL_SEARCH_PLUGINS)
+        return self.capabilities(deadline).neural_search
 
     def _index_facts(self, deadline: _Deadline | None = None) -> _IndexFacts:
         with self._lock:
@@ -359,6 +388,7 @@ class HybridSearcher:
             shards=shards,
             id_read=self._id_read(shards, deadline),
             field_types=field_types(mapping),
+            capabilities=ClusterCapabilities.from_mapping(mapping),
         )
         with self._lock:
             self._facts = (time.monotonic(), facts)
@@ -465,7 +495,7 @@ class HybridSearcher:
             assert vector is not None
             knn = knn_query(request.vector, vector, request.candidates, filters)
             if pipeline is not None:
-                path, hits = "server", self._server_hybrid(pipeline, lexical, knn, request, timings, deadline)
+                path, hits = "server", self._server_hybrid(pipeline, fusion, lexical, knn, request, timings, deadline)
             else:
                 assert lexical_leg is not None
                 path, hits = "client", self._client_hybrid(lexical_leg, knn, request, fusion, timings, deadline)
@@ -546,21 +576,61 @@ class HybridSearcher:
             for position, (doc_id, hit) in enumerate(zip(ids, response["hits"]["hits"], strict=True), start=1)
         ]
 
+    def _server_refusal(self, request: SearchRequest, fusion: FusionOptions, deadline: _Deadline) -> str | None:
+        """Why this hybrid search is not fused on the server, None when it can be."""
+        shards = self._index_facts(deadline).shards
+        if shards > 1:
+            return _PER_SHARD_FUSION.format(index=self.index, shards=shards)
+        capabilities = self.capabilities(deadline)
+        if not capabilities.neural_search:
+            return "the neural-search plugin is not installed"
+        if not capabilities.server_path_tested:
+            if request.fusion_path == "auto":
+                return f"server fusion on OpenSearch {capabilities.version} is untested here"
+            if not self.server_fusion_on_3x:
+                return (f"server fusion on OpenSearch {capabilities.version} is untested here; set "
+                        "MMOS_SERVER_FUSION_ON_3X=true to use it anyway (see docs/opensearch-versions.md)")
+        return capabilities.refusal(fusion)
+
     def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions, deadline: _Deadline) -> str | None:
+        """The pipeline a server-fused search uses, None to fuse on the client.
+
+        A pipeline recorded at provisioning is used as is. Any other (a request's own weights, an
+        index without a record) is created here on first use, which needs the right to create
+        search pipelines: a searcher without it fuses those requests on the client.
+        """
         if request.fusion_path == "client":
             return None
-        shards = self._index_facts(deadline).shards
+        reason = self._server_refusal(request, fusion, deadline)
         pipeline = None
-        if self.has_neural_search(deadline) and shards == 1:
-            pipeline = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
-        if pipeline is None and request.fusion_path == "server":
-            if shards > 1:
-                reason = _PER_SHARD_FUSION.format(index=self.index, shards=shards)
+        if reason is None:
+            name = pipeline_name(fusion)
+            if name in self.capabilities(deadline).pipelines:
+                pipeline = name
             else:
-                reason = self._pipelines.refusal(fusion) or "the neural-search plugin is not installed"
+                pipeline = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
+                reason = self._pipelines.refusal(fusion)
+        if pipeline is None and request.fusion_path == "server":
             msg = f"fusion_path 'server' is not possible here ({reason}); use fusion_path 'auto' or 'client'"
             raise ConfigError(msg)
         return pipeline
+
+    def _recreate_pipeline(self, pipeline: str, fusion: FusionOptions, deadline: _Deadline) -> str:
+        """A pipeline the index's record (or this searcher) knew was deleted since: create it again, if allowed."""
+        logger.warning(
+            "search pipeline %s is gone from the cluster; creating it again (`mm-opensearch index provision %s` "
+            "records the cluster as it is now)", pipeline, self.index,
+        )
+        self._pipelines.forget(pipeline)
+        created = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
+        if created is None:
+            msg = (
+                f"search pipeline {pipeline} is gone from the cluster and cannot be created again "
+                f"({self._pipelines.refusal(fusion)}); run `mm-opensearch index provision {self.index}`, "
+                "or use fusion_path 'client'"
+            )
+            raise ConfigError(msg)
+        return created
 
     def _candidates(self, query: dict[str, Any], depth: int, deadline: _Deadline) -> _Candidates:
         """One leg's ``took`` and its ``depth`` best (id, score), best first."""
@@ -624,6 +694,7 @@ class HybridSearcher:
     def _server_hybrid(
         self,
         pipeline: str,
+        fusion: FusionOptions,
         lexical: dict[str, Any],
         knn: dict[str, Any],
         request: SearchRequest,
@@ -632,7 +703,13 @@ class HybridSearcher:
     ) -> list[SearchHit]:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
         try:
-            response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
+            try:
+                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
+            except RequestError as e:
+                if not _pipeline_missing(e):
+                    raise
+                pipeline = self._recreate_pipeline(pipeline, fusion, deadline)
+                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
         except RequestError as e:
             if _past_the_end(e):  # fewer fused candidates than `from`: an empty page, as on the client path
                 return []

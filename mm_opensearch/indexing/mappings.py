@@ -1,7 +1,8 @@
 """Index bodies built from the JSON templates in ``mappings/`` and a catalog schema.
 
 The vector fields sit next to the index's own BM25 fields, so augmenting an index never rewrites
-its text mappings; ``_meta`` records which model made the vectors and their dimension.
+its text mappings; ``_meta`` records which model made the vectors and their dimension and, beside
+it, what the cluster could do when the index was provisioned (``mm_opensearch.hybrid.capabilities``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "product_index_body",
     "model_meta",
     "read_model_meta",
+    "read_capabilities_meta",
     "check_model_compatible",
 ]
 
@@ -32,6 +34,7 @@ VECTOR_FIELDS = {"fused": "mm_fused", "text": "mm_text", "image": "mm_image"}
 # (``_id`` has no doc values; see :mod:`mm_opensearch.hybrid.query`). Written with every vector.
 ID_FIELD = "mm_id"
 META_KEY = "mm_opensearch"
+CAPABILITIES_META_KEY = "mm_opensearch_cluster"  # release, plugins, server fusion, pipelines, detection time
 IndexModelInfo = dict[str, Any]
 
 
@@ -126,6 +129,11 @@ def product_index_body(
 def read_model_meta(mapping: dict[str, Any]) -> IndexModelInfo | None:
     """The model entry of an index mapping (as returned by ``indices.get_mapping``), if any."""
     return (mapping.get("_meta") or {}).get(META_KEY)
+
+
+def read_capabilities_meta(mapping: dict[str, Any]) -> dict[str, Any] | None:
+    """The cluster capabilities recorded in an index mapping at provisioning time, if any."""
+    return (mapping.get("_meta") or {}).get(CAPABILITIES_META_KEY)
 
 
 def check_model_compatible(index: str, mapping: dict[str, Any], model_id: str, dim: int) -> IndexModelInfo:

@@ -18,6 +18,7 @@ from mm_opensearch.augment import cleanup_previous, index_status, inspect_index,
 from mm_opensearch.backfill import JobStore, QueueEmbedder, redis_client
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog, to_product
 from mm_opensearch.config import Settings
+from mm_opensearch.hybrid.capabilities import ClusterCapabilities
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
@@ -60,9 +61,18 @@ class QueryLoop(threading.Thread):
                 self.failures.append(repr(e))
 
 
+def _recorded(client: OpenSearch, index: str) -> ClusterCapabilities | None:
+    """The cluster capabilities in the index's _meta."""
+    return ClusterCapabilities.from_mapping(client.indices.get_mapping(index=index)[index]["mappings"])
+
+
+def _release(cluster_version: tuple[int, ...]) -> str:
+    return ".".join(map(str, cluster_version))
+
+
 def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writes(
     client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
-    myntra_dir: Path,
+    myntra_dir: Path, cluster_version: tuple[int, ...],
 ) -> None:
     schema = CatalogSchema.from_settings(settings)
     products = [
@@ -85,7 +95,11 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
     deleted, changed = products[10], products[20]
     new_source = {**changed.source, "title": "Bright Yellow Rain Jacket", "updated_at": _stamp(0)}
 
+    recorded_before_swap: list[ClusterCapabilities | None] = []
+
     def write_during_copy(message: str) -> None:  # the application keeps writing through its alias
+        if message.startswith("moving aliases"):
+            recorded_before_swap.append(_recorded(client, plan.target))
         if message.startswith("backfilling"):
             client.delete(index=write_alias, id=deleted.id)
             client.index(index=write_alias, id=changed.id, body=new_source)
@@ -101,6 +115,9 @@ def test_augment_swaps_aliases_without_failing_a_query_and_keeps_concurrent_writ
         queries.join(10)
 
     assert queries.failures == [] and queries.ok > 10
+    # The new index is provisioned before readers reach it: its first search needs no cluster-level call.
+    assert recorded_before_swap == [result.capabilities] and result.capabilities is not None
+    assert result.capabilities.version == _release(cluster_version) and result.capabilities.knn
     assert inspect_index(client, read_alias, schema).index == plan.target
     assert not inspect_index(client, read_alias, schema).vectors_in_source  # the new index derives them
     assert inspect_index(client, write_alias, schema).index == plan.target
@@ -145,8 +162,11 @@ def test_augment_in_place_when_knn_is_already_on(
     plan = plan_augment(report, model_id=model.model_id, dim=model.dim)
     assert plan.strategy == "in_place" and plan.target == index_name
     embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
-    run_augment(client, plan, embedder, schema=schema)
+    result = run_augment(client, plan, embedder, schema=schema)
     assert len(fused_vectors(client, index_name)) == len(products)
+    recorded = _recorded(client, index_name)
+    assert recorded is not None and recorded == result.capabilities
+    assert recorded.version == _release(cluster_version)
     # A static setting, so in place it stays what the index was created with: off on 2.x, and on by default
     # for every k-NN index on 3.x.
     derived_by_default = cluster_version >= (3,)
@@ -190,3 +210,39 @@ def _inspect_output(index: str) -> str:
         capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "250", "MMOS_MODEL_DIR": ""},
     )
     return done.stdout
+
+
+def _cli(*args: str, model_dir: Path | None = None) -> str:
+    done = subprocess.run(  # noqa: S603 - our own CLI
+        [str(Path(sys.executable).with_name("mm-opensearch")), *args],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "COLUMNS": "250", "MMOS_MODEL_DIR": str(model_dir or "")},
+    )
+    return done.stdout
+
+
+def test_index_provision_records_what_index_inspect_then_shows(
+    client: OpenSearch, index_name: str, settings: Settings, tiny_model_dir: Path, myntra_dir: Path,
+    cluster_version: tuple[int, ...], neural_search: bool,
+) -> None:
+    """An index with vectors made before capabilities were recorded; `index create` records them itself."""
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=20))
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
+    create_product_index(client, index_name, schema, sample=products[0].source, model=model)
+    assert _recorded(client, index_name) is None
+    assert f"`mm-opensearch index provision {index_name}` records it" in _inspect_output(index_name)
+
+    _cli("index", "provision", index_name)
+    recorded = _recorded(client, index_name)
+    assert recorded is not None and recorded.version == _release(cluster_version)
+    assert client.indices.get_mapping(index=index_name)[index_name]["mappings"]["_meta"]["mm_opensearch"]  # kept
+    shown = _inspect_output(index_name)
+    assert f"OpenSearch {recorded.version}, detected {recorded.detected_at}" in shown
+    assert ("mmos-rrf-k60" in shown) is neural_search  # the server path's pipelines, wherever the plugin is
+
+    created = f"{index_name}-created"
+    _cli("index", "create", created, "--yes", model_dir=tiny_model_dir)
+    by_create = _recorded(client, created)
+    assert by_create is not None and by_create.version == recorded.version
+    assert by_create.neural_search is neural_search

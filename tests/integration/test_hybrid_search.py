@@ -1,4 +1,5 @@
-"""The searcher against the real node: filters, paging, explain, server vs client fusion, refusal, degradation."""
+"""The searcher against the real node: filters, paging, explain, server vs client fusion, refusal, degradation,
+and the cluster capabilities recorded at provisioning time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, SearchUnavailableError
 from mm_opensearch.hybrid import FusionOptions, HybridSearcher, SearchRequest, SearchResponse, fuse
-from mm_opensearch.hybrid.pipelines import PipelineRegistry
+from mm_opensearch.hybrid.capabilities import ClusterCapabilities, default_fusions, provision_index, record_capabilities
+from mm_opensearch.hybrid.pipelines import PipelineRegistry, pipeline_name
 from mm_opensearch.hybrid.query import hybrid_request, knn_query, lexical_query
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import ModelConfig, MultimodalModel
@@ -252,6 +255,11 @@ def id_field_data_off(client: OpenSearch) -> Iterator[None]:
 ID_CASES = [("bm25", "auto"), ("vector", "auto"), ("hybrid", "server"), ("hybrid", "client")]
 
 
+def id_cases(neural_search: bool, *, shards: int = 1) -> list[tuple[str, str]]:
+    """ID_CASES less the server path where the node cannot fuse (no neural-search, as on 3.x; several shards)."""
+    return ID_CASES if neural_search and shards == 1 else [c for c in ID_CASES if c[1] != "server"]
+
+
 def ranked(
     searcher: HybridSearcher, *, with_source: bool, explain: bool = False, cases: list[tuple[str, str]] = ID_CASES
 ) -> list[list[tuple[str, float]]]:
@@ -266,11 +274,12 @@ def ranked(
     return pages
 
 
-def test_searches_answer_without_id_field_data(client: OpenSearch, searcher: HybridSearcher) -> None:
+def test_searches_answer_without_id_field_data(client: OpenSearch, searcher: HybridSearcher, neural_search: bool) -> None:
     """Candidate ids once came from ``_id`` field data, which such a cluster refuses (a 400 for every hybrid search)."""
-    before = {ws: ranked(searcher, with_source=ws, explain=True) for ws in (False, True)}
+    cases = id_cases(neural_search)
+    before = {ws: ranked(searcher, with_source=ws, explain=True, cases=cases) for ws in (False, True)}
     with id_field_data_off(client):
-        after = {ws: ranked(searcher, with_source=ws, explain=True) for ws in (False, True)}
+        after = {ws: ranked(searcher, with_source=ws, explain=True, cases=cases) for ws in (False, True)}
     assert after == before
     assert before[False] == before[True]
 
@@ -284,14 +293,15 @@ def _strip_ids(client: OpenSearch, index: str, ids: list[str]) -> None:
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_documents_without_mm_id_are_found_without_id_field_data(
-    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str, shards: int
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], index_name: str, shards: int,
+    neural_search: bool,
 ) -> None:
     """One shard looks up the few hits without mm_id by _seq_no; many, or several shards, read the stored _id."""
     create_product_index(client, index_name, CatalogSchema.from_settings(settings), sample=products[0].source,
                          model=model, modalities=True, index_settings={"number_of_shards": shards})
     assert not load_products(client, index_name, products, model=model, modalities=True).failed
     client.indices.refresh(index=index_name)
-    cases = ID_CASES if shards == 1 else [c for c in ID_CASES if c[1] != "server"]  # several shards: client fusion
+    cases = id_cases(neural_search, shards=shards)  # several shards: client fusion
     with id_field_data_off(client):
         searcher = HybridSearcher(client, settings, index=index_name, tower=model)
         assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
@@ -381,3 +391,170 @@ def test_an_unreachable_cluster_is_reported_as_unavailable(settings: Settings, m
     dead = create_client(settings.model_copy(update={"opensearch_hosts": ["http://127.0.0.1:9"]}), max_retries=0)
     with pytest.raises(SearchUnavailableError, match="retry"):
         HybridSearcher(dead, settings, index="products", tower=model).search(SearchRequest("shirt"))
+
+
+# --- capabilities recorded at provisioning time ---------------------------------------------------
+
+
+class CountedClient:
+    """A real client whose transport notes each request (method, path) before sending it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = create_client(settings)
+        self.calls: list[tuple[str, str]] = []
+        send = self.client.transport.perform_request
+
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append((method, url))
+            return send(method, url, *args, **kwargs)
+
+        self.client.transport.perform_request = counted  # type: ignore[method-assign]
+
+    def cluster_calls(self) -> list[tuple[str, str]]:
+        """Requests that are not about the index itself: release, plugins, pipelines."""
+        return [(m, u) for m, u in self.calls if u in ("/", "") or u.startswith(("/_cat/plugins", "/_search/pipeline"))]
+
+
+@pytest.fixture(scope="module")
+def provisioned_index(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
+) -> Iterator[str]:
+    """An index with vectors, provisioned as `index create` / `index augment` / `index provision` do."""
+    name = f"test-hybrid-provisioned-{uuid.uuid4().hex[:12]}"
+    create_product_index(client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model)
+    assert not load_products(client, name, products, model=model, image_roots=[myntra_dir]).failed
+    client.indices.refresh(index=name)
+    provision_index(client, name, default_fusions([RRF, MIN_MAX]))
+    yield name
+    client.indices.delete(index=name, ignore_unavailable=True)
+
+
+def test_provisioning_records_the_cluster_capabilities_in_the_index_meta(
+    client: OpenSearch, provisioned_index: str, cluster_version: tuple[int, ...], neural_search: bool
+) -> None:
+    mapping = client.indices.get_mapping(index=provisioned_index)[provisioned_index]["mappings"]
+    recorded = ClusterCapabilities.from_mapping(mapping)
+    assert recorded is not None
+    assert mapping["_meta"]["mm_opensearch"]["dim"] > 0  # the model entry is kept beside it
+    assert tuple(int(p) for p in recorded.version.split(".")) == cluster_version
+    assert recorded.knn and recorded.neural_search is neural_search
+    detected = datetime.fromisoformat(recorded.detected_at)
+    assert abs((datetime.now(UTC) - detected).total_seconds()) < 600
+    if neural_search:  # the server path's pipelines exist before any search
+        assert {pipeline_name(RRF), pipeline_name(MIN_MAX)} <= set(recorded.pipelines)
+        for name in recorded.pipelines:
+            assert client.transport.perform_request("GET", f"/_search/pipeline/{name}")[name]
+        assert recorded.rrf and "min_max" in recorded.normalization
+    else:
+        assert recorded.pipelines == () and not recorded.rrf
+
+
+def test_a_search_on_a_provisioned_index_makes_no_cluster_level_call(
+    settings: Settings, model: MultimodalModel, provisioned_index: str, cluster_version: tuple[int, ...],
+    neural_search: bool,
+) -> None:
+    counted = CountedClient(settings)
+    searcher = HybridSearcher(counted.client, settings, index=provisioned_index, tower=model)
+    try:
+        paths = {searcher.search(SearchRequest(query, fusion=fusion)).fusion_path
+                 for query in ("blue shirt men", "red floral dress") for fusion in (RRF, MIN_MAX)}
+        assert searcher.search(SearchRequest("black watch", fusion=RRF, fusion_path="client")).fusion_path == "client"
+    finally:
+        searcher.close()
+    assert paths == {"server" if neural_search and cluster_version < (3,) else "client"}
+    assert counted.calls  # the searches did reach the node
+    assert counted.cluster_calls() == []
+
+
+def test_an_index_without_recorded_capabilities_asks_the_cluster_once_and_says_so(
+    settings: Settings, model: MultimodalModel, product_index: str, cluster_version: tuple[int, ...],
+    neural_search: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An index provisioned by an older release (the module's shared index is never provisioned)."""
+    counted = CountedClient(settings)
+    searcher = HybridSearcher(counted.client, settings, index=product_index, tower=model)
+    try:
+        with caplog.at_level(logging.INFO, logger="mm_opensearch.hybrid.search"):
+            responses = [searcher.search(SearchRequest(q, fusion=RRF)) for q in ("blue shirt men", "black watch")]
+    finally:
+        searcher.close()
+    assert all(r.hits for r in responses)
+    assert {r.fusion_path for r in responses} == {"server" if neural_search and cluster_version < (3,) else "client"}
+    assert [u for _, u in counted.cluster_calls() if u.startswith("/_cat/plugins")] == ["/_cat/plugins"]
+    told = [r.getMessage() for r in caplog.records if "index provision" in r.getMessage()]
+    assert len(told) == 1 and product_index in told[0]
+
+
+@pytest.mark.neural_search
+def test_a_recorded_pipeline_deleted_since_is_created_again(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, provisioned_index: str
+) -> None:
+    fusion = FusionOptions(method="linear", normalization="l2", weights=(0.25, 0.75))
+    name = pipeline_name(fusion)
+    provision_index(client, provisioned_index, default_fusions([RRF, MIN_MAX, fusion]))
+    client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
+    searcher = HybridSearcher(client, settings, index=provisioned_index, tower=model)
+    response = searcher.search(SearchRequest("blue shirt men", fusion=fusion, fusion_path="server"))
+    assert response.fusion_path == "server" and response.hits
+    assert client.transport.perform_request("GET", f"/_search/pipeline/{name}")[name]
+
+
+def _recorded_as_3x(client: OpenSearch, index: str) -> None:
+    """Record that the index's cluster is a 3.x with neural-search and the usual pipelines (what a team's 3.x
+    cluster with the plugin installed would record), whatever the test node runs."""
+    recorded = ClusterCapabilities.from_mapping(client.indices.get_mapping(index=index)[index]["mappings"])
+    assert recorded is not None
+    as_3x = replace(recorded, version="3.4.0", neural_search=True, rrf=True,
+                    normalization=("min_max", "l2", "z_score"), combination=("arithmetic_mean",))
+    record_capabilities(client, index, as_3x)
+
+
+@pytest.fixture
+def index_recorded_as_3x(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
+) -> Iterator[str]:
+    name = f"test-hybrid-3x-{uuid.uuid4().hex[:12]}"
+    create_product_index(client, name, CatalogSchema.from_settings(settings), sample=products[0].source, model=model)
+    assert not load_products(client, name, products[:60], model=model, image_roots=[myntra_dir]).failed
+    client.indices.refresh(index=name)
+    provision_index(client, name, default_fusions([RRF]))
+    _recorded_as_3x(client, name)
+    yield name
+    client.indices.delete(index=name, ignore_unavailable=True)
+
+
+def test_on_3x_auto_fuses_on_the_client_and_server_needs_the_opt_in(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, index_recorded_as_3x: str
+) -> None:
+    """neural-search on 3.x is not tested here (Maven Central has none), so it is never the default."""
+    searcher = HybridSearcher(client, settings, index=index_recorded_as_3x, tower=model)
+    assert searcher.search(SearchRequest("blue shirt men", fusion=RRF)).fusion_path == "client"
+    with pytest.raises(ConfigError, match="untested here; set MMOS_SERVER_FUSION_ON_3X=true"):
+        searcher.search(SearchRequest("blue shirt men", fusion=RRF, fusion_path="server"))
+
+
+@pytest.mark.neural_search
+def test_on_3x_the_opt_in_allows_the_server_path_and_auto_stays_on_the_client(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, index_recorded_as_3x: str
+) -> None:
+    """Run against the 2.19 node's plugin, with the index recorded as a 3.x cluster's."""
+    opted_in = settings.model_copy(update={"server_fusion_on_3x": True})
+    searcher = HybridSearcher(client, opted_in, index=index_recorded_as_3x, tower=model)
+    assert searcher.search(SearchRequest("blue shirt men", fusion=RRF)).fusion_path == "client"
+    server = searcher.search(SearchRequest("blue shirt men", fusion=RRF, fusion_path="server"))
+    assert server.fusion_path == "server" and server.hits
+
+
+def test_on_a_3x_node_auto_fuses_on_the_client(
+    settings: Settings, model: MultimodalModel, provisioned_index: str, cluster_version: tuple[int, ...]
+) -> None:
+    if cluster_version < (3,):
+        pytest.skip("a 3.x node's own record; the matrix runs this module on 3.4.0 too")
+    searcher = HybridSearcher(create_client(settings), settings, index=provisioned_index, tower=model)
+    try:
+        assert searcher.capabilities().major == 3
+        assert searcher.search(SearchRequest("blue shirt men", fusion=MIN_MAX)).fusion_path == "client"
+        with pytest.raises(ConfigError, match="fusion_path 'server' is not possible here"):
+            searcher.search(SearchRequest("blue shirt men", fusion=MIN_MAX, fusion_path="server"))
+    finally:
+        searcher.close()
