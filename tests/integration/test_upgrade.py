@@ -33,7 +33,7 @@ from mm_opensearch.devservices import OpenSearchNode
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.hybrid import FusionOptions, HybridSearcher, SearchRequest
 from mm_opensearch.indexing.bulk import bulk_write, json_floats, vector_update_action
-from mm_opensearch.indexing.load import create_product_index, load_products
+from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import ModelConfig, MultimodalModel
 
@@ -57,6 +57,11 @@ SEARCHES: list[tuple[str, FusionOptions | None]] = [
 # an index, old ones too, is 1 / (1 + k1) of what 2.19 gave (k1 = 1.2, the default), in the same order.
 # Every fusion we run is scale-free (ranks, min-max, l2, z-score), so fused scores do not move.
 BM25_3X_FACTOR = 1 / (1 + 1.2)
+# depth N_PRODUCTS: every product is a k-NN candidate, so the vector leg is exact on both releases and
+# the comparison can ask for equal ranks. At a smaller depth the search is approximate, and 3.x's k-NN
+# explores more of the same HNSW graph than 2.19's for the lucene engine (see the test).
+APPROX_DEPTH = 60
+PIPELINE = "mmos-rrf-k60"  # what the server path creates for SEARCHES[2]
 _CLI = Path(sys.executable).with_name("mm-opensearch")
 CLI = [str(_CLI)] if _CLI.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
 
@@ -74,7 +79,7 @@ class Upgrade:
     settings: dict[str, Settings]
     products: list[Product]
     sources: dict[str, dict[str, Any]]  # _id -> _source as 2.19 returned it (vectors derived)
-    results: dict[tuple[str, str, int], list[tuple[str, float]]]  # (query, mode, search#) -> (id, score)
+    results: dict[tuple[str, str, int, int], list[tuple[str, float]]]  # (query, mode, search#, depth) -> hits
     start_s: dict[str, float] = field(default_factory=dict)
     upgraded: OpenSearch | None = None
 
@@ -87,26 +92,25 @@ def _start(settings: Settings, timings: dict[str, float]) -> OpenSearchNode:
     return node
 
 
-def _client(node: OpenSearchNode, settings: Settings) -> OpenSearch:
-    return create_client(settings.model_copy(update={"opensearch_hosts": [node.url]}))
-
-
 def _all_sources(client: OpenSearch, ids: list[str]) -> dict[str, dict[str, Any]]:
     docs = client.mget(index=INDEX, body={"ids": ids})["docs"]
     assert all(d["found"] for d in docs)
     return {d["_id"]: d["_source"] for d in docs}
 
 
-def _run_searches(client: OpenSearch, settings: Settings, model: MultimodalModel) -> dict:
-    searcher = HybridSearcher(client, settings, index=INDEX, tower=model)
+def _run_searches(settings: Settings, model: MultimodalModel) -> dict:
+    """Every search of SEARCHES with exhaustive candidates, and the vector leg approximate (APPROX_DEPTH)."""
+    searcher = HybridSearcher(create_client(settings), settings, index=INDEX, tower=model)  # close() closes it
+    runs = [(n, mode, fusion, N_PRODUCTS) for n, (mode, fusion) in enumerate(SEARCHES)]
+    runs.append((SEARCHES.index(("vector", None)), "vector", None, APPROX_DEPTH))
     try:
         results = {}
         for query in QUERIES:
-            for n, (mode, fusion) in enumerate(SEARCHES):
-                request = SearchRequest(query, mode=mode, fusion=fusion, fusion_path="client", size=30, depth=60)  # type: ignore[arg-type]
+            for n, mode, fusion, depth in runs:
+                request = SearchRequest(query, mode=mode, fusion=fusion, fusion_path="client", size=30, depth=depth)  # type: ignore[arg-type]
                 response = searcher.search(request)
                 assert response.mode == mode and response.hits, (query, mode)
-                results[(query, mode, n)] = [(h.id, h.score) for h in response.hits]
+                results[(query, mode, n, depth)] = [(h.id, h.score) for h in response.hits]
         return results
     finally:
         searcher.close()
@@ -127,6 +131,7 @@ def upgrade(
     per_release = {
         version: settings.model_copy(update={
             "dev_dir": dev_dir, "dev_opensearch_version": version, "dev_opensearch_heap": "512m", **ports,
+            "opensearch_hosts": [f"http://127.0.0.1:{ports['dev_opensearch_port']}"],
         })
         for version in (OLD, NEW)
     }
@@ -136,26 +141,37 @@ def upgrade(
 
     old = _start(per_release[OLD], timings)
     try:
-        client = _client(old, settings)
+        client = create_client(per_release[OLD])
         create_product_index(client, INDEX, schema, sample=products[0].source, model=model, modalities=True)
         report = load_products(client, INDEX, products, model=model, modalities=True, image_roots=[myntra_dir])
         assert not report.failed and report.succeeded == N_PRODUCTS
-        client.indices.refresh(index=INDEX)
+        # One segment, as evaluations and benchmarks search: otherwise a background merge between the
+        # two runs (upgrade or not) rebuilds HNSW graphs and may shift approximate k-NN ranks.
+        merge_to_one_segment(client, INDEX)
         index_settings = client.indices.get_settings(index=INDEX, flat_settings=True)[INDEX]["settings"]
         assert index_settings["index.knn.derived_source.enabled"] == "true"  # as every index we create
         # A team upgrading flushed its indices; SIGTERM closes the node cleanly anyway.
         client.indices.flush(index=INDEX)
         state = Upgrade(
             per_release, products, _all_sources(client, [p.id for p in products]),
-            _run_searches(client, per_release[OLD], model), start_s=timings,
+            _run_searches(per_release[OLD], model), start_s=timings,
         )
+        # A team that fused on the server on 2.19 has our search pipelines in its cluster state; 3.x
+        # has no neural-search to run their processors, and must start anyway.
+        server = HybridSearcher(create_client(per_release[OLD]), per_release[OLD], index=INDEX, tower=model)
+        try:
+            response = server.search(SearchRequest(QUERIES[0], fusion=SEARCHES[2][1], fusion_path="server"))
+        finally:
+            server.close()
+        assert response.fusion_path == "server" and response.hits
+        assert PIPELINE in client.transport.perform_request("GET", f"/_search/pipeline/{PIPELINE}")
         client.close()
     finally:
         old.stop()
 
     new = _start(per_release[NEW], timings)
     try:
-        state.upgraded = _client(new, settings)
+        state.upgraded = create_client(per_release[NEW])
         yield state
         state.upgraded.close()
     finally:
@@ -196,12 +212,60 @@ def test_searches_rank_and_score_as_before_the_upgrade(upgrade: Upgrade, model: 
     """Same ids in the same order for every search; the same scores, BM25's scaled as 3.0 scales it."""
     client = upgrade.upgraded
     assert client is not None
-    after = _run_searches(client, upgrade.settings[NEW], model)
+    after = _run_searches(upgrade.settings[NEW], model)
     assert after.keys() == upgrade.results.keys()
     for key, before in upgrade.results.items():
+        if key[3] != N_PRODUCTS:
+            continue  # approximate: test_approximate_knn_finds_at_least_as_much_after_the_upgrade
         assert [i for i, _ in after[key]] == [i for i, _ in before], key
         expected = np.asarray([s for _, s in before]) * (BM25_3X_FACTOR if key[1] == "bm25" else 1.0)
         assert np.allclose([s for _, s in after[key]], expected, rtol=1e-5, atol=1e-6), key
+
+
+def test_approximate_knn_finds_at_least_as_much_after_the_upgrade(upgrade: Upgrade, model: MultimodalModel) -> None:
+    """At depth APPROX_DEPTH both read the same HNSW graph; 3.4 finds at least 2.19's share of the exact neighbours.
+
+    The same document scores the same on both (the vectors are equal); which documents the graph
+    search reaches differs: 3.x's k-NN searches the lucene engine with ef_search = max(k, the index's
+    ef_search) instead of k (a team sees higher recall after the upgrade, never a lower one here).
+    """
+    client = upgrade.upgraded
+    assert client is not None
+    settings = upgrade.settings[NEW]
+    after = _run_searches(settings, model)
+    ids = list(upgrade.sources)
+    vectors = np.asarray([upgrade.sources[i]["mm_fused"] for i in ids], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    recall: dict[str, list[float]] = {OLD: [], NEW: []}
+    for query in QUERIES:
+        key = (query, "vector", SEARCHES.index(("vector", None)), APPROX_DEPTH)
+        exact = {ids[i] for i in np.argsort(-(vectors @ model.encode_queries([query])[0]), kind="stable")[:30]}
+        before, now = dict(upgrade.results[key]), dict(after[key])
+        for doc_id in before.keys() & now.keys():
+            assert now[doc_id] == pytest.approx(before[doc_id], rel=1e-5), (query, doc_id)
+        recall[OLD].append(len(exact & before.keys()) / 30)
+        recall[NEW].append(len(exact & now.keys()) / 30)
+    print(f"\nrecall@30 of the exact neighbours at depth {APPROX_DEPTH}: {recall}")  # noqa: T201 (for the docs)
+    assert np.mean(recall[NEW]) >= np.mean(recall[OLD]) and min(recall[NEW]) >= 0.9, recall
+
+
+def test_2x_fusion_pipelines_do_not_stop_3x_and_auto_fuses_on_the_client(
+    upgrade: Upgrade, model: MultimodalModel
+) -> None:
+    """The pipeline 2.19 stored is still in the cluster state; ``auto`` on 3.4 fuses on the client, as before."""
+    client = upgrade.upgraded
+    assert client is not None
+    assert PIPELINE in client.transport.perform_request("GET", f"/_search/pipeline/{PIPELINE}")
+    settings = upgrade.settings[NEW]
+    searcher = HybridSearcher(create_client(settings), settings, index=INDEX, tower=model)
+    try:
+        response = searcher.search(SearchRequest(QUERIES[0], fusion=SEARCHES[2][1], size=30, depth=N_PRODUCTS))
+    finally:
+        searcher.close()
+    assert response.fusion_path == "client" and not response.degraded
+    assert [(h.id, round(h.score, 6)) for h in response.hits] == [
+        (i, round(score, 6)) for i, score in upgrade.results[(QUERIES[0], "hybrid", 2, N_PRODUCTS)]
+    ]
 
 
 def test_index_inspect_reads_the_upgraded_index(upgrade: Upgrade) -> None:
