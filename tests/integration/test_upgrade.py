@@ -58,8 +58,8 @@ SEARCHES: list[tuple[str, FusionOptions | None]] = [
 # Every fusion we run is scale-free (ranks, min-max, l2, z-score), so fused scores do not move.
 BM25_3X_FACTOR = 1 / (1 + 1.2)
 # depth N_PRODUCTS: every product is a k-NN candidate, so the vector leg is exact on both releases and
-# the comparison can ask for equal ranks. At a smaller depth the search is approximate, and 3.x's k-NN
-# explores more of the same HNSW graph than 2.19's for the lucene engine (see the test).
+# the comparison can ask for equal ranks. At a smaller depth the search is approximate and may reach
+# other documents of the same graph (see test_approximate_knn_still_finds_the_neighbours_after_the_upgrade).
 APPROX_DEPTH = 60
 PIPELINE = "mmos-rrf-k60"  # what the server path creates for SEARCHES[2]
 _CLI = Path(sys.executable).with_name("mm-opensearch")
@@ -216,18 +216,18 @@ def test_searches_rank_and_score_as_before_the_upgrade(upgrade: Upgrade, model: 
     assert after.keys() == upgrade.results.keys()
     for key, before in upgrade.results.items():
         if key[3] != N_PRODUCTS:
-            continue  # approximate: test_approximate_knn_finds_at_least_as_much_after_the_upgrade
+            continue  # approximate: test_approximate_knn_still_finds_the_neighbours_after_the_upgrade
         assert [i for i, _ in after[key]] == [i for i, _ in before], key
         expected = np.asarray([s for _, s in before]) * (BM25_3X_FACTOR if key[1] == "bm25" else 1.0)
         assert np.allclose([s for _, s in after[key]], expected, rtol=1e-5, atol=1e-6), key
 
 
-def test_approximate_knn_finds_at_least_as_much_after_the_upgrade(upgrade: Upgrade, model: MultimodalModel) -> None:
-    """At depth APPROX_DEPTH both read the same HNSW graph; 3.4 finds at least 2.19's share of the exact neighbours.
+def test_approximate_knn_still_finds_the_neighbours_after_the_upgrade(upgrade: Upgrade, model: MultimodalModel) -> None:
+    """At depth APPROX_DEPTH 3.4 searches the HNSW graph 2.19 built: shared hits score the same, recall stays high.
 
-    The same document scores the same on both (the vectors are equal); which documents the graph
-    search reaches differs: 3.x's k-NN searches the lucene engine with ef_search = max(k, the index's
-    ef_search) instead of k (a team sees higher recall after the upgrade, never a lower one here).
+    Equal ranks are not required here: which documents a graph search reaches depends on the order
+    it meets them, and 3.4's similarities differ from 2.19's in the last bits (another Lucene), so it
+    can take other paths: on this data it found a few true neighbours 2.19 had missed.
     """
     client = upgrade.upgraded
     assert client is not None
@@ -246,7 +246,7 @@ def test_approximate_knn_finds_at_least_as_much_after_the_upgrade(upgrade: Upgra
         recall[OLD].append(len(exact & before.keys()) / 30)
         recall[NEW].append(len(exact & now.keys()) / 30)
     print(f"\nrecall@30 of the exact neighbours at depth {APPROX_DEPTH}: {recall}")  # noqa: T201 (for the docs)
-    assert np.mean(recall[NEW]) >= np.mean(recall[OLD]) and min(recall[NEW]) >= 0.9, recall
+    assert min(recall[NEW]) >= 0.9, recall
 
 
 def test_2x_fusion_pipelines_do_not_stop_3x_and_auto_fuses_on_the_client(
