@@ -3,7 +3,8 @@
 # ports, so a developer's own services are untouched) and stops again if it started them:
 #   - OpenSearch 2.19.1 (k-NN + neural-search): the whole suite;
 #   - OpenSearch 3.4.0 (k-NN; Maven Central has no neural-search for 3.x): the integration suite,
-#     less the tests marked neural_search (the server fusion path).
+#     less the tests marked neural_search (the server fusion path) and upgrade (the in-place
+#     upgrade test starts its own 2.19.1 and 3.4.0 nodes, so one run of it, in the 2.19 leg, is enough).
 # Narrow it with MMOS_TEST_VERSIONS (e.g. "2.19.1") and pytest arguments, which go to every leg
 # (e.g. ./scripts/test.sh tests/integration/test_api.py -k explain).
 set -euo pipefail
@@ -37,7 +38,7 @@ for version in $VERSIONS; do
     if [ "${version%%.*}" = "2" ]; then
         args=("$@")
     else
-        args=(-m "not neural_search" "${@:-tests/integration}")
+        args=(-m "not neural_search and not upgrade" "${@:-tests/integration}")
     fi
     echo "== OpenSearch $version: pytest ${args[*]}"
     "$VENV/bin/python" -m pytest -p no:cacheprovider "${args[@]}" || failed="$failed $version"

@@ -44,6 +44,11 @@ class Release:
         return int(self.version.split(".")[0])
 
     @property
+    def key(self) -> tuple[int, ...]:
+        """(major, minor, patch), to order releases."""
+        return tuple(int(part) for part in self.version.split("."))
+
+    @property
     def plugin_version(self) -> str:
         return f"{self.version}.0"  # k-NN and neural-search release with the core: 2.19.1 -> 2.19.1.0
 
@@ -194,11 +199,15 @@ class OpenSearchNode:
 
     # --- run ------------------------------------------------------------------------------
     def _check_data_version(self) -> None:
-        """Refuse data written by a newer major (the node would fail deep in its start); remember ours."""
+        """Refuse data written by a newer release; remember ours.
+
+        A newer major's Lucene files cannot be read, and OpenSearch refuses any node downgrade, minor
+        and patch too ("cannot downgrade a node"): either way the node would fail deep in its start.
+        """
         marker = self.home / "mmos-version"
         if marker.exists():
             written = Release(marker.read_text().strip())
-            if written.major > self.release.major:
+            if written.key > self.release.key:
                 msg = (
                     f"the dev node's data in {self.home} was written by OpenSearch {written.version}, which "
                     f"{self.release.version} cannot read; start {written.version} "

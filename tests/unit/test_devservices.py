@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from mm_opensearch.config import Settings
-from mm_opensearch.devservices.opensearch import Release, jvm_options
+from mm_opensearch.devservices.opensearch import OpenSearchNode, Release, jvm_options
+from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
 OPTIONS = """
@@ -58,3 +60,31 @@ def test_an_unknown_release_is_refused_by_the_setting(version: str) -> None:
 
 def test_each_release_has_its_own_jar_cache() -> None:
     assert Settings(dev_opensearch_version="2.19.1").jar_cache_dir != Settings(dev_opensearch_version="3.4.0").jar_cache_dir
+
+
+@pytest.mark.parametrize(
+    ("written", "running", "refused"),
+    [
+        ("3.4.0", "2.19.1", True),  # a newer major: Lucene cannot read it
+        ("3.5.0", "3.4.0", True),  # a newer minor or patch: OpenSearch refuses any downgrade of a node
+        ("2.19.2", "2.19.1", True),
+        ("2.19.1", "3.4.0", False),  # the in-place upgrade
+        ("3.4.0", "3.4.0", False),
+    ],
+)
+def test_data_written_by_a_newer_release_is_refused_before_the_node_starts(
+    tmp_path: Path, written: str, running: str, refused: bool
+) -> None:
+    """The node dies deep in its start on any newer data (NodeMetadata: "cannot downgrade a node"); we say it first."""
+    node = OpenSearchNode(Settings(dev_dir=tmp_path, dev_opensearch_version=running))
+    marker = node.home / "mmos-version"
+    node.home.mkdir(parents=True)
+    marker.write_text(written)
+    if refused:
+        with pytest.raises(DevServiceError, match=rf"written by OpenSearch {written}, which {running} cannot read.*"
+                                                  rf"MMOS_DEV_OPENSEARCH_VERSION={written}"):
+            node._check_data_version()
+        assert marker.read_text() == written  # the record of what wrote the data stays
+    else:
+        node._check_data_version()
+        assert marker.read_text() == running
