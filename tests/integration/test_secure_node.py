@@ -1,7 +1,8 @@
 """A secured dev node (``dev up --secure``): TLS on HTTP and transport, basic and client-certificate auth.
 
-The module starts its own OpenSearch 2.19.1 with the security plugin, on free ports in a temporary
-dev dir, so it runs beside the suite's unsecured node. What a client sees is checked with the
+The module starts its own node with the security plugin (the release of MMOS_DEV_OPENSEARCH_VERSION,
+so each leg of the test matrix: 2.19.1 and 3.4.0), on free ports in a temporary dev dir, so it runs
+beside the suite's unsecured node. What a client sees is checked with the
 project's own client and CLI: the admin over TLS with CA verification, a client certificate, and
 the errors of plain http, a wrong password and an unknown CA (one line each, no traceback).
 """
@@ -43,7 +44,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearchNode]:
     dev_dir = tmp_path_factory.mktemp("secure-dev")
     settings = Settings(
         dev_dir=dev_dir, dev_opensearch_port=_free_port(), dev_opensearch_transport_port=_free_port(),
-        dev_opensearch_version="2.19.1", dev_opensearch_secure=True,
+        dev_opensearch_secure=True,
     )
     secured = OpenSearchNode(settings)
     try:
@@ -88,7 +89,7 @@ def test_node_starts_secured_with_its_files_private(node: OpenSearchNode) -> Non
     assert node.url.startswith("https://")
     status = node.status()
     assert status.running, status.detail
-    assert "2.19.1" in status.detail
+    assert node.release.version in status.detail
     assert "org.opensearch.security.OpenSearchSecurityPlugin" in node.plugins()
     for secret in (node.security.password_file, node.security.ca_key, node.security.node_key):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
@@ -99,11 +100,12 @@ def test_dev_status_speaks_tls_with_the_admin_credentials(node: OpenSearchNode) 
     done = subprocess.run(  # noqa: S603
         [*CLI, "dev", "status"], capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "COLUMNS": "250", "MMOS_DEV_DIR": str(node.home.parent),
+             "MMOS_DEV_OPENSEARCH_VERSION": node.release.version,
              "MMOS_DEV_OPENSEARCH_PORT": str(node.port), "MMOS_DEV_OPENSEARCH_SECURE": "false"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     row = next(line for line in done.stdout.splitlines() if "opensearch" in line)
-    assert "yes" in row and "2.19.1" in row and "cluster green" in row, done.stdout
+    assert "yes" in row and node.release.version in row and "cluster green" in row, done.stdout
 
 
 def test_plain_http_is_refused(node: OpenSearchNode) -> None:
