@@ -138,7 +138,8 @@ def drop_older_duplicate_jars(lib: Path) -> list[str]:
             newest[artifact] = jar
             continue
         other_version = _JAR_NAME.match(other.name).group("version")  # type: ignore[union-attr]
-        older, newer = (other, jar) if _version_key(other_version) < _version_key(match.group("version")) else (jar, other)
+        jar_is_newer = _version_key(other_version) < _version_key(match.group("version"))
+        older, newer = (other, jar) if jar_is_newer else (jar, other)
         older.unlink()
         dropped.append(older.name)
         newest[artifact] = newer
@@ -188,8 +189,10 @@ class OpenSearchNode:
         if not self.secure:
             return {}
         if not self.security.password_file.exists():
-            msg = f"the secured dev node's admin password file {self.security.password_file} is missing; " \
-                  f"delete {self.home} and run `mm-opensearch dev up --secure` again"
+            msg = (
+                f"the secured dev node's admin password file {self.security.password_file} is missing; "
+                f"delete {self.home} and run `mm-opensearch dev up --secure` again"
+            )
             raise DevServiceError(msg)
         return {
             "verify": ssl.create_default_context(cafile=str(self.security.ca_cert)),

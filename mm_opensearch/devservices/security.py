@@ -99,7 +99,9 @@ def _key() -> rsa.RSAPrivateKey:
 
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     """PKCS#8 unencrypted, which is the form the plugin's PEM reader takes; only the owner may read it."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.write_bytes(data)
     path.chmod(0o600)
 

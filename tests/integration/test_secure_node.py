@@ -112,7 +112,8 @@ def test_plain_http_is_refused(node: OpenSearchNode) -> None:
     with pytest.raises(httpx.HTTPError):
         httpx.get(node.url.replace("https://", "http://"), timeout=5)
     with pytest.raises(httpx.HTTPError):  # TLS but no credentials: 401, not an answer
-        httpx.get(node.url, verify=ssl.create_default_context(cafile=str(node.security.ca_cert)), timeout=5).raise_for_status()
+        trusted = ssl.create_default_context(cafile=str(node.security.ca_cert))
+        httpx.get(node.url, verify=trusted, timeout=5).raise_for_status()
     line = _one_error_line(_cli(node, "index", "inspect", "products",
                                 MMOS_OPENSEARCH_HOSTS=node.url.replace("https://", "http://")))
     assert "https://" in line and "MMOS_OPENSEARCH_HOSTS" in line, line
