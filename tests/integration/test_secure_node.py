@@ -40,18 +40,33 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearchNode]:
-    dev_dir = tmp_path_factory.mktemp("secure-dev")
-    settings = Settings(
-        dev_dir=dev_dir, dev_opensearch_port=_free_port(), dev_opensearch_transport_port=_free_port(),
-        dev_opensearch_secure=True,
-    )
-    secured = OpenSearchNode(settings)
+def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a dev dir of its own, on free ports."""
+    return {
+        "MMOS_DEV_DIR": str(tmp_path_factory.mktemp("secure-dev")), "MMOS_DEV_OPENSEARCH_PORT": str(_free_port()),
+        "MMOS_DEV_OPENSEARCH_TRANSPORT_PORT": str(_free_port()), "MMOS_DEV_REDIS_PORT": str(_free_port()),
+        "COLUMNS": "250",
+    }
+
+
+@pytest.fixture(scope="module")
+def up_output(dev_env: dict[str, str]) -> Iterator[str]:
+    """`mm-opensearch dev up --secure`, as a developer runs it; `dev down` afterwards."""
+    run = {"capture_output": True, "text": True, "timeout": 400, "check": False, "env": {**os.environ, **dev_env}}
     try:
-        secured.start()
-        yield secured
+        done = subprocess.run([*CLI, "dev", "up", "--secure"], **run)  # noqa: S603
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield done.stdout
     finally:
-        secured.stop()
+        subprocess.run([*CLI, "dev", "down"], **run)  # noqa: S603
+
+
+@pytest.fixture(scope="module")
+def node(dev_env: dict[str, str], up_output: str) -> OpenSearchNode:
+    return OpenSearchNode(Settings(
+        dev_dir=Path(dev_env["MMOS_DEV_DIR"]), dev_opensearch_port=int(dev_env["MMOS_DEV_OPENSEARCH_PORT"]),
+        dev_opensearch_secure=True,
+    ))
 
 
 def _settings(node: OpenSearchNode, **fields: object) -> Settings:
@@ -85,6 +100,30 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def test_dev_up_prints_settings_that_reach_the_node(node: OpenSearchNode, up_output: str) -> None:
+    """The printed `export` line, pasted as it is (the password through its file), is a working client."""
+    exports = next(line for line in up_output.splitlines() if line.startswith("export "))
+    assert f"MMOS_OPENSEARCH_PASSWORD=$(cat {node.security.password_file})" in exports
+    assert node.security.admin_password() not in up_output  # the secret itself is never printed
+    shell = subprocess.run(  # noqa: S603
+        ["bash", "-c", f"{exports} && env"], capture_output=True, text=True, timeout=30, check=True,  # noqa: S607
+        env={"PATH": os.environ["PATH"]},
+    )
+    env = dict(line.split("=", 1) for line in shell.stdout.splitlines() if line.startswith("MMOS_OPENSEARCH_"))
+    assert env["MMOS_OPENSEARCH_CA_CERTS"] == str(node.security.ca_cert)
+    client = create_client(Settings(**{k.removeprefix("MMOS_").lower(): v for k, v in env.items()}))
+    assert client.info()["version"]["number"] == node.release.version
+
+
+def test_a_plain_dev_up_on_the_secured_home_is_one_clear_line(dev_env: dict[str, str], node: OpenSearchNode) -> None:
+    done = subprocess.run(  # noqa: S603
+        [*CLI, "dev", "up"], env={**os.environ, **dev_env, "MMOS_DEV_OPENSEARCH_SECURE": "false"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    line = _one_error_line(done)
+    assert "dev up --secure" in line, line
+
+
 def test_node_starts_secured_with_its_files_private(node: OpenSearchNode) -> None:
     assert node.url.startswith("https://")
     status = node.status()
@@ -95,13 +134,11 @@ def test_node_starts_secured_with_its_files_private(node: OpenSearchNode) -> Non
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
 
 
-def test_dev_status_speaks_tls_with_the_admin_credentials(node: OpenSearchNode) -> None:
+def test_dev_status_speaks_tls_with_the_admin_credentials(dev_env: dict[str, str], node: OpenSearchNode) -> None:
     """`dev status` without --secure: the home says it is secured, so status uses https and the admin."""
     done = subprocess.run(  # noqa: S603
         [*CLI, "dev", "status"], capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "COLUMNS": "250", "MMOS_DEV_DIR": str(node.home.parent),
-             "MMOS_DEV_OPENSEARCH_VERSION": node.release.version,
-             "MMOS_DEV_OPENSEARCH_PORT": str(node.port), "MMOS_DEV_OPENSEARCH_SECURE": "false"},
+        env={**os.environ, **dev_env, "MMOS_DEV_OPENSEARCH_SECURE": "false"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     row = next(line for line in done.stdout.splitlines() if "opensearch" in line)
