@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     )
     dev_redis_port: int = 6379
     dev_java_home: Path | None = None
+    dev_opensearch_secure: bool = Field(
+        default=False,
+        description="Start the dev node with the security plugin: TLS on HTTP and transport, basic and "
+        "client-certificate auth, certificates and the admin password under MMOS_DEV_DIR (dev up --secure).",
+    )
 
     # --- Workers and backfill (Celery on Redis) ----------------------------------------------
     log_format: LogFormat = Field(default="text", description="text (people) or json (one object per line).")

@@ -42,10 +42,30 @@ _CAUSES = (
     ("timed out", "no answer in time"),
     ("timeout", "no answer in time"),
     ("reset by peer", "the connection was reset (is it the HTTP port?)"),
-    ("remotedisconnected", "the server closed the connection without answering (is it the HTTP port?)"),
+    ("remotedisconnected", "the server closed the connection without answering (is it the HTTP port? "
+     "a node with TLS on needs https:// in MMOS_OPENSEARCH_HOSTS)"),
     ("badstatusline", "the server did not answer HTTP (is it the HTTP port?)"),
     ("protocolerror", "the server did not answer HTTP (is it the HTTP port?)"),
 )
+
+
+# Substrings of TLS errors (OpenSSL's words, through urllib3) and what to change.
+_TLS_CAUSES = (
+    ("certificate_verify_failed", "the node's certificate is not signed by a CA this client trusts; set "
+     "MMOS_OPENSEARCH_CA_CERTS to the cluster's CA file (the dev node's: `mm-opensearch dev up --secure` prints it)"),
+    ("hostname mismatch", "the node's certificate is not for this host name; use the name it was issued for"),
+    ("wrong_version_number", "the node does not speak TLS on this port; use http:// in MMOS_OPENSEARCH_HOSTS"),
+    ("wrong version number", "the node does not speak TLS on this port; use http:// in MMOS_OPENSEARCH_HOSTS"),
+    ("certificate required", "the node wants a client certificate; set MMOS_OPENSEARCH_CLIENT_CERT and _KEY"),
+)
+
+
+def _tls_cause(error: BaseException) -> str:
+    text = f"{error!r} {error} {getattr(error, 'info', '')!r}".lower()
+    for needle, meaning in _TLS_CAUSES:
+        if needle in text:
+            return f"TLS failed: {meaning}"
+    return "TLS failed (http vs https? check MMOS_OPENSEARCH_CA_CERTS or MMOS_OPENSEARCH_VERIFY_CERTS)"
 
 
 def _cause(error: BaseException) -> str:
@@ -60,7 +80,7 @@ def opensearch_error_message(hosts: list[str], error: BaseException) -> str:
     """One line for a connection error of opensearch-py: which hosts, why, and the fix."""
     where = ", ".join(mask_url(h) for h in hosts)
     if isinstance(error, OSSSLError):
-        cause = "TLS failed (http vs https? check MMOS_OPENSEARCH_CA_CERTS or MMOS_OPENSEARCH_VERIFY_CERTS)"
+        cause = _tls_cause(error)
     elif isinstance(error, OSConnectionTimeout):
         cause = "no answer in time"
     else:

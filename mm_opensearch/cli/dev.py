@@ -23,11 +23,24 @@ Version = Annotated[
 ]
 
 
-def _settings(version: str | None) -> Settings:
-    if version is None:
+Secure = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="With the security plugin: TLS, basic and client-certificate auth, an admin user "
+        "(default: MMOS_DEV_OPENSEARCH_SECURE). Certificates and the password stay in MMOS_DEV_DIR.",
+    ),
+]
+
+
+def _settings(version: str | None, *, secure: bool = False) -> Settings:
+    overrides: dict[str, object] = {"dev_opensearch_secure": True} if secure else {}
+    if version is None and not overrides:
         return get_settings()
+    if version is not None:
+        overrides["dev_opensearch_version"] = version
     try:
-        return Settings(dev_opensearch_version=version)
+        return Settings(**overrides)
     except ValidationError as e:
         msg = f"'{version}' is not an OpenSearch release this can run; use 2.x.y or 3.x.y, e.g. 2.19.1 or 3.4.0"
         raise typer.BadParameter(msg, param_hint="--version") from e
@@ -41,21 +54,28 @@ def _print(statuses: list[ServiceStatus]) -> None:
 
 
 @app.command()
-def fetch(version: Version = None) -> None:
+def fetch(version: Version = None, secure: Secure = False) -> None:
     """Download the OpenSearch jars from Maven Central (cached per machine and version) and build the launcher."""
-    path = OpenSearchNode(_settings(version)).fetch()
+    path = OpenSearchNode(_settings(version, secure=secure)).fetch()
     console.print(f"OpenSearch jars ready in {path}")
 
 
 @app.command()
-def up(version: Version = None) -> None:
+def up(version: Version = None, secure: Secure = False) -> None:
     """Start OpenSearch and Redis (harmless when they already run)."""
-    settings = _settings(version)
+    settings = _settings(version, secure=secure)
+    node = OpenSearchNode(settings)
     with console.status("starting Redis"):
         redis_status = RedisServer(settings).start()
     with console.status("starting OpenSearch (first start fetches jars; ~30 s)"):
-        os_status = OpenSearchNode(settings).start()
+        os_status = node.start()
     _print([os_status, redis_status])
+    if node.secure:
+        console.print(f"secured: TLS with the dev CA {node.security.ca_cert}; admin password in "
+                      f"{node.security.password_file}; client certificate {node.security.client_cert} "
+                      f"(key {node.security.client_key}). Point mm-opensearch at it with:", soft_wrap=True)
+        exports = " ".join(f"{k}={v}" for k, v in node.client_environment().items())
+        console.print(f"export {exports}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import httpx
 
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
+from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure_security_files
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
@@ -119,6 +121,36 @@ def jvm_options(text: str, java_major: int) -> list[str]:
     return flags
 
 
+_JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[\w.]*?)(?:-jre|\.Final)?\.jar$")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def drop_older_duplicate_jars(lib: Path) -> list[str]:
+    """Delete the older copy where two plugin zips bring one library in two versions (the security
+    plugin's guava 33.4 beside k-NN's 32.1, say): on a flat classpath either could win, per class."""
+    newest: dict[str, Path] = {}
+    dropped = []
+    for jar in sorted(lib.glob("*.jar")):
+        match = _JAR_NAME.match(jar.name)
+        if not match:
+            continue
+        artifact = match.group("artifact")
+        other = newest.get(artifact)
+        if other is None:
+            newest[artifact] = jar
+            continue
+        other_version = _JAR_NAME.match(other.name).group("version")  # type: ignore[union-attr]
+        jar_is_newer = _version_key(other_version) < _version_key(match.group("version"))
+        older, newer = (other, jar) if jar_is_newer else (jar, other)
+        older.unlink()
+        dropped.append(older.name)
+        newest[artifact] = newer
+    return dropped
+
+
 def _digest(*paths: Path) -> str:
     sha = hashlib.sha256()
     for path in paths:
@@ -140,6 +172,62 @@ class OpenSearchNode:
         self.home = settings.dev_dir.resolve() / "opensearch"
         self.process = ManagedProcess("opensearch", settings.dev_dir.resolve(), self.port)
         self.url = f"http://127.0.0.1:{self.port}"
+        self._init_security(settings)
+
+    # --- security (dev up --secure) -------------------------------------------------------
+    def _init_security(self, settings: Settings) -> None:
+        """A secured node (asked for, or a home that was started secured: `dev status` then speaks TLS)
+        uses its own jar folder with the security plugin, https and the admin credentials."""
+        self.security = SecurityFiles(self.home / "config")
+        self.secure_requested = settings.dev_opensearch_secure
+        self.secure = self.secure_requested or self._secured_marker.exists()
+        if self.secure:
+            self.jars = settings.jar_cache_dir.with_name(f"{settings.jar_cache_dir.name}-secure")
+            self.url = f"https://127.0.0.1:{self.port}"
+
+    @property
+    def _secured_marker(self) -> Path:
+        return self.home / "mmos-secure"
+
+    def _http_options(self) -> dict:
+        """httpx options for our own requests to the node: the dev CA and the admin user when secured."""
+        if not self.secure:
+            return {}
+        if not self.security.password_file.exists():
+            msg = (
+                f"the secured dev node's admin password file {self.security.password_file} is missing; "
+                f"delete {self.home} and run `mm-opensearch dev up --secure` again"
+            )
+            raise DevServiceError(msg)
+        return {
+            "verify": ssl.create_default_context(cafile=str(self.security.ca_cert)),
+            "auth": (ADMIN_USER, self.security.admin_password()),
+        }
+
+    def _prepare_security(self) -> None:
+        """Certificates, plugin settings and YAML before a secured start; refuse to open a secured home
+        unsecured (its security index would be readable by anyone, and opensearch.yml names the plugin)."""
+        if not self.secure_requested:
+            if self._secured_marker.exists():
+                msg = (
+                    f"the dev node in {self.home} was started secured; start it with `mm-opensearch dev up --secure` "
+                    f"(MMOS_DEV_OPENSEARCH_SECURE=true), or use another MMOS_DEV_DIR for an unsecured node"
+                )
+                raise DevServiceError(msg)
+            return
+        ensure_security_files(self.security.config)
+        self._secured_marker.write_text("secured by mm-opensearch dev up --secure\n")
+
+    def client_environment(self) -> dict[str, str]:
+        """The MMOS_* settings that point mm-opensearch's client at this node (password read from its file)."""
+        env = {"MMOS_OPENSEARCH_HOSTS": self.url}
+        if self.secure:
+            env |= {
+                "MMOS_OPENSEARCH_CA_CERTS": str(self.security.ca_cert),
+                "MMOS_OPENSEARCH_USER": ADMIN_USER,
+                "MMOS_OPENSEARCH_PASSWORD": f"$(cat {self.security.password_file})",
+            }
+        return env
 
     # --- fetch ----------------------------------------------------------------------------
     @property
@@ -163,7 +251,7 @@ class OpenSearchNode:
             argv = [
                 mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.source / "pom.xml"), f"-Dmmos.out={self.jars}",
                 f"-Dopensearch.version={self.release.version}", f"-Dplugin.version={self.release.plugin_version}",
-                f"-Dmmos.major={self.release.major}", "package",
+                f"-Dmmos.major={self.release.major}", *(["-Dmmos.secure=true"] if self.secure else []), "package",
             ]
             done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
             if done.returncode != 0:
@@ -174,6 +262,8 @@ class OpenSearchNode:
                     "then rerun: mm-opensearch dev fetch"
                 )
                 raise DevServiceError(msg)
+            if self.secure:
+                drop_older_duplicate_jars(self.jars / "lib")
             marker.touch()
         if not self._classes.exists():
             self._compile()
@@ -218,9 +308,15 @@ class OpenSearchNode:
 
     def _health(self) -> dict | None:
         try:
-            response = httpx.get(f"{self.url}/_cluster/health", timeout=2.0)
+            response = httpx.get(f"{self.url}/_cluster/health", timeout=2.0, **self._http_options())
         except httpx.HTTPError:
             return None
+        if response.status_code == 401 and self.secure:
+            msg = (
+                f"the secured dev node refused the admin password in {self.security.password_file}; "
+                f"restore that file, or delete {self.home} and run `mm-opensearch dev up --secure` again"
+            )
+            raise DevServiceError(msg)
         if response.status_code != 200:
             return None
         body = response.json()
@@ -229,6 +325,10 @@ class OpenSearchNode:
     def start(self, timeout_s: float = 240.0) -> ServiceStatus:
         """Start the node (no-op when ours is already up) and wait for a yellow/green cluster."""
         if self.process.pid() is not None:
+            if self.secure != self.secure_requested or self.secure != self._secured_marker.exists():
+                how = "secured; use `mm-opensearch dev up --secure`" if self._secured_marker.exists() else "unsecured"
+                msg = f"the dev node on port {self.port} runs {how}, or stop it first with `mm-opensearch dev down`"
+                raise DevServiceError(msg)
             self.process.wait_until(lambda: self._health() is not None, timeout_s)
             running = self.version()
             if running != self.release.version:
@@ -244,6 +344,7 @@ class OpenSearchNode:
         java = find_java(self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
         self._check_data_version()
+        self._prepare_security()
         heap = self.settings.dev_opensearch_heap
         argv = [
             str(java),
@@ -266,7 +367,7 @@ class OpenSearchNode:
 
     def version(self) -> str:
         """The release the running node reports (``GET /``)."""
-        response = httpx.get(self.url, timeout=5)
+        response = httpx.get(self.url, timeout=5, **self._http_options())
         response.raise_for_status()
         return str(response.json()["version"]["number"])
 
@@ -276,7 +377,8 @@ class OpenSearchNode:
 
     def plugins(self) -> list[str]:
         """Names of the plugins the running node loaded (``GET _cat/plugins``)."""
-        response = httpx.get(f"{self.url}/_cat/plugins", params={"h": "component", "format": "json"}, timeout=5)
+        response = httpx.get(f"{self.url}/_cat/plugins", params={"h": "component", "format": "json"}, timeout=5,
+                             **self._http_options())
         response.raise_for_status()
         return sorted({row["component"] for row in response.json()})
 

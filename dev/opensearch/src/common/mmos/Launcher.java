@@ -28,6 +28,8 @@ import java.util.concurrent.TimeUnit;
  */
 public final class Launcher {
     private static final String NEURAL = "org.opensearch.neuralsearch.plugin.NeuralSearch";
+    /** On the classpath only in the secured build (pom profile "secure"): TLS, authentication, roles. */
+    private static final String SECURITY = "org.opensearch.security.OpenSearchSecurityPlugin";
     private static final String LOG4J = String.join("\n",
         "status = error",
         "appender.console.type = Console",
@@ -96,6 +98,11 @@ public final class Launcher {
                 plugins.add(Class.forName(NEURAL).asSubclass(Plugin.class));
             } catch (ClassNotFoundException e) {
                 err.println("mmos: " + NEURAL + " not on the classpath, starting without neural-search");
+            }
+            try {
+                plugins.add(Class.forName(SECURITY).asSubclass(Plugin.class));
+            } catch (ClassNotFoundException e) {
+                // the usual, unsecured dev node
             }
             MajorNode.loadPainlessExtensions();
 
