@@ -284,6 +284,15 @@ def test_searches_answer_without_id_field_data(client: OpenSearch, searcher: Hyb
     assert before[False] == before[True]
 
 
+def assert_same_ranking(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> None:
+    """The same ids in the same order, scores equal to float32 precision. After writes, two searches on 3.4
+    once gave a k-NN score differing in the last float32 digit (0.5724194 against 0.57241946), probably a
+    background merge between them taking a document from exact search in a small segment into HNSW."""
+    assert [[doc_id for doc_id, _ in page] for page in a] == [[doc_id for doc_id, _ in page] for page in b]
+    for page_a, page_b in zip(a, b, strict=True):
+        assert [score for _, score in page_a] == pytest.approx([score for _, score in page_b], rel=1e-6)
+
+
 def _strip_ids(client: OpenSearch, index: str, ids: list[str]) -> None:
     """Documents without mm_id, as the application writes them into an index augmented in place."""
     client.update_by_query(index=index, body={"query": {"ids": {"values": ids}},
@@ -308,10 +317,11 @@ def test_documents_without_mm_id_are_found_without_id_field_data(
         for stripped in ({p.id for p in products[::20]}, {p.id for p in products[::3]}):  # 5%, then a third
             _strip_ids(client, index_name, sorted(stripped))
             # ``searcher`` still believes every document has mm_id: the hits without one are found all the same.
-            assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+            assert_same_ranking(ranked(searcher, with_source=False, cases=cases),
+                                ranked(searcher, with_source=True, cases=cases))
             fresh = HybridSearcher(client, settings, index=index_name, tower=model)  # counts them from the start
             bare = ranked(fresh, with_source=False, cases=cases)
-            assert bare == ranked(fresh, with_source=True, cases=cases)
+            assert_same_ranking(bare, ranked(fresh, with_source=True, cases=cases))
             assert stripped & {doc_id for page in bare for doc_id, _ in page}  # they are among the hits
 
 
