@@ -37,21 +37,24 @@ def reindex(client: OpenSearch, source: str, target: str, *, poll_s: float = 0.5
         body={"source": {"index": source, "size": 1000}, "dest": {"index": target}},
         params={"slices": "auto", "wait_for_completion": "false", "refresh": "false"},
     )["task"]
-    status = _wait_for_task(client, task, poll_s)
-    response = status.get("response", {})
-    if status.get("error") or response.get("failures"):
-        detail = status.get("error") or response["failures"][:3]
-        msg = f"_reindex '{source}' -> '{target}' failed: {detail}; delete '{target}' and run augment again"
-        raise ReindexError(msg)
+    response = _task_response(client, task, poll_s, what=f"_reindex '{source}' -> '{target}'",
+                              fix=f"delete '{target}' and run augment again")
     return int(response.get("created", 0)) + int(response.get("updated", 0))
 
 
-def _wait_for_task(client: OpenSearch, task: str, poll_s: float) -> dict[str, Any]:
+def _task_response(client: OpenSearch, task: str, poll_s: float, *, what: str, fix: str) -> dict[str, Any]:
+    """Wait for a background task and return its response; ReindexError naming ``what`` and ``fix`` if it failed."""
     while True:
         status = client.tasks.get(task_id=task)
         if status.get("completed"):
-            return status
+            break
         time.sleep(poll_s)
+    response = status.get("response", {})
+    if status.get("error") or response.get("failures"):
+        detail = status.get("error") or response["failures"][:3]
+        msg = f"{what} failed: {detail}; {fix}"
+        raise ReindexError(msg)
+    return response
 
 
 def fill_id_field(client: OpenSearch, index: str, *, poll_s: float = 0.5) -> int:
@@ -72,12 +75,8 @@ def fill_id_field(client: OpenSearch, index: str, *, poll_s: float = 0.5) -> int
         },
         params={"conflicts": "proceed", "slices": "auto", "wait_for_completion": "false", "refresh": "true"},
     )["task"]
-    status = _wait_for_task(client, task, poll_s)
-    response = status.get("response", {})
-    if status.get("error") or response.get("failures"):
-        detail = status.get("error") or response["failures"][:3]
-        msg = f"filling {ID_FIELD} in '{index}' failed: {detail}; run `mm-opensearch index augment {index}` again"
-        raise ReindexError(msg)
+    response = _task_response(client, task, poll_s, what=f"filling {ID_FIELD} in '{index}'",
+                              fix=f"run `mm-opensearch index augment {index}` again")
     return int(response.get("updated", 0))
 
 
