@@ -421,7 +421,8 @@ def _get(
 
 @lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every fetch: building one per client cost ~80 ms a request.
+    """One verifying TLS context for every fetch: building one per client loaded the CA bundle on every
+    fetch (docs/measurements.md, "Image fetches").
 
     Sharing the context is safe (it holds trust roots, not connections); connections are not shared.
     """

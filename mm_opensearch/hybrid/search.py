@@ -197,9 +197,7 @@ class SearchResponse:
 
 # How candidate ids are read: ``mm_id`` doc values (every document has one), the same with the
 # hits that lack one looked up by ``_seq_no`` (a single shard, few without), or the stored ``_id``.
-# Measured on 5,000 products augmented in place (vectors in _source), 100 ids of a BM25 leg, on a
-# loaded 2-core machine: p50 14 ms from doc values, 40-49 ms with 1 document in 10 looked up, 64-77
-# ms from the stored _id and 81-108 ms looking all up, hence the cut at one in ten.
+# Each step down is several times slower (docs/measurements.md, "Candidate ids"), hence the cut at one in ten.
 _IdRead = Literal["doc_values", "seq_no", "stored"]
 _SEQ_NO_LOOKUP_SHARE = 0.1
 
