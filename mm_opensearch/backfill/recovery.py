@@ -4,6 +4,8 @@ A Redis restart can lose a message outright, even with append-only persistence a
 Measured with Celery and kombu 5.7: 30 restarts while a worker drained 20,000 messages lost 2 to 4
 of them, neither queued nor listed as unacknowledged, so no visibility timeout brings them back
 (probably popped by BRPOP as Redis shut down, before kombu could list them as unacknowledged).
+A worker SIGKILLed while a popped message's reply is still unread loses it the same way (seen once
+in CI under load).
 The job store keeps every batch's message and send time until the batch settles, so whoever
 watches a job (a waiting backfill, the change feed) can send the lost ones again. That is safe:
 the embed step skips products whose vector is already current, and a batch counts once however

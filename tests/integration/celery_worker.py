@@ -59,6 +59,10 @@ class WorkerProcess:
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {timeout_s} s: {self.log.read_text()[-2000:]}")
 
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the worker's log, for an assertion message."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children), as an OOM killer would."""
         if self.process is not None and self.process.poll() is None:
