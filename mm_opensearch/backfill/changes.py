@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from opensearchpy import OpenSearch
 
 from mm_opensearch.backfill.jobs import JobQueue
+from mm_opensearch.backfill.outage import REDIS_ERRORS, RedisOutage
 from mm_opensearch.backfill.pipeline import enqueue
 from mm_opensearch.backfill.recovery import StallGuard
+from mm_opensearch.backfill.retry import classify_error
 from mm_opensearch.backfill.scan import scan_index
 from mm_opensearch.backfill.store import JobStore
 from mm_opensearch.catalog import parse_instant
@@ -96,11 +99,36 @@ def follow_changes(
     batch_size: int = 64,
     resubmit_after_s: float = RESUBMIT_AFTER_S,
 ) -> None:
-    """Poll until ``stop`` is set; lost batches are sent again after ``resubmit_after_s``."""
+    """Poll until ``stop`` is set; lost batches are sent again after ``resubmit_after_s``.
+
+    A follower runs for days, so it outlives every outage: a poll that fails for a transient reason
+    (Redis or the cluster unreachable, a node restarting, a write block) is logged and tried again
+    at the next interval. Nothing is missed meanwhile, since the checkpoint only moves after a poll
+    has enqueued what it found. Anything else (missing privileges, a deleted index) ends the feed.
+    """
     guard = StallGuard(store, queue, changes_job_id(index), after_s=resubmit_after_s)
+    outage = RedisOutage(store.redis)
+    failing_since: float | None = None
     while not stop.is_set():
-        poll_changes(client, store, queue, index, field=field, batch_size=batch_size)
-        counts = store.counts(guard.job_id)
-        if counts is not None:
-            guard.check(counts)
+        attempt = time.monotonic()
+        try:
+            poll_changes(client, store, queue, index, field=field, batch_size=batch_size)
+            counts = store.counts(guard.job_id)
+            if counts is not None:
+                guard.check(counts)
+        except REDIS_ERRORS as e:
+            outage.failed(e, attempt)
+        except Exception as e:
+            verdict = classify_error(e)
+            if not verdict.transient:
+                raise
+            failing_since = attempt if failing_since is None else failing_since
+            log.warning("change feed of '%s': poll failed for %.0f s (%s); retrying every %.0f s", index,
+                        time.monotonic() - failing_since, verdict.reason, interval_s, extra={"index": index})
+        else:
+            outage.answered()
+            if failing_since is not None:
+                log.warning("change feed of '%s': polls succeed again after %.0f s", index,
+                            time.monotonic() - failing_since, extra={"index": index})
+                failing_since = None
         stop.wait(interval_s)

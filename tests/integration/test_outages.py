@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from opensearchpy import OpenSearch
 
-from mm_opensearch.backfill import JobStore, enqueue, run_backfill, wait_for_job
-from mm_opensearch.catalog import CatalogSchema, Product
+from mm_opensearch.backfill import JobStore, changes_job_id, enqueue, follow_changes, run_backfill, wait_for_job
+from mm_opensearch.catalog import CatalogSchema, Product, to_product
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode, RedisServer
 from mm_opensearch.towers import MultimodalModel
@@ -76,6 +76,42 @@ def _wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: st
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f} s"
         time.sleep(0.05)
+
+
+class _Follower:
+    """``follow_changes`` in a thread, as ``jobs follow`` runs it; an exception that ends it is kept."""
+
+    def __init__(self, client: OpenSearch, store: JobStore, index: str) -> None:
+        self.client, self.store, self.index = client, store, index
+        self.stop, self.error = threading.Event(), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            follow_changes(self.client, self.store, CeleryJobQueue(app), self.index, stop=self.stop, interval_s=0.5)
+        except BaseException as e:  # noqa: BLE001 - the test asserts there was none
+            self.error = e
+
+    def start(self) -> _Follower:
+        self.thread.start()
+        _wait_until(lambda: self.store.change_checkpoint(self.index)[0] is not None, what="the feed's first poll")
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def assert_alive_and_following(self, product: Product, schema: CatalogSchema) -> Product:
+        """Edit ``product`` now; the feed, still running, gets it re-embedded. Returns the edited product."""
+        assert self.thread.is_alive(), f"the change feed ended: {self.error!r}"
+        job = changes_job_id(self.index)
+        before = counts.written if (counts := self.store.counts(job)) is not None else 0
+        source = {**product.source, "title": f"{product.source['title']} (edited)",
+                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.client.index(index=self.index, id=product.id, body=source, refresh=True)
+        _wait_until(lambda: (c := self.store.counts(job)) is not None and c.written > before, timeout_s=120,
+                    what="the edit re-embedded by the feed")
+        return to_product(source, schema)
 
 
 def _dead_letters(store: JobStore, job_id: str) -> list:
@@ -156,6 +192,7 @@ def test_a_backfill_rides_out_the_opensearch_node_killed_and_started_30_s_later(
         except Exception as e:  # noqa: BLE001 - reported below, after the dead letters
             result["error"] = e
 
+    follower = _Follower(client, store, index_name).start()  # `jobs follow` beside the backfill, across the outage
     thread = threading.Thread(target=backfill)
     thread.start()
     _wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned" and c.written >= 30,
@@ -187,7 +224,11 @@ def test_a_backfill_rides_out_the_opensearch_node_killed_and_started_30_s_later(
     assert retries > 0  # the outage did hit batches in flight
     assert counts.dead == counts.failed == 0
     assert counts.written + counts.skipped == len(products)  # a batch written before the kill may be re-read
-    assert_all_vectors_fresh(client, index_name, model, products)
+    try:
+        edited = follower.assert_alive_and_following(products[0], schema)
+    finally:
+        follower.close()
+    assert_all_vectors_fresh(client, index_name, model, [edited, *products[1:]])
 
 
 def test_a_write_block_set_during_a_backfill_is_waited_out(
@@ -273,6 +314,7 @@ def test_a_backfill_waits_for_redis_down_longer_than_its_client_retries(
         backfill = subprocess.Popen([cli, "backfill", index_name, "--batch-size", "10", "--timeout", "300"],  # noqa: S603
                                     env=cli_env, stdout=stdout, stderr=stderr)
     server = RedisServer(settings)
+    follower = _Follower(client, store, index_name).start()  # `jobs follow` too rides the outage out
     try:
         try:
             _wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned", what="the scan")
@@ -293,4 +335,8 @@ def test_a_backfill_waits_for_redis_down_longer_than_its_client_retries(
     assert f"Redis at 127.0.0.1:{settings.dev_redis_port}/0 is unreachable" in log and "answers again" in log
     assert "Traceback" not in log
     assert re.search(r"finished\s*│\s*40\s*│\s*40\s*│", out.read_text()), out.read_text()  # status, total, written
-    assert_all_vectors_fresh(client, index_name, model, products)
+    try:
+        edited = follower.assert_alive_and_following(products[0], schema)
+    finally:
+        follower.close()
+    assert_all_vectors_fresh(client, index_name, model, [edited, *products[1:]])
