@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path; shown masked.",
     )
+    redis_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA certificate (PEM) that signed the Redis server's certificate, for rediss:// URLs; "
+            "the system's CAs when unset."
+        ),
+    )
 
     # --- Index names ------------------------------------------------------------------------
     index_name: str = "products"
