@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     opensearch_client_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
     opensearch_client_key: Path | None = Field(default=None, description="Key (PEM) of MMOS_OPENSEARCH_CLIENT_CERT.")
     opensearch_aws_region: str | None = Field(
-        default=None, description="Sign requests with AWS SigV4 for this region (needs the 'aws' extra)."
+        default=None,
+        description="Sign requests with AWS SigV4 for this region; credentials from boto3's chain (the 'aws' "
+        "extra) or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.",
     )
     opensearch_aws_service: Literal["es", "aoss"] = Field(
         default="es", description="SigV4 service: es (OpenSearch Service domains) or aoss (Serverless collections)."
