@@ -31,8 +31,12 @@ def progress(console: Console, title: str, *, unit: str = "products") -> Iterato
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(title, total=None, detail="")
 
+            started_bar = time.monotonic()
+
             def update_bar(completed: int, total: int | None, detail: str = "") -> None:
-                bar.update(task, total=total, completed=completed, detail=detail)
+                rate = completed / max(1e-9, time.monotonic() - started_bar)
+                shown = f"{rate:,.0f} {unit}/s" + (f" · {detail}" if detail else "")
+                bar.update(task, total=total, completed=completed, detail=shown)
 
             yield update_bar
         return
