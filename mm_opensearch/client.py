@@ -16,17 +16,12 @@ TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def _aws_auth(settings: Settings) -> Any:
-    try:
-        import boto3  # noqa: PLC0415 - optional extra
-        from opensearchpy import AWSV4SignerAuth  # noqa: PLC0415
-    except ImportError as e:
-        msg = "MMOS_OPENSEARCH_AWS_REGION is set but boto3 is missing; pip install 'mm-opensearch[aws]'"
-        raise ConfigError(msg) from e
-    credentials = boto3.Session().get_credentials()
-    if credentials is None:
-        msg = "MMOS_OPENSEARCH_AWS_REGION is set but no AWS credentials were found; configure the AWS CLI or env"
-        raise ConfigError(msg)
-    return AWSV4SignerAuth(credentials, settings.opensearch_aws_region, settings.opensearch_aws_service)
+    """SigV4 for ``MMOS_OPENSEARCH_AWS_SERVICE`` (``es`` or ``aoss``); see :mod:`mm_opensearch.aws`."""
+    from mm_opensearch.aws import SigV4Auth, default_credentials  # noqa: PLC0415 - only AWS deployments
+
+    region = settings.opensearch_aws_region
+    assert region  # noqa: S101 - the caller checked
+    return SigV4Auth(default_credentials(), region, settings.opensearch_aws_service)
 
 
 def create_client(settings: Settings, **overrides: Any) -> OpenSearch:

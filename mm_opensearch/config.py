@@ -80,18 +80,30 @@ class Settings(BaseSettings):
         default_factory=lambda: ["http://127.0.0.1:9200"],
         description="Comma-separated URLs, e.g. https://search-1:9200,https://search-2:9200",
     )
-    opensearch_user: str | None = None
-    opensearch_password: SecretStr | None = None
-    opensearch_verify_certs: bool = True
-    opensearch_ca_certs: Path | None = None
-    opensearch_client_cert: Path | None = None
-    opensearch_client_key: Path | None = None
-    opensearch_aws_region: str | None = Field(
-        default=None, description="Sign requests with AWS SigV4 for this region (needs the 'aws' extra)."
+    opensearch_user: str | None = Field(default=None, description="Basic-auth user (with MMOS_OPENSEARCH_PASSWORD).")
+    opensearch_password: SecretStr | None = Field(default=None, description="Basic-auth password; shown masked.")
+    opensearch_verify_certs: bool = Field(
+        default=True, description="Verify the nodes' TLS certificates (off only for a throwaway node)."
     )
-    opensearch_aws_service: Literal["es", "aoss"] = "es"
-    opensearch_timeout_s: float = 30.0
-    opensearch_max_retries: int = 3
+    opensearch_ca_certs: Path | None = Field(
+        default=None, description="CA file (PEM) for the nodes' certificates; the system's CAs when unset."
+    )
+    opensearch_client_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    opensearch_client_key: Path | None = Field(default=None, description="Key (PEM) of MMOS_OPENSEARCH_CLIENT_CERT.")
+    opensearch_aws_region: str | None = Field(
+        default=None,
+        description="Sign requests with AWS SigV4 for this region; credentials from boto3's chain (the 'aws' "
+        "extra) or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.",
+    )
+    opensearch_aws_service: Literal["es", "aoss"] = Field(
+        default="es", description="SigV4 service: es (OpenSearch Service domains) or aoss (Serverless collections)."
+    )
+    opensearch_timeout_s: float = Field(
+        default=30.0, description="Per-request timeout of the workers' and commands' client."
+    )
+    opensearch_max_retries: int = Field(
+        default=3, description="Retries of a connection error or timeout (that client)."
+    )
     search_timeout_s: float = Field(
         default=2.0,
         gt=0,
@@ -131,14 +143,21 @@ class Settings(BaseSettings):
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path; shown masked.",
     )
+    redis_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA certificate (PEM) that signed the Redis server's certificate, for rediss:// URLs; "
+            "the system's CAs when unset."
+        ),
+    )
 
     # --- Index names ------------------------------------------------------------------------
-    index_name: str = "products"
-    read_alias: str | None = None
-    write_alias: str | None = None
+    index_name: str = Field(default="products", description="Index (or alias) searched and written when none is given.")
+    read_alias: str | None = Field(default=None, description="Alias searches go to; MMOS_INDEX_NAME when unset.")
+    write_alias: str | None = Field(default=None, description="Alias writes go to; MMOS_INDEX_NAME when unset.")
 
     # --- Catalog schema: which document fields mean what (nothing is specific to one catalog) ---
-    id_field: str = "id"
+    id_field: str = Field(default="id", description="Catalog field holding the product id (the documents' _id).")
     text_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["title", "brand", "description"],
         description="BM25 fields with optional ^boost, also the text the product tower reads.",
@@ -146,7 +165,7 @@ class Settings(BaseSettings):
     lexical_match_type: Literal["best_fields", "most_fields", "cross_fields"] = Field(
         default="cross_fields", description="multi_match type of the BM25 leg (cross_fields: one field-blind bag)."
     )
-    image_field: str | None = "image"
+    image_field: str | None = Field(default="image", description="Field with the image URL or path; unset: text only.")
     filter_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "brand", "gender", "master_category", "sub_category", "article_type",
@@ -154,13 +173,17 @@ class Settings(BaseSettings):
         ],
         description="Fields clients may filter on (term/terms/range); anything else is refused.",
     )
-    updated_at_field: str = "updated_at"
+    updated_at_field: str = Field(default="updated_at", description="Date field the change feed follows.")
 
     # --- Models, caches and data ------------------------------------------------------------
     model_dir: Path | None = Field(default=None, description="Model artifact folder; default model when unset.")
-    cache_dir: Path = Field(default_factory=_default_cache_dir)
-    data_dir: Path = Field(default=Path("../shared/data/myntra"))
-    torch_threads: int | None = None
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Jars, features and model downloads; ~/.cache/mm-opensearch."
+    )
+    data_dir: Path = Field(default=Path("../shared/data/myntra"), description="Sample catalog folder (demo, eval).")
+    torch_threads: int | None = Field(
+        default=None, description="PyTorch threads per process; PyTorch's default when unset."
+    )
     query_runtime: Literal["onnx", "onnx-int8", "torch"] = Field(
         default="onnx",
         description=(
@@ -195,17 +218,19 @@ class Settings(BaseSettings):
 
     # --- Local development services (`mm-opensearch dev up`) ---------------------------------
     dev_dir: Path = Field(default=Path(".mmos"), description="Node data, logs and pid files.")
-    dev_opensearch_port: int = 9200
-    dev_opensearch_transport_port: int = 9300
-    dev_opensearch_heap: str = "1g"
+    dev_opensearch_port: int = Field(default=9200, description="HTTP port of the dev node.")
+    dev_opensearch_transport_port: int = Field(default=9300, description="Transport port of the dev node.")
+    dev_opensearch_heap: str = Field(default="1g", description="JVM heap of the dev node (-Xms/-Xmx), e.g. 640m.")
     dev_opensearch_version: str = Field(
         default="2.19.1",
         pattern=r"^[23]\.\d+\.\d+$",
         description="OpenSearch release of the dev node: 2.x (k-NN + neural-search) or 3.x (k-NN; Maven Central "
         "has no neural-search for 3.x). Tested: 2.19.1 and 3.4.0.",
     )
-    dev_redis_port: int = 6379
-    dev_java_home: Path | None = None
+    dev_redis_port: int = Field(default=6379, description="Port of the dev Redis.")
+    dev_java_home: Path | None = Field(
+        default=None, description="JDK for the dev node; else JAVA_HOME, java on PATH, /usr/lib/jvm."
+    )
     dev_opensearch_secure: bool = Field(
         default=False,
         description="Start the dev node with the security plugin: TLS on HTTP and transport, basic and "
@@ -214,7 +239,9 @@ class Settings(BaseSettings):
 
     # --- Workers and backfill (Celery on Redis) ----------------------------------------------
     log_format: LogFormat = Field(default="text", description="text (people) or json (one object per line).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of our loggers (services); DEBUG also shows tracebacks and client logs."
+    )
 
     worker_task_time_limit_s: int = Field(
         default=600, gt=0, description="Hard limit for one batch task; the worker process is killed past it."

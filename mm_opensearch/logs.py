@@ -4,6 +4,11 @@
 ``message``, any ``extra={...}`` fields, ``exc`` for a traceback), which log shippers index without
 parsing rules. Our loggers (and Celery's and uvicorn's, whose INFO lines say what a service is
 doing) run at ``MMOS_LOG_LEVEL``; the others (opensearch-py logs every request at INFO) at WARNING.
+
+A CLI command (``console=True``) is for a person: its output is what it prints. There our loggers
+speak from WARNING up, and opensearch-py's only from ERROR (it logs every failed request at WARNING,
+a 404 of a probe as loudly as a 500; the command reports a real failure itself, in one line).
+``MMOS_LOG_LEVEL=DEBUG`` brings everything back.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ def logging_config(log_format: LogFormat = "text", level: str = "INFO") -> dict[
     }
 
 
-def configure_logging(log_format: LogFormat = "text", level: str = "INFO") -> None:
+def configure_logging(log_format: LogFormat = "text", level: str = "INFO", *, console: bool = False) -> None:
     """Apply :func:`logging_config` to this process (CLI commands, Celery workers)."""
     logging.config.dictConfig(logging_config(log_format, level))
+    if console and level.upper() != "DEBUG":
+        for name in ("mm_opensearch", "workers"):
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logger.level, logging.WARNING))
+        logging.getLogger("opensearch").setLevel(logging.ERROR)

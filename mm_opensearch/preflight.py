@@ -20,6 +20,7 @@ from mm_opensearch.backfill.store import redis_client
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings, mask_url
 from mm_opensearch.errors import ConfigError, RedisUnavailableError, SearchUnavailableError
+from mm_opensearch.redis_tls import redis_ssl_options
 
 __all__ = [
     "check_opensearch",
@@ -94,9 +95,14 @@ def opensearch_error_message(hosts: list[str], error: BaseException) -> str:
 def redis_error_message(url: str, error: BaseException) -> str:
     """One line for a redis-py error at connect time: which URL (masked), why, and the fix."""
     if isinstance(error, redis.AuthenticationError):
-        cause = "the credentials were refused"
+        cause = "the credentials were refused (a password goes in the URL: rediss://:PASSWORD@host:port/0)"
     elif isinstance(error, redis.ResponseError):
         cause = f"Redis refused the connection settings ({str(error)[:120]})"
+    elif "certificate_verify_failed" in str(error).lower():
+        cause = ("TLS failed: the server's certificate is not signed by a CA this client trusts; set "
+                 "MMOS_REDIS_CA_FILE to the CA file that signed it")
+    elif "wrong version number" in str(error).lower() or "wrong_version_number" in str(error).lower():
+        cause = "TLS failed: the server does not speak TLS on this port; use redis:// in MMOS_REDIS_URL"
     else:
         cause = _cause(error)
     return (
@@ -138,7 +144,8 @@ def check_redis(settings: Settings) -> None:
     timeout = settings.connect_timeout_s
     try:
         probe = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                     retry=Retry(NoBackoff(), 0), retry_on_error=[])
+                                     retry=Retry(NoBackoff(), 0), retry_on_error=[],
+                                     **redis_ssl_options(url, settings.redis_ca_file))
     except ValueError as e:  # a URL redis-py cannot parse (port not a number, ...)
         msg = f"MMOS_REDIS_URL '{mask_url(url)}' is malformed; write redis://host:6379/0"
         raise ConfigError(msg) from e

@@ -22,6 +22,7 @@ from mm_opensearch.backfill import EmbedJob, WriteJob
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError
 from mm_opensearch.logs import configure_logging
+from mm_opensearch.redis_tls import redis_ssl_options
 from workers.broker import pending_batch_ids
 
 __all__ = ["IO_QUEUE", "MODEL_QUEUE", "CeleryJobQueue", "app", "check_time_limits", "create_app"]
@@ -63,6 +64,8 @@ def create_app(settings: Settings) -> Celery:
         task_routes={"mmos.embed_batch": {"queue": MODEL_QUEUE}, "mmos.write_batch": {"queue": IO_QUEUE}},
         worker_hijack_root_logger=False,
     )
+    if ssl_options := redis_ssl_options(url, settings.redis_ca_file):
+        celery.conf.update(broker_use_ssl=ssl_options, redis_backend_use_ssl=ssl_options)
     celery.conf.mmos_settings = settings
     return celery
 

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from mm_opensearch.config import JOB_RETENTION_S, SETTLED_WINDOW_S, Settings
+from mm_opensearch.redis_tls import redis_ssl_options
 
 __all__ = ["JobStore", "JobCounts", "DeadLetter", "Overdue", "redis_client"]
 
@@ -198,8 +199,10 @@ return 1
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A client that rides out a Redis restart: connection errors are retried for ~30 s."""
+    url = settings.redis_url.get_secret_value()
     return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        url,
+        **redis_ssl_options(url, settings.redis_ca_file),
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_timeout=10,

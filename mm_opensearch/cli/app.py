@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import traceback
 
@@ -38,11 +37,8 @@ _SERVICES = frozenset({"serve", "worker"})
 @app.callback()
 def _logging(ctx: typer.Context) -> None:
     settings = get_settings()
-    configure_logging(settings.log_format, settings.log_level)
-    if settings.log_level != "DEBUG" and ctx.invoked_subcommand not in _SERVICES:
-        # opensearch-py logs every failed request at WARNING with its traceback; main() reports the
-        # error in one line, and MMOS_LOG_LEVEL=DEBUG brings both back. Services keep their logs.
-        logging.getLogger("opensearch").setLevel(logging.ERROR)
+    # Services keep their logs; a command's output is what it prints (see mm_opensearch.logs).
+    configure_logging(settings.log_format, settings.log_level, console=ctx.invoked_subcommand not in _SERVICES)
 
 
 app.add_typer(dev.app, name="dev")

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mm_opensearch.cli.evaluate import metrics_table
+from mm_opensearch.cli.progress import tracker
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.demo import DEMO_ALIAS, DEMO_PREFIX, check_demo_alias, not_the_dev_node, serve_demo_index
 from mm_opensearch.errors import ConfigError
@@ -69,7 +70,7 @@ def demo(
         model=model, modes=["bm25", "dense_text_zeroshot", "image", "fused", "hybrid_rrf", "hybrid_linear"],
         index_prefix=DEMO_PREFIX, linear=linear, rrf=rrf, reuse_indices=True,
         image_roots=settings.image_roots_or(folder),
-        on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
+        on_stage=lambda msg: console.print(f"[dim]{msg}[/]"), track=tracker(console),
     )
     demo_index = eval_index_name(DEMO_PREFIX, "multimodal", model.model_id)
     serve_demo_index(client, alias, demo_index)

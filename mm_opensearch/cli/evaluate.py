@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mm_opensearch.cli.progress import tracker
 from mm_opensearch.config import get_settings
 
 console = Console()
@@ -69,7 +70,7 @@ def evaluate(
         linear, rrf = stored_fusion(multimodal)
     result = run_evaluation(client, settings, products, load_queries(queries, split=split), labels,
                             model=multimodal, text_model=text, modes=selected, linear=linear, rrf=rrf, image_roots=roots,
-                            reuse_indices=reuse_indices, on_stage=say)
+                            reuse_indices=reuse_indices, on_stage=say, track=tracker(console))
     console.print(metrics_table(result.modes, title=f"{split} queries, {len(products)} products indexed"))
     console.print(p_values_line(result))
     if out is not None:

@@ -26,6 +26,7 @@ from mm_opensearch.backfill import InlineQueue, JobStore, QueueEmbedder
 from mm_opensearch.backfill.pipeline import EmbedContext
 from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.cli.jobs import progress_display
+from mm_opensearch.cli.progress import tracker
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError, ModelError
 from mm_opensearch.hybrid.capabilities import ClusterCapabilities, default_fusions, provision_index
@@ -135,7 +136,9 @@ def create(
     failed = 0
     if products:
         roots = settings.image_roots_or(catalog.parent) if catalog else ()
-        report = load_products(client, name, products, model=model, modalities=modalities, image_roots=roots)
+        with tracker(console)(f"loading '{name}'", len(products)) as on_batch:
+            report = load_products(client, name, products, model=model, modalities=modalities, image_roots=roots,
+                                   on_batch=on_batch)
         failed = len(report.failed)
         distinct = len({p.id for p in products})
         repeats = len(products) - distinct

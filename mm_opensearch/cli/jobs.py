@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mm_opensearch.backfill import (
@@ -26,6 +25,7 @@ from mm_opensearch.backfill import (
 )
 from mm_opensearch.backfill import run_backfill as _run_backfill
 from mm_opensearch.catalog import CatalogSchema
+from mm_opensearch.cli.progress import progress
 from mm_opensearch.client import create_client
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import ConfigError
@@ -52,18 +52,13 @@ def _store() -> JobStore:
 
 @contextmanager
 def progress_display(title: str) -> Iterator[Callable[[JobCounts], None]]:
-    """A rich progress bar fed by job counts; shows products/s."""
-    columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(title, total=None, detail="")
+    """A progress bar (a line every few seconds in a log) fed by job counts; shows products/s."""
+    with progress(console, title) as show:
 
         def update(counts: JobCounts) -> None:
             done = counts.written + counts.skipped + counts.missing + counts.failed + counts.dead
-            rate = done / max(1e-9, time.time() - counts.started_at)
-            detail = (f"{rate:,.0f} products/s · written {counts.written} skipped {counts.skipped} "
-                      f"failed {counts.failed} dead {counts.dead}")
-            bar.update(task, total=max(counts.total, done) or None, completed=done, detail=detail)
+            show(done, max(counts.total, done) or None,
+                 f"written {counts.written} skipped {counts.skipped} failed {counts.failed} dead {counts.dead}")
 
         yield update
 

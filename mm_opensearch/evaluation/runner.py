@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,11 @@ def rank_queries(searcher: HybridSearcher, queries: Sequence[JudgedQuery], spec:
     return run
 
 
+@contextmanager
+def _untracked(_title: str, _total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda _n: None
+
+
 def run_evaluation(
     client: OpenSearch,
     settings: Settings,
@@ -108,10 +114,13 @@ def run_evaluation(
     reuse_indices: bool = False,
     image_roots: Sequence[Path] = (),
     on_stage: Callable[[str], None] | None = None,
+    track: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None,
 ) -> EvalResult:
     """Index ``products`` once per tower that the modes need, then score every mode.
 
     ``image_roots``: the folders local image paths may be read from (the catalog's folder).
+    ``track(title, total)``: a context giving an ``on_batch(n)`` callback, for a progress display
+    while products are encoded and indexed (the longest step).
     """
     notify = on_stage or (lambda _msg: None)
     specs = mode_specs(linear or FusionOptions(method="linear", weights=(0.5, 0.5)), rrf or FusionOptions())
@@ -139,8 +148,9 @@ def run_evaluation(
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
             create_product_index(client, index, schema, sample=products[0].source, model=tower,
                                  modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE)
-            report = load_products(client, index, docs, model=tower, modalities=name == "multimodal",
-                                   image_roots=image_roots)
+            with (track or _untracked)(f"indexing ({name} tower)", len(docs)) as on_batch:
+                report = load_products(client, index, docs, model=tower, modalities=name == "multimodal",
+                                       image_roots=image_roots, on_batch=on_batch)
             if report.failed:
                 msg = f"{len(report.failed)} products failed to index into {index}, e.g. {report.failed[0]}"
                 raise RuntimeError(msg)
