@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     opensearch_aws_service: Literal["es", "aoss"] = "es"
     opensearch_timeout_s: float = 30.0
     opensearch_max_retries: int = 3
+    opensearch_sniff: bool = Field(
+        default=False,
+        description="Discover the cluster's nodes from MMOS_OPENSEARCH_HOSTS at start and after a connection failure "
+        "(opensearch-py sniffing). Off: only the listed hosts are used, which is right behind a load balancer or "
+        "where nodes publish addresses the client cannot reach.",
+    )
+    opensearch_dead_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a host that failed a connection is left out before it is tried again (doubling on "
+        "each further failure, at most 32 times); while out, requests go to the other hosts.",
+    )
     search_timeout_s: float = Field(
         default=2.0,
         gt=0,
@@ -100,6 +112,12 @@ class Settings(BaseSettings):
             "answered by then gives 503 with Retry-After; timeouts are never retried, connection errors are on "
             "another of MMOS_OPENSEARCH_HOSTS within it. The workers keep MMOS_OPENSEARCH_TIMEOUT_S."
         ),
+    )
+    search_preference: str | None = Field(
+        default=None,
+        description="The `preference` of every search (e.g. a fixed string, or _local): the same query then reads "
+        "the same shard copies, so BM25 statistics, which differ between a primary and its replica, cannot reorder "
+        "results from one call to the next. None: OpenSearch picks copies adaptively.",
     )
     server_fusion_on_3x: bool = Field(
         default=False,

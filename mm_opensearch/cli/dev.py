@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.devservices import OpenSearchCluster, OpenSearchNode, RedisServer, ServiceStatus, running_cluster_size
+from mm_opensearch.health import health_message
 
 app = typer.Typer(
     help="Run a real local OpenSearch (2.x or 3.x, with k-NN) and Redis on 127.0.0.1.", no_args_is_help=True
@@ -126,4 +127,9 @@ def down() -> None:
 def status() -> None:
     """Report whether each service runs and answers."""
     settings = get_settings()
-    _print([*_cluster(settings).status(), RedisServer(settings).status()])
+    cluster = _cluster(settings)
+    _print([*cluster.status(), RedisServer(settings).status()])
+    health = cluster.health()
+    message = health_message(health) if health else None
+    if message:
+        console.print(message, soft_wrap=True, markup=False, highlight=False)
