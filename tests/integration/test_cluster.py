@@ -158,3 +158,28 @@ def test_a_yellow_or_red_cluster_is_one_warning_at_start(
     with caplog.at_level(logging.INFO, logger="mm_opensearch.health"):
         assert log_cluster_health(client) == "red"
     assert "is RED" in caplog.text and "primary shards are unassigned" in caplog.text
+
+
+@pytest.mark.smoke
+def test_smoke_the_started_shape_is_green_with_its_nodes_and_answers_a_knn_query(
+    client: OpenSearch, settings: Settings
+) -> None:
+    """What scripts/test.sh checks on the shapes no other leg runs (3.4.0 secured, 3.4.0 on three nodes)."""
+    health = client.cluster.health(wait_for_status="green", params={"timeout": "120s"}, request_timeout=130)
+    assert (health["status"], health["number_of_nodes"]) == ("green", settings.dev_opensearch_nodes)
+    name = f"test-smoke-{uuid.uuid4().hex[:8]}"
+    client.indices.create(index=name, body={
+        "settings": {"index.knn": True},
+        "mappings": {"properties": {"v": {"type": "knn_vector", "dimension": 2,
+                                          "method": {"name": "hnsw", "engine": "lucene", "space_type": "l2"}}}},
+    })
+    try:
+        body = []
+        for doc_id, vector in (("near", [1.0, 1.0]), ("far", [9.0, 9.0]), ("mid", [4.0, 4.0])):
+            body += [{"index": {"_index": name, "_id": doc_id}}, {"v": vector}]
+        assert not client.bulk(body=body, refresh=True)["errors"]
+        response = client.search(index=name, body={"size": 3, "query": {"knn": {"v": {"vector": [0.0, 0.0], "k": 3}}}})
+        assert [hit["_id"] for hit in response["hits"]["hits"]] == ["near", "mid", "far"]
+        assert response["_shards"]["failed"] == 0
+    finally:
+        client.indices.delete(index=name, ignore_unavailable=True)
