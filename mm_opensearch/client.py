@@ -25,16 +25,25 @@ def _aws_auth(settings: Settings) -> Any:
 
 
 def create_client(settings: Settings, **overrides: Any) -> OpenSearch:
-    """A client with retries on connection errors and timeouts; ``overrides`` go to ``OpenSearch``."""
+    """A client on every host of MMOS_OPENSEARCH_HOSTS (round robin), with retries on connection errors
+    and timeouts that move to the next live host; ``overrides`` go to ``OpenSearch``."""
     kwargs: dict[str, Any] = {
         "hosts": settings.opensearch_hosts,
         "timeout": settings.opensearch_timeout_s,
         "max_retries": settings.opensearch_max_retries,
         "pool_maxsize": settings.opensearch_pool_maxsize,
         "retry_on_timeout": True,
+        # a host that failed a connection is skipped for dead_timeout (doubling per failure): a retry
+        # goes to another host, so a lost node costs one failed attempt, not one per request
+        "dead_timeout": settings.opensearch_dead_timeout_s,
         "verify_certs": settings.opensearch_verify_certs,
         "ssl_show_warn": settings.opensearch_verify_certs,
     }
+    if settings.opensearch_sniff:
+        kwargs |= {"sniff_on_start": True, "sniff_on_connection_fail": True, "sniffer_timeout": 60,
+                   "sniff_timeout": settings.connect_timeout_s}
+        if all(host.startswith("https://") for host in settings.opensearch_hosts):
+            kwargs["use_ssl"] = True  # a sniffed node comes back as host:port only; keep TLS for it
     if settings.opensearch_ca_certs:
         kwargs["ca_certs"] = str(settings.opensearch_ca_certs)
     if settings.opensearch_client_cert:

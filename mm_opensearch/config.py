@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     opensearch_max_retries: int = Field(
         default=3, description="Retries of a connection error or timeout (that client)."
     )
+    opensearch_sniff: bool = Field(
+        default=False,
+        description="Discover the cluster's nodes from MMOS_OPENSEARCH_HOSTS at start and after a connection failure "
+        "(opensearch-py sniffing). Off: only the listed hosts are used, which is right behind a load balancer or "
+        "where nodes publish addresses the client cannot reach.",
+    )
+    opensearch_dead_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a host that failed a connection is left out before it is tried again (doubling on "
+        "each further failure, at most 32 times); while out, requests go to the other hosts.",
+    )
     search_timeout_s: float = Field(
         default=2.0,
         gt=0,
@@ -112,6 +124,12 @@ class Settings(BaseSettings):
             "answered by then gives 503 with Retry-After; timeouts are never retried, connection errors are on "
             "another of MMOS_OPENSEARCH_HOSTS within it. The workers keep MMOS_OPENSEARCH_TIMEOUT_S."
         ),
+    )
+    search_preference: str | None = Field(
+        default=None,
+        description="The `preference` of every search (e.g. a fixed string, or _local): the same query then reads "
+        "the same shard copies, so BM25 statistics, which differ between a primary and its replica, cannot reorder "
+        "results from one call to the next. None: OpenSearch picks copies adaptively.",
     )
     server_fusion_on_3x: bool = Field(
         default=False,
@@ -226,6 +244,13 @@ class Settings(BaseSettings):
         pattern=r"^[23]\.\d+\.\d+$",
         description="OpenSearch release of the dev node: 2.x (k-NN + neural-search) or 3.x (k-NN; Maven Central "
         "has no neural-search for 3.x). Tested: 2.19.1 and 3.4.0.",
+    )
+    dev_opensearch_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Nodes of the dev cluster (dev up --nodes): 1 is a single-node cluster; more start one JVM each "
+        "on loopback, all cluster-manager eligible, node i on MMOS_DEV_OPENSEARCH_PORT+i and TRANSPORT_PORT+i.",
     )
     dev_redis_port: int = Field(default=6379, description="Port of the dev Redis.")
     dev_java_home: Path | None = Field(

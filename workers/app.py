@@ -19,8 +19,10 @@ from celery import Celery
 from celery.signals import setup_logging, worker_init
 
 from mm_opensearch.backfill import EmbedJob, WriteJob
+from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError
+from mm_opensearch.health import log_cluster_health
 from mm_opensearch.logs import configure_logging
 from mm_opensearch.redis_tls import redis_ssl_options
 from workers.broker import pending_batch_ids
@@ -131,3 +133,14 @@ def _refuse_inconsistent_limits(sender: Any = None, **_: Any) -> None:
         # Celery logs and swallows Exceptions raised by signal handlers; SystemExit stops the worker.
         raise SystemExit(f"mm-opensearch worker refuses to start: {e}") from e
     serve_metrics(app.conf.mmos_settings)
+    _log_cluster_health(app.conf.mmos_settings)
+
+
+def _log_cluster_health(settings: Settings) -> None:
+    """One start-up line when the cluster is yellow or red; a quick probe, so a down cluster does not
+    hold the worker's start (its tasks retry their own connection errors)."""
+    client = create_client(settings, max_retries=0, timeout=settings.connect_timeout_s, retry_on_timeout=False)
+    try:
+        log_cluster_health(client)
+    finally:
+        client.close()

@@ -38,6 +38,7 @@ from mm_opensearch.api.middleware import BodySizeLimit, CountResponses, JsonErro
 from mm_opensearch.api.schemas import ErrorOut, HealthOut, SearchIn, SearchOut
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, MMOpenSearchError, SearchUnavailableError
+from mm_opensearch.health import log_cluster_health
 from mm_opensearch.hybrid import HybridSearcher, open_searcher
 
 __all__ = ["create_app", "RETRY_AFTER_S"]
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
         own = app.state.searcher is None
         if own:
             app.state.searcher = open_searcher(settings)
+        log_cluster_health(app.state.searcher.client)  # one line: yellow or red is worth knowing at start
         yield
         if own:
             app.state.searcher.close()

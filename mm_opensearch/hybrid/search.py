@@ -300,6 +300,7 @@ class HybridSearcher:
         self.timeout_s = timeout_s
         self.schema = CatalogSchema.from_settings(settings)
         self.lexical_match_type = settings.lexical_match_type
+        self.preference = settings.search_preference
         self.index = index or settings.read_alias or settings.index_name
         self.tower = tower
         self.tower_model_id = tower.model_id if tower is not None else None  # a content hash: compute once
@@ -511,6 +512,8 @@ class HybridSearcher:
 
     def _search(self, body: dict[str, Any], deadline: _Deadline, **params: Any) -> dict[str, Any]:
         params.update(deadline.params())
+        if self.preference:
+            params["preference"] = self.preference
         try:
             return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
         except RequestError as e:

@@ -140,13 +140,30 @@ def test_ids_only_ranks_like_a_search_with_documents(searcher: HybridSearcher, m
 
 @pytest.mark.neural_search
 @pytest.mark.parametrize("fusion", [RRF, MIN_MAX, L2])
-def test_server_and_client_fusion_agree_within_ties(searcher: HybridSearcher, fusion: FusionOptions) -> None:
+def test_server_and_client_fusion_agree_within_ties(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, product_index: str, fusion: FusionOptions
+) -> None:
+    # a pinned preference: both paths read the same shard copies, whose BM25 statistics may differ
+    # where the index has replicas (a multi-node cluster), so only the fusion can tell them apart
+    pinned = settings.model_copy(update={"search_preference": "mmos-fusion-agreement"})
+    searcher = HybridSearcher(client, pinned, index=product_index, tower=model)
     for query in ("red floral dress", "black watch", "nike sports shoes", "white tshirt women"):
         server = searcher.search(SearchRequest(query, size=30, depth=50, fusion=fusion, fusion_path="server"))
         client = searcher.search(SearchRequest(query, size=30, depth=50, fusion=fusion, fusion_path="client"))
         assert (server.fusion_path, client.fusion_path) == ("server", "client")
         assert {h.id: h.score for h in server.hits} == pytest.approx({h.id: h.score for h in client.hits}, abs=1e-5)
         assert tie_groups(server)[:-1] == tie_groups(client)[:-1]  # the last group may be cut by the page
+
+
+@pytest.mark.parametrize("path", [SERVER, "client"])
+def test_the_search_preference_reaches_every_search(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, product_index: str, path: str
+) -> None:
+    # a preference no node satisfies fails the search: proof that the setting is sent with each leg
+    nowhere = settings.model_copy(update={"search_preference": "_only_nodes:mmos-no-such-node"})
+    searcher = HybridSearcher(client, nowhere, index=product_index, tower=model)
+    with pytest.raises(SearchUnavailableError):
+        searcher.search(SearchRequest("red floral dress", size=5, fusion_path=path))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("path", [SERVER, "client"])

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from mm_opensearch.config import Settings
+from mm_opensearch.devservices.cluster import OpenSearchCluster, running_cluster_size
 from mm_opensearch.devservices.opensearch import OpenSearchNode, Release, jvm_options
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
@@ -88,3 +89,49 @@ def test_data_written_by_a_newer_release_is_refused_before_the_node_starts(
     else:
         node._check_data_version()
         assert marker.read_text() == running
+
+
+def test_a_single_node_keeps_its_home_pid_file_and_ports(tmp_path: Path) -> None:
+    """`dev up` without --nodes is what CI's whole suite runs on: nothing about it may change."""
+    node = OpenSearchNode(Settings(dev_dir=tmp_path, dev_opensearch_port=9430, dev_opensearch_transport_port=9530))
+    assert (node.home, node.process.pid_file, node.port, node.transport_port) == (
+        tmp_path / "opensearch", tmp_path / "opensearch.pid", 9430, 9530
+    )
+    assert node._cluster_arguments() == []  # the Launcher's single-node discovery stays
+
+
+def test_each_cluster_node_has_its_ports_folders_and_pid_file_and_finds_its_peers(tmp_path: Path) -> None:
+    settings = Settings(dev_dir=tmp_path, dev_opensearch_port=9430, dev_opensearch_transport_port=9530)
+    cluster = OpenSearchCluster(settings, 3)
+    assert [(n.port, n.transport_port) for n in cluster.nodes] == [(9430, 9530), (9431, 9531), (9432, 9532)]
+    assert len({n.process.pid_file for n in cluster.nodes}) == 3
+    assert cluster.hosts == ["http://127.0.0.1:9430", "http://127.0.0.1:9431", "http://127.0.0.1:9432"]
+    args = dict(arg.split("=", 1) for arg in cluster.nodes[2]._cluster_arguments())
+    assert args["discovery.type"] != "single-node"
+    assert args["discovery.seed_hosts"] == "127.0.0.1:9530,127.0.0.1:9531,127.0.0.1:9532"
+    assert args["cluster.initial_cluster_manager_nodes"] == "mmos-dev-0,mmos-dev-1,mmos-dev-2"
+    assert (args["node.name"], args["node.processors"]) == ("mmos-dev-2", "1")
+    assert args["path.data"] == str(tmp_path / "opensearch-cluster" / "node2" / "data")
+    data = {dict(a.split("=", 1) for a in n._cluster_arguments())["path.data"] for n in cluster.nodes}
+    assert len(data) == 3
+    assert cluster.nodes[0].home != OpenSearchNode(settings).home  # never the single node's data
+
+
+def test_a_node_index_outside_the_cluster_names_the_range(tmp_path: Path) -> None:
+    cluster = OpenSearchCluster(Settings(dev_dir=tmp_path), 3)
+    with pytest.raises(DevServiceError, match=r"index 3 is outside the 3-node dev cluster \(0-2\)"):
+        cluster.kill(3)
+
+
+def test_down_and_status_find_the_cluster_from_its_folders(tmp_path: Path) -> None:
+    settings = Settings(dev_dir=tmp_path)
+    assert running_cluster_size(settings) == 0
+    for i in range(3):
+        (tmp_path / "opensearch-cluster" / f"node{i}").mkdir(parents=True)
+    assert running_cluster_size(settings) == 3
+
+
+@pytest.mark.parametrize("nodes", [0, 10])
+def test_the_node_count_setting_is_bounded(nodes: int) -> None:
+    with pytest.raises(ValidationError, match="dev_opensearch_nodes"):
+        Settings(dev_opensearch_nodes=nodes)
