@@ -158,6 +158,8 @@ def _run_probe(client: OpenSearch, probe: _Probe) -> str | None:
     """None when permitted, else what was refused (the action the plugin names, or the probe's)."""
     try:
         probe.call(client)
+    except OSConnectionError as e:  # a subclass of TransportError: no answer is not a refusal
+        return f"{probe.action} (no answer: {type(e).__name__}; raise MMOS_CONNECT_TIMEOUT_S on a busy cluster)"
     except TransportError as e:
         if e.status_code == 403:
             return missing_permission(e) or probe.action
@@ -185,12 +187,14 @@ _ROLE_USE = {
 
 class _Doctor:
     def __init__(self, settings: Settings, roles: Sequence[Role], model: tuple[str, int] | None,
-                 model_error: str | None, ping_workers: Callable[[float], list[str]] | None) -> None:
+                 model_error: str | None, ping_workers: Callable[[float], list[str]] | None,
+                 ping_timeout_s: float) -> None:
         self.settings = settings
         self.roles = list(roles)
         self.model = model
         self.model_error = model_error
         self.ping_workers = ping_workers
+        self.ping_timeout_s = ping_timeout_s
         self.results: list[CheckResult] = []
         self.client = create_client(settings, max_retries=0, timeout=settings.connect_timeout_s, retry_on_timeout=False)
         self.user = settings.opensearch_user or ("client certificate" if settings.opensearch_client_cert else None)
@@ -360,8 +364,8 @@ class _Doctor:
         if refused:
             self.add(f"privileges: {role}", "fail", f"{who} on '{index}' is refused: {', '.join(refused)}",
                      f"grant them to the role of {_ROLE_USE[role]} (role {_ROLE_FIX[role]}, docs/security.md)")
-        else:
-            unprobed = role == "worker" and existing is None
+            return
+        unprobed = role == "worker" and existing is None
         self.add(f"privileges: {role}", "warn" if unprobed else "ok",
                  f"{who} on '{index}': {len(probes)} probes permitted{note}", "add a document first" if unprobed else "")
 
@@ -422,12 +426,12 @@ class _Doctor:
         if self.ping_workers is None:
             self.add("workers", "skip", "not asked")
             return
-        names = self.ping_workers(self.settings.connect_timeout_s)
+        names = self.ping_workers(self.ping_timeout_s)
         if names:
             self.add("workers", "ok", f"{len(names)} answer a ping: {', '.join(sorted(names)[:5])}")
         else:
             self.add("workers", "fail" if needed else "warn",
-                     f"no worker answered a ping within {self.settings.connect_timeout_s:g} s: backfills and the change "
+                     f"no worker answered a ping within {self.ping_timeout_s:g} s: backfills and the change "
                      "feed do not progress", "start one with `mm-opensearch worker` (same MMOS_REDIS_URL)")
 
     def dead_letters(self) -> None:
@@ -450,12 +454,14 @@ def check_deployment(
     model: tuple[str, int] | None = None,
     model_error: str | None = None,
     ping_workers: Callable[[float], list[str]] | None = None,
+    ping_timeout_s: float = 1.0,
 ) -> list[CheckResult]:
     """Every check of the deployment ``settings`` describes, in the order a user fixes them.
 
     ``model`` is the configured model's (id, dim) (:func:`configured_model`); ``ping_workers`` asks
-    the workers for a heartbeat within a timeout and returns the names that answered (the caller
-    owns the Celery app). No check raises: each failure is a ``fail`` row with its fix.
+    the workers for a heartbeat within ``ping_timeout_s`` and returns the names that answered (the
+    caller owns the Celery app; a ping waits its whole timeout, so it is short). No check raises:
+    each failure is a ``fail`` row with its fix.
     """
-    return _Doctor(settings, roles, model, model_error, ping_workers).run()
+    return _Doctor(settings, roles, model, model_error, ping_workers, ping_timeout_s).run()
 

@@ -47,6 +47,7 @@ def render(results: list[CheckResult], console: Console) -> None:
 def doctor(
     role: Annotated[list[RoleChoice] | None, typer.Option(
         help="Roles this deployment's user plays (repeat the option); default all: search, worker, admin.")] = None,
+    ping_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the workers' answers.")] = 1.0,
 ) -> None:
     """Check the configured deployment: cluster, TLS, credentials, plugins, privileges, index, Redis, workers.
 
@@ -59,7 +60,7 @@ def doctor(
     except (OSError, ValueError, KeyError) as e:
         model, model_error = None, f"{type(e).__name__}: {e}"[:200]
     results = check_deployment(settings, roles=roles, model=model, model_error=model_error,
-                               ping_workers=_ping_workers(settings))
+                               ping_workers=_ping_workers(settings), ping_timeout_s=ping_timeout)
     render(results, Console(soft_wrap=False))
     fails = sum(r.status == "fail" for r in results)
     warns = sum(r.status == "warn" for r in results)
