@@ -1,10 +1,13 @@
-"""`mm-opensearch doctor` against real deployments: a healthy secured stack, then one fault at a time.
+"""`mm-opensearch doctor` against real deployments, and certificate rotation in a running API.
 
+Doctor: a healthy secured stack, then one fault at a time.
 The secured stack is the module's own `dev up --secure` (node and Redis on free ports, like
 test_secure_node), an index built with the tiny model and provisioned as `index create` does, and a
 real Celery worker. Each fault is made the way it happens: settings pointing at a closed port, a
 user whose role lacks a permission (created through the security REST API), a model other than
-the one that built the index. The plain (unsecured) suite node gets a run too.
+the one that built the index. The plain (unsecured) suite node gets a run too. The rotation test
+shares the secured node (one node start for the module): an in-process API whose client
+certificate files are replaced while it runs.
 """
 
 from __future__ import annotations
@@ -12,18 +15,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from opensearchpy import OpenSearch
 
+from mm_opensearch.api.app import create_app
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode
-from mm_opensearch.devservices.security import ADMIN_USER
+from mm_opensearch.devservices.security import ADMIN_USER, generate_ca, issue_cert
 from mm_opensearch.hybrid.capabilities import default_fusions, provision_index
 from mm_opensearch.towers import ModelConfig, MultimodalModel
 from tests.integration.celery_worker import WorkerProcess, closed_port, index_without_vectors, stamped_catalog
@@ -213,3 +223,73 @@ def test_the_plain_dev_node_without_security(settings: Settings, client: OpenSea
     assert rows["credentials"][0] == "ok" and "no security plugin" in rows["credentials"][1], output
     assert rows["workers"][0] == "warn" and "mm-opensearch worker" in rows["workers"][2], output
     assert {name for name, row in _not_ok(rows).items()} <= {"workers"}, output
+
+
+# --- certificate rotation in a running API ------------------------------------------------------
+
+def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
+    """Replace the files as a rotation tool does: each written aside, then renamed over the old one."""
+    for path, data in ((key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption())),
+                       (cert_path, cert.public_bytes(serialization.Encoding.PEM))):
+        aside = path.with_suffix(".new")
+        aside.write_bytes(data)
+        os.replace(aside, path)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.secure
+def test_the_api_reloads_rotated_client_certificates_without_a_restart(
+    node: OpenSearchNode, secure_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """Certificate A answers; B is written over A's files; the next search is authenticated as B, same process."""
+    ca_cert = x509.load_pem_x509_certificate(node.security.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(node.security.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    admin = create_client(Settings(opensearch_hosts=[node.url], opensearch_ca_certs=node.security.ca_cert,
+                                   opensearch_user=ADMIN_USER, opensearch_password=node.security.admin_password()))
+    admin.transport.perform_request("PUT", "/_plugins/_security/api/rolesmapping/doctor_reader",
+                                    body={"users": ["doctor-reader", "rotation-a", "rotation-b"]})
+    cert_file, key_file, ca_file = tmp_path / "client.pem", tmp_path / "client-key.pem", tmp_path / "ca.pem"
+    ca_file.write_bytes(node.security.ca_cert.read_bytes())
+    _write_pair(cert_file, key_file, *issue_cert(ca_cert, ca_key, "rotation-a", server=False))
+    settings = Settings(
+        opensearch_hosts=[node.url], opensearch_ca_certs=ca_file, opensearch_client_cert=cert_file,
+        opensearch_client_key=key_file, index_name=secure_env["MMOS_INDEX_NAME"],
+        model_dir=Path(secure_env["MMOS_MODEL_DIR"]), opensearch_cert_reload_s=0.1,
+    )
+
+    def whoami(app: FastAPI) -> str:
+        return app.state.searcher.client.transport.perform_request("GET", "/_plugins/_security/authinfo")["user_name"]
+
+    app = create_app(settings)
+    with TestClient(app) as api:
+        assert api.post("/search", json={"query": "shirt", "mode": "lexical"}).status_code == 200
+        assert whoami(app) == "rotation-a"
+        reloader = app.state.cert_reloader
+
+        # Half a rotation (B's certificate over A's, A's key still there) is not loaded: A keeps answering.
+        cert_b, key_b = issue_cert(ca_cert, ca_key, "rotation-b", server=False)
+        aside = cert_file.with_suffix(".new")
+        aside.write_bytes(cert_b.public_bytes(serialization.Encoding.PEM))
+        os.replace(aside, cert_file)
+        _wait_for(lambda: reloader._refused is not None, "the reloader sees the inconsistent files")
+        assert reloader.reloads == 0
+        assert api.post("/search", json={"query": "shirt", "mode": "lexical"}).status_code == 200
+        assert whoami(app) == "rotation-a"
+
+        # The whole of B, and a CA bundle with a second (new) CA beside the old one, as step 1 of a CA rotation.
+        new_ca, _ = generate_ca("mm-opensearch rotation CA 2")
+        ca_file.write_bytes(node.security.ca_cert.read_bytes() + new_ca.public_bytes(serialization.Encoding.PEM))
+        _write_pair(cert_file, key_file, cert_b, key_b)
+        _wait_for(lambda: reloader.reloads == 1, "the client is rebuilt with certificate B")
+        response = api.post("/search", json={"query": "shirt", "mode": "lexical"})
+        assert response.status_code == 200, response.text
+        assert whoami(app) == "rotation-b"
+    admin.close()
