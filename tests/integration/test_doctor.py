@@ -270,7 +270,7 @@ def test_the_api_reloads_rotated_client_certificates_without_a_restart(
 
     app = create_app(settings)
     with TestClient(app) as api:
-        assert api.post("/search", json={"query": "shirt", "mode": "lexical"}).status_code == 200
+        assert api.post("/search", json={"query": "shirt", "mode": "bm25"}).status_code == 200
         assert whoami(app) == "rotation-a"
         reloader = app.state.cert_reloader
 
@@ -281,7 +281,7 @@ def test_the_api_reloads_rotated_client_certificates_without_a_restart(
         os.replace(aside, cert_file)
         _wait_for(lambda: reloader._refused is not None, "the reloader sees the inconsistent files")
         assert reloader.reloads == 0
-        assert api.post("/search", json={"query": "shirt", "mode": "lexical"}).status_code == 200
+        assert api.post("/search", json={"query": "shirt", "mode": "bm25"}).status_code == 200
         assert whoami(app) == "rotation-a"
 
         # The whole of B, and a CA bundle with a second (new) CA beside the old one, as step 1 of a CA rotation.
@@ -289,7 +289,7 @@ def test_the_api_reloads_rotated_client_certificates_without_a_restart(
         ca_file.write_bytes(node.security.ca_cert.read_bytes() + new_ca.public_bytes(serialization.Encoding.PEM))
         _write_pair(cert_file, key_file, cert_b, key_b)
         _wait_for(lambda: reloader.reloads == 1, "the client is rebuilt with certificate B")
-        response = api.post("/search", json={"query": "shirt", "mode": "lexical"})
+        response = api.post("/search", json={"query": "shirt", "mode": "bm25"})
         assert response.status_code == 200, response.text
         assert whoami(app) == "rotation-b"
     admin.close()
