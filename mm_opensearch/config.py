@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     )
     opensearch_client_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
     opensearch_client_key: Path | None = Field(default=None, description="Key (PEM) of MMOS_OPENSEARCH_CLIENT_CERT.")
+    opensearch_cert_reload_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How often the API checks MMOS_OPENSEARCH_CA_CERTS, _CLIENT_CERT and _CLIENT_KEY for new files and, "
+            "when they changed and load as a set, rebuilds its client without a restart (rotation); 0 turns it off."
+        ),
+    )
     opensearch_aws_region: str | None = Field(
         default=None,
         description="Sign requests with AWS SigV4 for this region; credentials from boto3's chain (the 'aws' "

@@ -19,6 +19,7 @@ is documented in the OpenAPI schema, which schemathesis checks the responses aga
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -33,13 +34,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mm_opensearch.api.certs import CertificateReloader, watch_certificates
 from mm_opensearch.api.metrics import SearchMetrics
 from mm_opensearch.api.middleware import BodySizeLimit, CountResponses, JsonErrors
 from mm_opensearch.api.schemas import ErrorOut, HealthOut, SearchIn, SearchOut
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, MMOpenSearchError, SearchUnavailableError
+from mm_opensearch.client import create_serving_client
 from mm_opensearch.health import log_cluster_health
 from mm_opensearch.hybrid import HybridSearcher, open_searcher
+from mm_opensearch.hybrid.search import serving_settings
 
 __all__ = ["create_app", "RETRY_AFTER_S"]
 
@@ -127,7 +131,12 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
         if own:
             app.state.searcher = open_searcher(settings)
         log_cluster_health(app.state.searcher.client)  # one line: yellow or red is worth knowing at start
+        reloader = CertificateReloader(serving_settings(settings), app.state.searcher, create_serving_client)
+        app.state.cert_reloader = reloader
+        watch = asyncio.create_task(watch_certificates(reloader, settings.opensearch_cert_reload_s))
         yield
+        watch.cancel()
+        reloader.close()
         if own:
             app.state.searcher.close()
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from mm_opensearch.cli import demo, dev, evaluate, index, jobs, search, serve, train
+from mm_opensearch.cli import demo, dev, doctor, evaluate, index, jobs, search, serve, train
 from mm_opensearch.config import get_settings
 from mm_opensearch.errors import MMOpenSearchError
 from mm_opensearch.logs import configure_logging
@@ -49,6 +49,7 @@ app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("search")(search.search)
 app.command("serve")(serve.serve)
+app.command("doctor")(doctor.doctor)
 
 config_app = typer.Typer(help="Inspect the configuration (MMOS_* environment variables).", no_args_is_help=True)
 app.add_typer(config_app, name="config")

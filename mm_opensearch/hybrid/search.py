@@ -423,6 +423,12 @@ class HybridSearcher:
         self._background.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
+    def replace_client(self, client: OpenSearch) -> OpenSearch:
+        """Search with ``client`` from now on (new TLS files); the previous one, still serving running calls."""
+        previous, self.client = self.client, client
+        self._pipelines = PipelineRegistry(client)
+        return previous
+
     def ping(self) -> bool:
         """Whether the cluster answers (for health checks)."""
         try:
