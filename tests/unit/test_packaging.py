@@ -84,3 +84,24 @@ def test_the_search_extra_pulls_no_torch(wheel: Path) -> None:
     assert {"torch", "celery"} <= requirements["worker"] and {"torch", "ranx"} <= requirements["train"]
     everything = set().union(*(requirements[extra] for extra in ("api", "worker", "train", "eval", "aws", "test")))
     assert requirements["dev"] == everything  # hatchling writes the self-references out
+
+
+def test_the_search_path_imports_no_torch() -> None:
+    """What ``serve`` imports before a model loads must not pull torch (the [api] install has none)."""
+    probe = (
+        "import sys, mm_opensearch.cli.app, mm_opensearch.api.app, mm_opensearch.hybrid.tower, "
+        "mm_opensearch.towers.query_graph; print(sorted(m for m in ('torch', 'transformers', 'celery') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_library_does_not_import_the_workers() -> None:
+    """The Celery adapter calls the library, never the reverse (the CLI, an adapter too, may)."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "mm_opensearch").rglob("*.py")
+        if "cli" not in path.relative_to(REPO / "mm_opensearch").parts
+        and re.search(r"^\s*(from|import) (mm_opensearch_)?workers\b", path.read_text(encoding="utf-8"), re.M)
+    ]
+    assert offenders == []
