@@ -30,7 +30,7 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import ModelConfig, MultimodalModel
-from workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
+from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def _encode_only(model_dir: Path, settings: Settings, products: list[Product], b
 def _start_worker(model_dir: Path, concurrency: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MMOS_MODEL_DIR": str(model_dir), "MMOS_TORCH_THREADS": str(threads),
            "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", f"{MODEL_QUEUE},{IO_QUEUE}",
+    argv = [sys.executable, "-m", "celery", "-A", "mm_opensearch_workers.app", "worker", "-Q", f"{MODEL_QUEUE},{IO_QUEUE}",
             "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "warning",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     with log.open("wb") as out:

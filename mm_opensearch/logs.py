@@ -22,7 +22,7 @@ from typing import Any, Literal
 __all__ = ["LogFormat", "JsonFormatter", "configure_logging", "logging_config"]
 
 LogFormat = Literal["text", "json"]
-SERVICE_LOGGERS = ("mm_opensearch", "workers", "celery", "uvicorn")
+SERVICE_LOGGERS = ("mm_opensearch", "mm_opensearch_workers", "celery", "uvicorn")
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 

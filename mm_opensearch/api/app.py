@@ -1,4 +1,4 @@
-"""FastAPI app factory: ``POST /search``, ``GET /healthz``, ``GET /metrics``.
+"""FastAPI app factory: ``POST /search``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
 The app is an adapter: it validates the body, makes one library call
 (:meth:`HybridSearcher.search`) and formats the result. The model is loaded once, in the lifespan;
@@ -32,12 +32,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
+from opensearchpy import ConnectionError as OSConnectionError
+from opensearchpy import TransportError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mm_opensearch.api.certs import CertificateReloader, watch_certificates
 from mm_opensearch.api.metrics import SearchMetrics
 from mm_opensearch.api.middleware import BodySizeLimit, CountResponses, JsonErrors
-from mm_opensearch.api.schemas import ErrorOut, HealthOut, SearchIn, SearchOut
+from mm_opensearch.api.schemas import ErrorOut, HealthOut, ReadyOut, SearchIn, SearchOut
 from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError, MMOpenSearchError, SearchUnavailableError
 from mm_opensearch.client import create_serving_client
@@ -211,6 +213,37 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
             model_id=searcher.tower_model_id,
             tower_error=searcher.tower_error,
         )
+
+    @app.get(
+        "/readyz",
+        response_model=ReadyOut,
+        responses={503: {"model": ReadyOut, "description": "OpenSearch, the index or the model is missing",
+                         "headers": _RETRY_AFTER}},
+    )
+    def readyz(searcher: Searcher, response: Response) -> ReadyOut:
+        """200 only with everything a hybrid search needs: OpenSearch answers, the index exists, the model is loaded.
+
+        ``/healthz`` stays 200 when degraded (BM25 still answers); a load balancer or compose
+        healthcheck that should wait for the full service asks this one.
+        """
+        up = searcher.ping()
+        exists = False
+        if up:
+            try:
+                exists = bool(searcher.client.indices.exists(index=searcher.index))
+            except (OSConnectionError, TransportError) as e:
+                logger.warning("GET /readyz: cannot check index %s: %s", searcher.index, e)
+        reason = (
+            "OpenSearch does not answer" if not up
+            else f"index '{searcher.index}' does not exist (MMOS_INDEX_NAME or MMOS_READ_ALIAS)" if not exists
+            else f"no query tower: {searcher.tower_error}" if searcher.tower is None
+            else None
+        )
+        if reason is not None:
+            response.status_code = 503
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return ReadyOut(ready=reason is None, opensearch=up, index=searcher.index, index_exists=exists,
+                        model_id=searcher.tower_model_id, reason=reason)
 
     @app.get(
         "/metrics",

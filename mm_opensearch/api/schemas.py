@@ -19,7 +19,7 @@ from mm_opensearch.hybrid.fusion import MAX_RANK_CONSTANT, FusionMethod, Normali
 from mm_opensearch.hybrid.query import VectorKind
 from mm_opensearch.hybrid.search import FusedOn, FusionPath, SearchMode
 
-__all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut", "ErrorOut"]
+__all__ = ["FusionIn", "SearchIn", "LegOut", "HitOut", "FusionOut", "SearchOut", "HealthOut", "ReadyOut", "ErrorOut"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchRequest)}
 _Weight = Annotated[float, Field(ge=0)]  # FusionOptions also refuses all-zero weights (a 422 with the reason)
@@ -157,6 +157,17 @@ class HealthOut(BaseModel):
     index: str
     model_id: str | None
     tower_error: str | None
+
+
+class ReadyOut(BaseModel):
+    """Whether this process can serve every mode now; ``reason`` says what is missing when not."""
+
+    ready: bool
+    opensearch: bool
+    index: str
+    index_exists: bool
+    model_id: str | None
+    reason: str | None
 
 
 class ErrorOut(BaseModel):

@@ -26,7 +26,7 @@ class RoleChoice(str, Enum):
 
 def _ping_workers(settings: Settings):  # noqa: ANN202 - a closure over the Celery app
     def ping(timeout_s: float) -> list[str]:
-        from workers.app import create_app  # noqa: PLC0415 - adapter, not library; Celery loads only here
+        from mm_opensearch_workers.app import create_app  # noqa: PLC0415 - adapter, not library; Celery loads only here
 
         celery = create_app(settings)
         try:

@@ -217,7 +217,7 @@ def augment(
             client, store, q, schema, model, image_dir=settings.data_dir,
             image_roots=settings.image_roots_or(settings.data_dir)))
     else:
-        from workers.app import CeleryJobQueue, app as celery_app  # noqa: PLC0415 - adapter, not library
+        from mm_opensearch_workers.app import CeleryJobQueue, app as celery_app  # noqa: PLC0415 - adapter, not library
 
         queue = CeleryJobQueue(celery_app)
     with progress_display("embedding") as update:

@@ -39,7 +39,7 @@ jobs_app = typer.Typer(help="Follow embedding jobs, the change feed and dead let
 
 
 def _queue() -> JobQueue:
-    from workers.app import CeleryJobQueue, app  # noqa: PLC0415 - Celery loads only for commands that enqueue
+    from mm_opensearch_workers.app import CeleryJobQueue, app  # noqa: PLC0415 - Celery loads only for commands that enqueue
 
     return CeleryJobQueue(app)
 
@@ -200,7 +200,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
 ) -> None:
     """Replace this process with a Celery worker (refuses an inconsistent time-limit config)."""
-    from workers.app import IO_QUEUE, MODEL_QUEUE, app, check_time_limits  # noqa: PLC0415
+    from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, app, check_time_limits  # noqa: PLC0415
 
     check_time_limits(app.conf)
     names = {"model": MODEL_QUEUE, "io": IO_QUEUE}
@@ -210,7 +210,7 @@ def worker(
         raise ConfigError(msg)
     env = dict(os.environ)
     env["MMOS_TORCH_THREADS"] = str(threads or get_settings().torch_threads or max(1, (os.cpu_count() or 1) // concurrency))
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(wanted),
+    argv = [sys.executable, "-m", "celery", "-A", "mm_opensearch_workers.app", "worker", "-Q", ",".join(wanted),
             "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", loglevel]
     os.execve(sys.executable, argv, env)  # noqa: S606 - the point of the command
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
@@ -51,3 +52,24 @@ def train(
                               on_stage=lambda msg: console.print(f"[dim]{msg}[/]"))
     console.print(f"best dev nDCG@10 {result.best_dev_ndcg:.4f} at stage/epoch {result.best_epoch}; "
                   f"model {model.model_id} saved to {out}")
+
+
+def export_query_graph(
+    model_dir: Annotated[Path | None, typer.Argument(help="Model folder (default: MMOS_MODEL_DIR, else the packaged model).")] = None,
+) -> None:
+    """Write <model>/query_graph (ONNX + tokenizer), so a search install without torch serves the model."""
+    from mm_opensearch.errors import ModelError  # noqa: PLC0415
+    from mm_opensearch.resources import default_model_dir  # noqa: PLC0415
+
+    if importlib.util.find_spec("torch") is None:
+        msg = "export-query-graph needs PyTorch: run it from an install with mm-opensearch[worker] or [train]"
+        raise ModelError(msg)
+    from mm_opensearch.towers import MultimodalModel  # noqa: PLC0415 - torch only when exporting
+    from mm_opensearch.towers.onnx_text import export_query_graph as export  # noqa: PLC0415
+
+    settings = get_settings()
+    folder = model_dir or settings.model_dir or default_model_dir()
+    model = MultimodalModel.load(folder, settings=settings, use_feature_cache=False)
+    out = export(model, folder)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    console.print(f"wrote {out} ({size:.1f} MiB) for model {model.model_id}")

@@ -3,19 +3,16 @@
 Build with :meth:`MultimodalModel.from_config`, persist with ``save``/``load``; encode with
 ``encode_products``/``encode_queries``. Backbone features are cached on disk (``feature_cache``),
 so training and re-encoding skip the expensive backbones.
+
+The names below load lazily: the search install (``mm-opensearch[api]``) has no PyTorch and
+imports the torch-free modules of this package (``config``, ``query_cache``, ``query_graph``)
+without pulling the model code in.
 """
 
-from mm_opensearch.towers.config import (
-    FusionType,
-    ImageBackboneSpec,
-    ImagePreprocess,
-    ModelConfig,
-    TextBackboneSpec,
-)
-from mm_opensearch.towers.default import load_default_model
-from mm_opensearch.towers.feature_cache import FeatureCache
-from mm_opensearch.towers.heads import ProductVectors
-from mm_opensearch.towers.model import EncoderInput, MultimodalModel, ProductEncoding, ProductInput
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "EncoderInput",
@@ -31,3 +28,32 @@ __all__ = [
     "TextBackboneSpec",
     "load_default_model",
 ]
+
+_HOMES = {
+    "FusionType": "config",
+    "ImageBackboneSpec": "config",
+    "ImagePreprocess": "config",
+    "ModelConfig": "config",
+    "TextBackboneSpec": "config",
+    "load_default_model": "default",
+    "FeatureCache": "feature_cache",
+    "ProductVectors": "heads",
+    "EncoderInput": "model",
+    "MultimodalModel": "model",
+    "ProductEncoding": "model",
+    "ProductInput": "model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -16,19 +16,27 @@ val queries, nDCG@10 0.8287 -> 0.8260 (fused), 0.8654 -> 0.8634 (hybrid_linear).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TokenTextBackbone", "QueryTowerGraph", "OnnxTextEncoder", "export_graph", "quantize_graph"]
+__all__ = [
+    "TokenTextBackbone",
+    "QueryTowerGraph",
+    "OnnxTextEncoder",
+    "export_graph",
+    "export_query_graph",
+    "quantize_graph",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -171,3 +179,71 @@ class OnnxTextEncoder:
         ids, mask = self.backbone.tokenize(texts)
         feeds = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
         return torch.from_numpy(self._session.run(None, feeds)[0])
+
+
+class _HashedWordsPooling(nn.Module):
+    """The tiny-text backbone's EmbeddingBag mean written over (ids, mask), which ONNX can take."""
+
+    def __init__(self, bag: nn.EmbeddingBag) -> None:
+        super().__init__()
+        self.bag = bag
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(self.bag.weight.dtype)
+        summed = (nn.functional.embedding(input_ids, self.bag.weight) * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1e-9)  # no words: zeros, as the bag gives
+
+
+class _ArtifactTokens:
+    """Tokenizes as the shipped graph will (``query_graph.tokenize``), so the export runs what search runs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from mm_opensearch.towers.query_graph import tokenize  # noqa: PLC0415 - a sibling, torch-free
+
+        ids, mask = tokenize(self.folder, texts)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def export_query_graph(model: Any, folder: Path) -> Path:
+    """Write ``folder/query_graph`` for ``model`` (a saved MultimodalModel), checked against PyTorch.
+
+    The search install runs it without torch (:class:`mm_opensearch.towers.query_graph.OnnxQueryTower`).
+    Raises ModelError when the backbone cannot be exported or the graph disagrees with PyTorch.
+    """
+    from mm_opensearch.errors import ModelError  # noqa: PLC0415
+    from mm_opensearch.towers import query_graph as shipped  # noqa: PLC0415
+    from mm_opensearch.towers.text_backbones import HFTextBackbone, TinyTextBackbone  # noqa: PLC0415
+
+    backbone = model.query_backbone
+    out = folder / shipped.GRAPH_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(backbone, TinyTextBackbone):
+        pooled: nn.Module = _HashedWordsPooling(backbone.module())
+        tokens: dict[str, Any] = {"kind": "hashed-words", "buckets": backbone._BUCKETS, "max_length": backbone.max_length}
+    elif isinstance(backbone, HFTextBackbone):
+        pooled = backbone.module()
+        hf = backbone._tokenizer
+        hf.backend_tokenizer.save(str(out / shipped.TOKENIZER_FILE))
+        tokens = {
+            "kind": "huggingface",
+            "max_length": backbone.max_length,
+            "padding": "max_length" if backbone._layout.kind == "siglip" else "longest",
+            "pad_id": hf.pad_token_id if hf.pad_token_id is not None else 0,
+            "pad_token": hf.pad_token or "[PAD]",
+        }
+    else:
+        msg = f"the query backbone {backbone.name!r} cannot be exported to ONNX; search with MMOS_QUERY_RUNTIME=torch"
+        raise ModelError(msg)
+    spec = {"model_id": model.model_id, "dim": model.dim, "opset": _OPSET, "tokenizer": tokens}
+    (out / shipped.GRAPH_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with model.evaluating():
+        export_graph(QueryTowerGraph(pooled, model.heads["query"]), _ArtifactTokens(folder), out / shipped.MODEL_FILE)
+        expected = model.query_vectors_from_features(backbone.features(_PROBES)).float().cpu().numpy()
+    got = shipped.OnnxQueryTower(folder, threads=1, query_cache_size=0).features(_PROBES)
+    if (gap := float(np.abs(got - expected).max())) > _TOLERANCE:
+        msg = f"the exported query graph differs from PyTorch by {gap:.2g} (> {_TOLERANCE:g}); search with MMOS_QUERY_RUNTIME=torch"
+        raise ModelError(msg)
+    return out

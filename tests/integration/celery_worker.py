@@ -24,7 +24,7 @@ from mm_opensearch.indexing.load import (
 )
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import MultimodalModel
-from workers.app import IO_QUEUE, MODEL_QUEUE
+from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LIMITS = {"MMOS_WORKER_TASK_TIME_LIMIT_S": "10", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "12"}
@@ -41,7 +41,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", f"{MODEL_QUEUE},{IO_QUEUE}",
+        return [sys.executable, "-m", "celery", "-A", "mm_opensearch_workers.app", "worker", "-Q", f"{MODEL_QUEUE},{IO_QUEUE}",
                 "--concurrency", "1", "--pool", "prefork", "--loglevel", "info", "--without-gossip",
                 "--without-mingle", "--without-heartbeat"]
 

@@ -339,3 +339,23 @@ def test_without_a_model_the_api_answers_degraded(client: OpenSearch, settings: 
         body = http.post("/search", json={"query": "shirt", "mode": "hybrid"}).json()
         assert body["degraded"] and body["mode"] == "bm25" and body["hits"]
         assert http.get("/healthz").json()["status"] == "degraded"
+
+
+def test_readyz_needs_opensearch_the_index_and_the_model(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, api_index: str
+) -> None:
+    """/healthz stays 200 while degraded; /readyz (the compose healthcheck) is 503 naming what is missing."""
+    def ready(searcher: HybridSearcher) -> tuple[int, dict[str, Any]]:
+        with _test_client(create_app(settings, searcher=searcher)) as http:
+            response = http.get("/readyz")
+            return response.status_code, response.json()
+
+    status, body = ready(HybridSearcher(client, settings, index=api_index, tower=model))
+    assert status == 200 and body["ready"] and body["model_id"] == model.model_id and body["reason"] is None
+    status, body = ready(HybridSearcher(client, settings, index=api_index, tower_error="no model"))
+    assert status == 503 and body["index_exists"] and body["reason"] == "no query tower: no model"
+    status, body = ready(HybridSearcher(client, settings, index=f"{api_index}-missing", tower=model))
+    assert status == 503 and not body["index_exists"] and "does not exist" in body["reason"]
+    dead = create_client(settings.model_copy(update={"opensearch_hosts": ["http://127.0.0.1:9"]}), max_retries=0)
+    status, body = ready(HybridSearcher(dead, settings, index=api_index, tower=model))
+    assert status == 503 and body["reason"] == "OpenSearch does not answer"

@@ -22,7 +22,7 @@ from mm_opensearch.hybrid.capabilities import ClusterCapabilities
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
-from workers.app import CeleryJobQueue, app
+from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
 

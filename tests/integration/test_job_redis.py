@@ -42,7 +42,7 @@ from tests.integration.celery_worker import (
     purge_queues,
     stamped_catalog,
 )
-from workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
+from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
 

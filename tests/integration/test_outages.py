@@ -32,7 +32,7 @@ from tests.integration.celery_worker import (
     purge_queues,
     stamped_catalog,
 )
-from workers.app import CeleryJobQueue, app
+from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
 

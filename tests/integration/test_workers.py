@@ -49,7 +49,7 @@ from tests.integration.celery_worker import (
     purge_queues,
     stamped_catalog,
 )
-from workers.app import CeleryJobQueue, app
+from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
 
@@ -383,7 +383,7 @@ def test_a_batch_that_keeps_failing_is_dead_lettered_and_can_be_retried(
 def test_the_worker_refuses_a_visibility_timeout_shorter_than_the_time_limit(tiny_model_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MMOS_MODEL_DIR": str(tiny_model_dir),
            "MMOS_WORKER_TASK_TIME_LIMIT_S": "600", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "300"}
-    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"],  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "mm_opensearch_workers.app", "worker", "--pool", "solo"],  # noqa: S603
                           env=env, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
     assert done.returncode != 0
     assert "visibility_timeout (300 s) must be longer than the hard task time limit (600 s)" in done.stdout + done.stderr

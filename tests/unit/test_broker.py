@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from workers.broker import message_batch_id
+from mm_opensearch_workers.broker import message_batch_id
 
 
 def _message(task: str, args: list, *, encoding: str | None = "base64") -> dict:

@@ -163,7 +163,7 @@ def test_the_worker_refuses_a_visibility_timeout_a_waiting_retry_can_outlast() -
     """A retry waits out its countdown unacknowledged in a worker, then runs up to the time limit."""
     from mm_opensearch.config import Settings  # noqa: PLC0415
     from mm_opensearch.errors import ConfigError  # noqa: PLC0415
-    from workers.app import check_time_limits, create_app  # noqa: PLC0415
+    from mm_opensearch_workers.app import check_time_limits, create_app  # noqa: PLC0415
 
     fits = Settings(worker_task_time_limit_s=600, worker_visibility_timeout_s=700, worker_retry_backoff_max_s=60)
     check_time_limits(create_app(fits).conf)
