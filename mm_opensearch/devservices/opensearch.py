@@ -24,7 +24,7 @@ import httpx
 
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
-from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure_security_files
+from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure_role_users, ensure_security_files
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
@@ -360,6 +360,8 @@ class OpenSearchNode:
         ]
         self.process.spawn(argv)
         self.process.wait_until(lambda: self._health() is not None, timeout_s)
+        if self.secure:  # the least-privilege roles and their users, on every start (a PUT replaces)
+            ensure_role_users(self.security, self.url, self.settings.index_name)
         return self.status()
 
     def stop(self) -> bool:
