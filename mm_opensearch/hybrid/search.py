@@ -48,7 +48,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 from opensearchpy import ConnectionError as OSConnectionError
-from opensearchpy import AuthorizationException, NotFoundError, OpenSearch, RequestError, TransportError
+from opensearchpy import AuthenticationException, AuthorizationException, NotFoundError, OpenSearch, RequestError
+from opensearchpy import SSLError as OSSSLError
+from opensearchpy import TransportError
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import TRANSIENT_STATUSES, create_serving_client
@@ -87,6 +89,7 @@ from mm_opensearch.hybrid.query import (
     page_request,
 )
 from mm_opensearch.hybrid.tower import QueryTower, load_query_tower
+from mm_opensearch.preflight import opensearch_error_message
 from mm_opensearch.indexing.mappings import ID_FIELD, check_model_compatible, read_model_meta
 
 __all__ = [
@@ -334,6 +337,7 @@ class HybridSearcher:
         self.default_fusion = default_fusion or FusionOptions()
         self.method_fusions = dict(method_fusions or {})
         self.server_fusion_on_3x = settings.server_fusion_on_3x
+        self._hosts = list(settings.opensearch_hosts)  # for messages (masked there)
         self._unusable: dict[str, str] = {}  # pipeline -> why this searcher fuses its searches on the client
         self._told: set[str] = set()  # fallback reasons already logged
         self._detected: ClusterCapabilities | None = None  # asked of the cluster for an index without a record
@@ -359,8 +363,14 @@ class HybridSearcher:
         """Run a client call; an unreachable or overloaded cluster becomes SearchUnavailableError."""
         try:
             return fn()
+        except OSSSLError as e:  # a CA that did not sign the node: retrying does not help, the message says what does
+            raise SearchUnavailableError(opensearch_error_message(self._hosts, e)) from e
         except OSConnectionError as e:
             raise _unavailable(e) from e
+        except AuthenticationException as e:
+            msg = ("OpenSearch refused the credentials (401); check MMOS_OPENSEARCH_USER and MMOS_OPENSEARCH_PASSWORD "
+                   "(or MMOS_OPENSEARCH_CLIENT_CERT)")
+            raise PermissionDeniedError(msg) from e
         except NotFoundError as e:
             msg = f"index '{self.index}' does not exist; create it (mm-opensearch demo / index) or set MMOS_INDEX_NAME"
             raise ConfigError(msg) from e
