@@ -58,7 +58,8 @@ def index_patterns(index: str) -> list[str]:
 
 _MAIN = Permission("cluster:monitor/main", "`GET /`: the client's ping, the API's health check, the cluster version")
 _HEALTH = Permission("cluster:monitor/health", "`_cluster/health`: waiting for the index to be ready, health lines")
-_MGET = Permission("indices:data/read/mget", "`_mget` of documents by id (a cluster-level check in the plugin)")
+_MGET = Permission("indices:data/read/mget", "`_mget` of a batch's documents (a cluster-level check in the plugin)")
+_MGET_SHARD = Permission("indices:data/read/mget*", "the per-shard reads of `_mget` (`mget[shard]`)")
 _SEARCH = Permission("indices:data/read/search", "`_search` and `_count` on the alias: both legs, the page, id checks")
 _GET = Permission("indices:data/read/get", "`GET <index>/_doc/<id>`: one product")
 _MAPPING_GET = Permission("indices:admin/mappings/get", "the mapping's `_meta`: model, dimension, recorded pipelines")
@@ -76,21 +77,21 @@ ROLES: Mapping[str, Role] = MappingProxyType({
     SEARCH_ROLE: Role(
         name=SEARCH_ROLE,
         purpose="the API (`mm-opensearch serve`) and `mm-opensearch search`: read the alias, nothing else",
-        cluster=(_MAIN, _HEALTH, _MGET),
-        index=(_SEARCH, _GET, _MAPPING_GET, _INDEX_GET, _ALIAS_GET),
+        cluster=(_MAIN, _HEALTH),
+        index=(_SEARCH, _INDEX_GET, _MAPPING_GET, _ALIAS_GET),
     ),
     WORKER_ROLE: Role(
         name=WORKER_ROLE,
         purpose="Celery workers (backfill, change feed): read and write the documents of the index",
         cluster=(_MAIN, _HEALTH, _MGET, _BULK_CLUSTER),
         index=(
-            _SEARCH, _GET, _MAPPING_GET, _INDEX_GET, _BULK_INDEX, _WRITE_INDEX, _WRITE_UPDATE,
+            _SEARCH, _GET, _MGET_SHARD, _MAPPING_GET, _INDEX_GET, _BULK_INDEX, _WRITE_INDEX, _WRITE_UPDATE,
             _PIT_CREATE, _PIT_DELETE, _SETTINGS_GET,
         ),
     ),
     ADMIN_ROLE: Role(
         name=ADMIN_ROLE,
-        purpose="`index create|augment|provision`, `demo`: create indices, aliases, search pipelines, reindex",
+        purpose="`index create|augment|provision`, `backfill`, `demo`: create indices, aliases, search pipelines, reindex",
         cluster=(
             _MAIN, _HEALTH, _MGET, _BULK_CLUSTER,
             Permission("cluster:monitor/nodes/info", "`_cat/plugins` at provisioning: is neural-search installed"),
@@ -101,17 +102,20 @@ ROLES: Mapping[str, Role] = MappingProxyType({
             Permission("indices:data/write/reindex", "`index augment` copies the index into its next version"),
             Permission("cluster:admin/reindex/rethrottle", "a reindex running in the background can be rethrottled"),
             Permission("cluster:monitor/task/get", "`augment` waits on its background reindex task"),
+            Permission("indices:data/read/scroll", "reindex and update-by-query read the source with a scroll"),
+            Permission("indices:data/read/scroll/clear", "and clear it when done"),
         ),
         index=(
-            _SEARCH, _GET, _MAPPING_GET, _INDEX_GET, _ALIAS_GET, _BULK_INDEX, _WRITE_INDEX, _WRITE_UPDATE,
+            _SEARCH, _GET, _MGET_SHARD, _MAPPING_GET, _INDEX_GET, _ALIAS_GET, _BULK_INDEX, _WRITE_INDEX, _WRITE_UPDATE,
             _PIT_CREATE, _PIT_DELETE, _SETTINGS_GET,
             Permission("indices:admin/create", "creating an index or its next version"),
+            Permission("indices:admin/shards/search_shards", "reindex asks which shards hold the source"),
             Permission("indices:admin/delete", "dropping an old version after the alias moved"),
             Permission("indices:admin/aliases", "pointing the alias at the new version"),
             Permission("indices:admin/mapping/put", "adding vector fields and writing `_meta` (model, capabilities)"),
             Permission("indices:admin/settings/update", "refresh interval and replicas during a reindex or backfill"),
-            Permission("indices:admin/refresh", "making written documents searchable before switching the alias"),
-            Permission("indices:admin/forcemerge", "merging segments after a bulk load"),
+            Permission("indices:admin/refresh*", "written documents searchable before the alias moves (and `refresh[s]`)"),
+            Permission("indices:admin/forcemerge*", "merging segments after a bulk load (and its per-shard action)"),
             Permission("indices:monitor/stats", "document counts compared before and after a reindex"),
             Permission("indices:data/write/update_by_query", "filling `mm_id` on an index augmented in place"),
         ),

@@ -337,6 +337,8 @@ class OpenSearchNode:
                     "stop it first with `mm-opensearch dev down`"
                 )
                 raise DevServiceError(msg)
+            if self.secure:
+                ensure_role_users(self.security, self.url, self.settings.index_name)
             return self.status()
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_PORT")
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_TRANSPORT_PORT", self.transport_port)
