@@ -9,7 +9,7 @@ Every message names what was wrong and the fix, so a CLI user or an API client c
      ├── ModelError             a model artifact is missing, corrupt, or of another model than expected
      ├── IndexCompatibilityError  an index's vectors were made by another model or have another dimension
      ├── SearchUnavailableError OpenSearch could not be reached (the API answers 503)
-     ├── PermissionDeniedError  the configured OpenSearch user lacks a privilege (the API answers 403)
+     ├── PermissionDeniedError  OpenSearch refused the configured user: a privilege, its credentials (API 403)
      └── RedisUnavailableError  Redis (broker, job state) could not be reached
 """
 
@@ -79,7 +79,8 @@ class RedisUnavailableError(MMOpenSearchError):
 
 
 class PermissionDeniedError(MMOpenSearchError):
-    """The configured OpenSearch user may not do what was asked (403); ``privilege`` is the action refused."""
+    """OpenSearch refused the configured user: a privilege it lacks (``privilege``, the action the plugin
+    named), or its credentials. The fix is the operator's, so the message names the setting or the role."""
 
     def __init__(self, message: str, *, privilege: str | None = None) -> None:
         super().__init__(message)

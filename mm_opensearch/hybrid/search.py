@@ -9,7 +9,8 @@ the path takes no cluster-level call. Nothing is provisioned here: the server pa
 provisioning created (recorded, or named by their parameters), and a pipeline the cluster does not
 have, or a capabilities probe this user may not make (a 403), sends those searches to the client path
 with one log line saying why, not one per query. A 403 on the index itself is
-:class:`PermissionDeniedError`, naming the privilege (the API answers 403). ``auto`` never picks the server path on 3.x, which no test
+:class:`PermissionDeniedError`, naming the privilege (the API answers 403).
+``auto`` never picks the server path on 3.x, which no test
 here exercises (Maven Central has no neural-search for 3.x); ``server`` there needs
 ``MMOS_SERVER_FUSION_ON_3X``. Both paths fetch ``depth``
 candidates per leg and cut the page from the fused list, so paging is stable and the two paths
@@ -338,7 +339,7 @@ class HybridSearcher:
         self.method_fusions = dict(method_fusions or {})
         self.server_fusion_on_3x = settings.server_fusion_on_3x
         self._hosts = list(settings.opensearch_hosts)  # for messages (masked there)
-        self._unusable: dict[str, str] = {}  # pipeline -> why this searcher fuses its searches on the client
+        self._unusable: dict[str, tuple[float, str]] = {}  # pipeline -> (when, why) its searches go to the client
         self._told: set[str] = set()  # fallback reasons already logged
         self._detected: ClusterCapabilities | None = None  # asked of the cluster for an index without a record
         self._probe_refused: str | None = None  # why the cluster could not be asked (a 403)
@@ -661,7 +662,7 @@ class HybridSearcher:
 
         The pipeline is the one named by the fusion's parameters, as provisioning created it; it is
         never created here (that needs cluster-level rights a search process should not have). One
-        the cluster turned out not to have is not tried again by this searcher.
+        the cluster turned out not to have is tried again only after ``_META_TTL_S``.
         """
         if request.fusion_path == "client":
             return None
@@ -670,7 +671,9 @@ class HybridSearcher:
         if reason is None:
             name = pipeline_name(fusion)
             with self._lock:
-                reason = self._unusable.get(name)
+                when, reason = self._unusable.get(name, (0.0, None))
+            if reason is not None and time.monotonic() - when >= _META_TTL_S:
+                reason = None  # tried again now and then: `index provision` may have created it since
             if reason is None:
                 pipeline = name
         if pipeline is None and request.fusion_path == "server":
@@ -680,7 +683,7 @@ class HybridSearcher:
     def _pipeline_unusable(self, pipeline: str, reason: str) -> _ServerPathLost:
         """Remember that ``pipeline`` cannot be used (log it once): its searches go to the client path."""
         with self._lock:
-            self._unusable[pipeline] = reason
+            self._unusable[pipeline] = (time.monotonic(), reason)
         self._fallback(reason)
         return _ServerPathLost(reason)
 
