@@ -248,7 +248,7 @@ def test_a_capabilities_probe_the_search_user_may_not_make_falls_back_once(
 
 
 def test_each_role_is_refused_what_it_must_not_do(
-    augmented: dict[str, str], secure_node: OpenSearchNode, secure_dev_env: dict[str, str]
+    augmented: dict[str, str], secure_node: OpenSearchNode, secure_dev_env: dict[str, str], admin: OpenSearch
 ) -> None:
     search = create_client(_settings(secure_node, secure_dev_env, SEARCH_ROLE))
     worker = create_client(_settings(secure_node, secure_dev_env, WORKER_ROLE))
@@ -275,7 +275,7 @@ def test_each_role_is_refused_what_it_must_not_do(
     assert worker.index(index=target, id="worker-write", body={"title": "written"}, refresh=True)["result"] == "created"
     found = search.search(index=SECURE_INDEX, body={"query": {"ids": {"values": ["worker-write"]}}})
     assert [hit["_source"]["title"] for hit in found["hits"]["hits"]] == ["written"]
-    worker.delete(index=target, id="worker-write", refresh=True)
+    admin.delete(index=target, id="worker-write", refresh=True)  # deleting documents is not the worker's
 
 
 @pytest.fixture(scope="module")
