@@ -9,11 +9,14 @@ Every message names what was wrong and the fix, so a CLI user or an API client c
      ├── ModelError             a model artifact is missing, corrupt, or of another model than expected
      ├── IndexCompatibilityError  an index's vectors were made by another model or have another dimension
      ├── SearchUnavailableError OpenSearch could not be reached (the API answers 503)
+     ├── PermissionDeniedError  OpenSearch refused the configured user: a privilege, its credentials (API 403)
      └── RedisUnavailableError  Redis (broker, job state) could not be reached
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, get_args
 
 __all__ = [
@@ -25,6 +28,8 @@ __all__ = [
     "ModelError",
     "IndexCompatibilityError",
     "SearchUnavailableError",
+    "PermissionDeniedError",
+    "permission_denied",
     "RedisUnavailableError",
 ]
 
@@ -71,3 +76,45 @@ class SearchUnavailableError(MMOpenSearchError):
 
 class RedisUnavailableError(MMOpenSearchError):
     """Redis (the Celery broker and the job state) did not answer; the message names MMOS_REDIS_URL."""
+
+
+class PermissionDeniedError(MMOpenSearchError):
+    """OpenSearch refused the configured user: a privilege it lacks (``privilege``, the action the plugin
+    named), or its credentials. The fix is the operator's, so the message names the setting or the role."""
+
+    def __init__(self, message: str, *, privilege: str | None = None) -> None:
+        super().__init__(message)
+        self.privilege = privilege
+
+
+# How the security plugin words a refusal: "no permissions for [indices:data/read/search] and User [name=u, ..."
+_NO_PERMISSIONS = re.compile(r"no permissions for \[([^\]]*)\](?: and User \[name=([^,\]]+))?")
+
+
+def _reason(info: object) -> str:
+    if isinstance(info, Mapping):
+        error = info.get("error")
+        if isinstance(error, Mapping):
+            return str(error.get("reason") or "")
+        return str(error or "")
+    return str(info or "")
+
+
+def permission_denied(info: object, doing: str) -> PermissionDeniedError:
+    """The error for a 403 answered while ``doing`` (e.g. "search index 'products'"): it names the
+    privilege the plugin says is missing (``info`` is the answer's body) and where to grant it."""
+    reason = _reason(info)
+    found = _NO_PERMISSIONS.search(reason)
+    if found is None:
+        msg = (
+            f"OpenSearch refused to {doing} (403: {reason[:200] or 'forbidden'}); the configured user "
+            "(MMOS_OPENSEARCH_USER or the client certificate) lacks a privilege for it, see docs/security.md"
+        )
+        return PermissionDeniedError(msg)
+    privilege, user = found.group(1), found.group(2)
+    who = f"OpenSearch user '{user}'" if user else "the configured OpenSearch user"
+    msg = (
+        f"{who} lacks the privilege {privilege} needed to {doing} (403); grant it to the user's role, or use a "
+        "user with the mm-opensearch role for this (docs/security.md)"
+    )
+    return PermissionDeniedError(msg, privilege=privilege)

@@ -7,6 +7,7 @@ library errors are mapped to HTTP statuses once, in exception handlers:
     ConfigError             -> 422 (unknown filter field, malformed value, window too large...), the
                                same ``detail`` shape as a validation 422: a list of {loc, msg, type}
     IndexCompatibilityError -> 409 (the index was embedded by another model than the one loaded)
+    PermissionDeniedError   -> 403 (the server's OpenSearch user lacks a privilege; the message names it)
     SearchUnavailableError  -> 503 with Retry-After and a short reason; the cause (hosts, ports,
                                exception names) goes to the log, as a client cannot act on it
 
@@ -41,8 +42,14 @@ from mm_opensearch.api.metrics import SearchMetrics
 from mm_opensearch.api.middleware import BodySizeLimit, CountResponses, JsonErrors
 from mm_opensearch.api.schemas import ErrorOut, HealthOut, ReadyOut, SearchIn, SearchOut
 from mm_opensearch.config import Settings, get_settings
-from mm_opensearch.errors import ConfigError, IndexCompatibilityError, MMOpenSearchError, SearchUnavailableError
 from mm_opensearch.client import create_serving_client
+from mm_opensearch.errors import (
+    ConfigError,
+    IndexCompatibilityError,
+    MMOpenSearchError,
+    PermissionDeniedError,
+    SearchUnavailableError,
+)
 from mm_opensearch.health import log_cluster_health
 from mm_opensearch.hybrid import HybridSearcher, open_searcher
 from mm_opensearch.hybrid.search import serving_settings
@@ -63,6 +70,7 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 _SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "The body could not be read as text (not UTF-8)"},
     **_UNAUTHORIZED,
+    403: {"model": ErrorOut, "description": "The server's OpenSearch user lacks a privilege on the index (named)"},
     409: {"model": ErrorOut, "description": "The index holds vectors of another model than the one loaded"},
     413: {"model": ErrorOut, "description": "The body is over the server's limit (MMOS_API_MAX_BODY_BYTES)"},
     500: {"model": ErrorOut, "description": "Unexpected error (logged by the server)"},
@@ -171,6 +179,12 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
     @app.exception_handler(IndexCompatibilityError)
     async def _incompatible(_: Request, e: IndexCompatibilityError) -> JSONResponse:
         return _error(409, str(e))
+
+    @app.exception_handler(PermissionDeniedError)
+    async def _forbidden(request: Request, e: PermissionDeniedError) -> JSONResponse:
+        # the operator's fix, not the caller's; logged too, since the caller may not pass it on
+        logger.warning("%s %s: %s", request.method, request.url.path, e)
+        return _error(403, str(e))
 
     @app.exception_handler(SearchUnavailableError)
     async def _unavailable(request: Request, e: SearchUnavailableError) -> JSONResponse:

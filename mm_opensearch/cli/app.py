@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from mm_opensearch.cli import demo, dev, doctor, evaluate, index, jobs, search, serve, train
 from mm_opensearch.config import get_settings
-from mm_opensearch.errors import MMOpenSearchError
+from mm_opensearch.errors import MMOpenSearchError, permission_denied
 from mm_opensearch.logs import configure_logging
 from mm_opensearch.preflight import opensearch_error_message, redis_error_message
 
@@ -89,8 +89,9 @@ def _transport_error(e: TransportError) -> str:
     info = e.info if isinstance(e.info, dict) else {}
     error = info.get("error") if isinstance(info.get("error"), dict) else {}
     reason = error.get("reason") or e.error or ""
-    hint = {401: "; check MMOS_OPENSEARCH_USER and MMOS_OPENSEARCH_PASSWORD",
-            403: "; the configured user lacks a privilege for this (see the reason)"}.get(e.status_code, "")
+    if e.status_code == 403:  # the plugin's reason names the privilege; say it once, with where to grant it
+        return str(permission_denied(e.info, "do this"))
+    hint = {401: "; check MMOS_OPENSEARCH_USER and MMOS_OPENSEARCH_PASSWORD"}.get(e.status_code, "")
     return f"OpenSearch answered {e.status_code} {error.get('type') or e.error}: {str(reason)[:300]}{hint}"
 
 

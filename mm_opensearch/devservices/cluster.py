@@ -88,6 +88,7 @@ class OpenSearchCluster:
                 node.launch()
                 launched.append(node)
         self.wait_until_nodes(self.size, status="green", timeout_s=timeout_s, watch=launched)
+        self.nodes[0].ensure_roles()  # the security index is the cluster's: one node's calls do
         return self.status()
 
     def stop(self, index: int | None = None) -> bool:

@@ -24,7 +24,7 @@ import httpx
 
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices.process import ManagedProcess, ServiceStatus
-from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure_security_files
+from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure_role_users, ensure_security_files
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
@@ -362,10 +362,17 @@ class OpenSearchNode:
                     "stop it first with `mm-opensearch dev down`"
                 )
                 raise DevServiceError(msg)
+            self.ensure_roles()
             return self.status()
         self.launch()
         self.process.wait_until(lambda: self._health() is not None, timeout_s)
+        self.ensure_roles()
         return self.status()
+
+    def ensure_roles(self) -> None:
+        """The least-privilege roles and their users on a secured node, on every start (a PUT replaces)."""
+        if self.secure:
+            ensure_role_users(self.security, self.url, self.settings.index_name)
 
     def launch(self) -> int:
         """Spawn the JVM without waiting for it (a cluster waits for all its nodes at once); the pid."""

@@ -6,6 +6,12 @@ whose CN is the user name (client-certificate authentication beside basic auth).
 generated once into ``HOME/config`` (the security plugin resolves its files against ``path.conf``)
 and kept across restarts, so a CA file handed to clients stays valid. The admin password is random,
 stored bcrypt-hashed in ``internal_users.yml`` and in clear in a 0600 file for the developer.
+
+Once the node answers, :func:`ensure_role_users` creates the least-privilege roles of
+:mod:`mm_opensearch.security_roles` through the security REST API, with one user per role (the
+role's name; a random password in a 0600 ``<user>-password`` file beside the admin's, and a client
+certificate whose CN is the user). The REST API, not the YAML, because the YAML is read only when
+the security index is first created, and a home started before the roles existed must get them too.
 """
 
 from __future__ import annotations
@@ -14,22 +20,32 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bcrypt
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["ADMIN_USER", "CLIENT_USER", "SecurityFiles", "ensure_security_files", "generate_ca", "issue_cert"]
+from mm_opensearch.errors import DevServiceError
+from mm_opensearch.security_roles import ROLES, role_body
+
+__all__ = [
+    "ADMIN_USER", "CLIENT_USER", "ROLE_USERS", "SecurityFiles", "ensure_role_users", "ensure_security_files",
+    "generate_ca", "issue_cert",
+]
 
 ADMIN_USER = "admin"  # basic-auth user with all_access
 CLIENT_USER = "mmos-client"  # CN of the client certificate; mapped to all_access until item 2's roles exist
 _ORG = "mm-opensearch dev"
 _VALID_DAYS = 825  # the longest validity clients such as macOS still accept for a server certificate
 SECURITY_DIR = "opensearch-security"  # under path.conf: where the plugin reads its YAML on first start
+ROLE_USERS = tuple(ROLES)  # one user per least-privilege role, named as the role
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,20 @@ class SecurityFiles:
 
     def admin_password(self) -> str:
         return self.password_file.read_text().strip()
+
+    def user_password_file(self, user: str) -> Path:
+        """Where the password of role user ``user`` is kept (0600, beside the admin's)."""
+        return self.config / f"{user}-password"
+
+    def user_password(self, user: str) -> str:
+        return self.user_password_file(user).read_text().strip()
+
+    def user_cert(self, user: str) -> Path:
+        """The client certificate of role user ``user`` (its CN is the user name)."""
+        return self.config / f"{user}.pem"
+
+    def user_key(self, user: str) -> Path:
+        return self.config / f"{user}-key.pem"
 
 
 def _name(common_name: str) -> x509.Name:
@@ -194,6 +224,7 @@ def _certificates(files: SecurityFiles) -> None:
         (files.node_cert, files.node_key, "node", True),
         (files.admin_cert, files.admin_key, "admin", False),
         (files.client_cert, files.client_key, CLIENT_USER, False),
+        *((files.user_cert(user), files.user_key(user), user, False) for user in ROLE_USERS),
     ):
         if not (cert_path.exists() and key_path.exists()):
             cert, key = issue_cert(ca_cert, ca_key, cn, server=server)
@@ -283,10 +314,8 @@ def ensure_security_files(config: Path) -> SecurityFiles:
     files = SecurityFiles(config)
     config.mkdir(parents=True, exist_ok=True)
     _certificates(files)
-    if not files.password_file.exists():
-        fd = os.open(files.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(18) + "\n")
+    for password_file in (files.password_file, *(files.user_password_file(user) for user in ROLE_USERS)):
+        _new_password(password_file)
     files.settings_file.write_text(_node_settings(files))
     files.security_dir.mkdir(exist_ok=True)
     hashed = bcrypt.hashpw(files.admin_password().encode(), bcrypt.gensalt(rounds=12)).decode()
@@ -294,6 +323,51 @@ def ensure_security_files(config: Path) -> SecurityFiles:
         (files.security_dir / name).write_text(text)
     _owner_only(config)
     return files
+
+
+def _new_password(path: Path) -> None:
+    """A random password in a file only the owner can read; an existing one is kept."""
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(18) + "\n")
+
+
+def _patch(http: httpx.Client, kind: str, entries: dict[str, dict[str, Any]]) -> None:
+    """One ``PATCH _plugins/_security/api/<kind>`` adding (or replacing) every entry: one reload of the
+    plugin's configuration per kind instead of one per entry (each took seconds on a busy machine)."""
+    operations = [{"op": "add", "path": f"/{name}", "value": value} for name, value in entries.items()]
+    response = http.patch(f"/_plugins/_security/api/{kind}", json=operations)
+    if response.status_code not in {200, 201}:
+        msg = (
+            f"the secured dev node refused `PATCH _plugins/_security/api/{kind}` ({response.status_code}: "
+            f"{response.text[:300]}); delete the dev dir and run `mm-opensearch dev up --secure` again"
+        )
+        raise DevServiceError(msg)
+
+
+def ensure_role_users(files: SecurityFiles, url: str, index: str, *, timeout_s: float = 60.0) -> list[str]:
+    """Create (or update) each role of :data:`~mm_opensearch.security_roles.ROLES` on product index
+    ``index``, a user of the same name with the password in its file, and the mapping of one to the
+    other, as the admin through the security REST API. Returns the users.
+
+    The mapping names the user, so both its password (basic auth) and its client certificate (the
+    clientcert domain takes the CN as the user name) get the role.
+    """
+    trusted = ssl.create_default_context(cafile=str(files.ca_cert))
+    auth = (ADMIN_USER, files.admin_password())
+    with httpx.Client(base_url=url, verify=trusted, auth=auth, timeout=timeout_s) as http:
+        _patch(http, "roles", {name: role_body(role, index) for name, role in ROLES.items()})
+        _patch(http, "internalusers", {
+            name: {
+                "password": files.user_password(name),
+                "description": f"mm-opensearch dev user of role {name}; password in {files.user_password_file(name)}",
+            }
+            for name in ROLES
+        })
+        _patch(http, "rolesmapping", {name: {"users": [name]} for name in ROLES})
+    return list(ROLES)
 
 
 def _owner_only(config: Path) -> None:

@@ -2,10 +2,10 @@
 
 A pipeline's name encodes everything it does (``mmos-rrf-k60``, ``mmos-linear-min_max-w0.3-0.7``),
 so two processes that want the same fusion share one pipeline and nothing ever has to update one
-in place. A fusion the cluster refuses (``z_score`` or weighted RRF on 2.19) is remembered as such:
-the searcher then fuses on the client for those options instead of failing every request, and so
-does a process without the right to read or create pipelines (a read-only search role): provisioning
-(``mm-opensearch index provision``) creates the usual ones with a user that has it.
+in place. Only provisioning (``index create|augment|provision``, a user with ``mmos_admin``'s
+pipeline permissions) uses the registry; the searcher never creates a pipeline, it names the one
+provisioning made for its fusion. A fusion the cluster refuses (``z_score`` or weighted RRF on 2.19),
+or a pipeline this user may not create, is remembered as refused and recorded in the index ``_meta``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@ cluster has the plugin, accepts the requested fusion and the index is a single s
 client otherwise (fused by :mod:`mm_opensearch.hybrid.fusion`). What the cluster has is read from
 the capabilities recorded in the index ``_meta`` at provisioning time (see
 :mod:`mm_opensearch.hybrid.capabilities`), with the mapping the searcher caches anyway: choosing
-the path takes no cluster-level call. ``auto`` never picks the server path on 3.x, which no test
+the path takes no cluster-level call. Nothing is provisioned here: the server path uses the pipelines
+provisioning created (recorded, or named by their parameters), and a pipeline the cluster does not
+have, or a capabilities probe this user may not make (a 403), sends those searches to the client path
+with one log line saying why, not one per query. A 403 on the index itself is
+:class:`PermissionDeniedError`, naming the privilege (the API answers 403).
+``auto`` never picks the server path on 3.x, which no test
 here exercises (Maven Central has no neural-search for 3.x); ``server`` there needs
 ``MMOS_SERVER_FUSION_ON_3X``. Both paths fetch ``depth``
 candidates per leg and cut the page from the fused list, so paging is stable and the two paths
@@ -44,12 +49,21 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 from opensearchpy import ConnectionError as OSConnectionError
-from opensearchpy import NotFoundError, OpenSearch, RequestError, TransportError
+from opensearchpy import AuthenticationException, AuthorizationException, NotFoundError, OpenSearch, RequestError
+from opensearchpy import SSLError as OSSSLError
+from opensearchpy import TransportError
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import TRANSIENT_STATUSES, create_serving_client
 from mm_opensearch.config import Settings
-from mm_opensearch.errors import ConfigError, ModelError, SearchUnavailableError, check_choice
+from mm_opensearch.errors import (
+    ConfigError,
+    ModelError,
+    PermissionDeniedError,
+    SearchUnavailableError,
+    check_choice,
+    permission_denied,
+)
 from mm_opensearch.hybrid.batching import QueryBatcher
 from mm_opensearch.hybrid.filters import build_filters, field_types
 from mm_opensearch.hybrid.fusion import (
@@ -62,7 +76,7 @@ from mm_opensearch.hybrid.fusion import (
     tuned_fusions,
 )
 from mm_opensearch.hybrid.capabilities import NEURAL_SEARCH_PLUGINS, ClusterCapabilities, detect_capabilities
-from mm_opensearch.hybrid.pipelines import PipelineRegistry, pipeline_name
+from mm_opensearch.hybrid.pipelines import pipeline_name
 from mm_opensearch.hybrid.query import (
     CANDIDATES_ONLY,
     VectorKind,
@@ -76,6 +90,7 @@ from mm_opensearch.hybrid.query import (
     page_request,
 )
 from mm_opensearch.hybrid.tower import QueryTower, load_query_tower
+from mm_opensearch.preflight import opensearch_error_message
 from mm_opensearch.indexing.mappings import ID_FIELD, check_model_compatible, read_model_meta
 
 __all__ = [
@@ -112,6 +127,14 @@ _LEGS = ("lexical", "vector")
 _PER_SHARD_FUSION = (
     "index '{index}' spans {shards} shards, and neural-search 2.19 fuses each shard's candidates (RRF ranks and "
     "fusion depth per shard), which ranks differently from the legs' global lists"
+)
+_NOT_PROVISIONED = (
+    "search pipeline {name} is not on the cluster; `mm-opensearch index provision {index}` creates it "
+    "(as a user allowed to create search pipelines)"
+)
+_PROBE_REFUSED = (
+    "index '{index}' has no recorded cluster capabilities and this user may not ask the cluster for them ({why}); "
+    "`mm-opensearch index provision {index}` records them"
 )
 _LEXICAL_THREADS = 16  # concurrent client-path searches beyond this wait for a thread for their lexical leg
 T = TypeVar("T")
@@ -223,6 +246,14 @@ def _past_the_end(e: RequestError) -> bool:
     return "Reached end of search result" in str(e.info)
 
 
+class _ServerPathLost(Exception):
+    """The server path's pipeline turned out unusable during a search; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _pipeline_missing(e: RequestError) -> bool:
     """Whether a search named a pipeline the cluster does not have (deleted since it was recorded)."""
     return "Pipeline" in str(e.info) and "is not defined" in str(e.info)
@@ -308,8 +339,11 @@ class HybridSearcher:
         self.default_fusion = default_fusion or FusionOptions()
         self.method_fusions = dict(method_fusions or {})
         self.server_fusion_on_3x = settings.server_fusion_on_3x
-        self._pipelines = PipelineRegistry(client)
+        self._hosts = list(settings.opensearch_hosts)  # for messages (masked there)
+        self._unusable: dict[str, tuple[float, str]] = {}  # pipeline -> (when, why) its searches go to the client
+        self._told: set[str] = set()  # fallback reasons already logged
         self._detected: ClusterCapabilities | None = None  # asked of the cluster for an index without a record
+        self._probe_refused: str | None = None  # why the cluster could not be asked (a 403)
         self._facts: tuple[float, _IndexFacts] | None = None
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(max_workers=_LEXICAL_THREADS, thread_name_prefix="mmos-lexical-leg")
@@ -331,11 +365,19 @@ class HybridSearcher:
         """Run a client call; an unreachable or overloaded cluster becomes SearchUnavailableError."""
         try:
             return fn()
+        except OSSSLError as e:  # a CA that did not sign the node: retrying does not help, the message says what does
+            raise SearchUnavailableError(opensearch_error_message(self._hosts, e)) from e
         except OSConnectionError as e:
             raise _unavailable(e) from e
+        except AuthenticationException as e:
+            msg = ("OpenSearch refused the credentials (401); check MMOS_OPENSEARCH_USER and MMOS_OPENSEARCH_PASSWORD "
+                   "(or MMOS_OPENSEARCH_CLIENT_CERT)")
+            raise PermissionDeniedError(msg) from e
         except NotFoundError as e:
             msg = f"index '{self.index}' does not exist; create it (mm-opensearch demo / index) or set MMOS_INDEX_NAME"
             raise ConfigError(msg) from e
+        except AuthorizationException as e:
+            raise permission_denied(e.info, f"search index '{self.index}'") from e
         except TransportError as e:
             if e.status_code in TRANSIENT_STATUSES:
                 raise _unavailable(e) from e
@@ -354,7 +396,15 @@ class HybridSearcher:
             detected = self._detected
         if detected is None:
             left = (deadline or _Deadline(self.timeout_s)).left()
-            detected = self._call(lambda: detect_capabilities(self.client, request_timeout=left))
+            try:
+                detected = self._call(lambda: detect_capabilities(self.client, request_timeout=left))
+            except PermissionDeniedError as e:  # optional: without the probe, hybrid fuses on the client
+                refused = _PROBE_REFUSED.format(index=self.index, why=e.privilege or "403")
+                detected = _UNKNOWN_CLUSTER
+                with self._lock:
+                    self._probe_refused, self._detected = refused, detected
+                self._fallback(refused)
+                return detected
             with self._lock:
                 first, self._detected = self._detected is None, detected
             if first:
@@ -365,6 +415,14 @@ class HybridSearcher:
                     self.index,
                 )
         return detected
+
+    def _fallback(self, reason: str) -> None:
+        """Log once per searcher and reason why hybrid searches are fused on the client."""
+        with self._lock:
+            first = reason not in self._told
+            self._told.add(reason)
+        if first:
+            logger.warning("hybrid searches on '%s' are fused on the client: %s", self.index, reason)
 
     def has_neural_search(self, deadline: _Deadline | None = None) -> bool:
         """Whether the cluster can fuse ``hybrid`` queries itself."""
@@ -500,8 +558,15 @@ class HybridSearcher:
             assert vector is not None
             knn = knn_query(request.vector, vector, request.candidates, filters)
             if pipeline is not None:
-                path, hits = "server", self._server_hybrid(pipeline, fusion, lexical, knn, request, timings, deadline)
-            else:
+                try:
+                    path, hits = "server", self._server_hybrid(
+                        pipeline, lexical, knn, request, timings, deadline
+                    )
+                except _ServerPathLost as e:
+                    if request.fusion_path == "server":
+                        raise _server_impossible(e.reason) from None
+                    pipeline, lexical_leg = None, self._start_lexical(lexical, request.candidates, deadline)
+            if pipeline is None:
                 assert lexical_leg is not None
                 path, hits = "client", self._client_hybrid(lexical_leg, knn, request, fusion, timings, deadline)
         timings["total"] = (time.perf_counter() - started) * 1000
@@ -589,6 +654,8 @@ class HybridSearcher:
         if shards > 1:
             return _PER_SHARD_FUSION.format(index=self.index, shards=shards)
         capabilities = self.capabilities(deadline)
+        if self._probe_refused is not None:
+            return self._probe_refused
         if not capabilities.neural_search:
             return "the neural-search plugin is not installed"
         if not capabilities.server_path_tested:
@@ -602,9 +669,9 @@ class HybridSearcher:
     def _server_pipeline(self, request: SearchRequest, fusion: FusionOptions, deadline: _Deadline) -> str | None:
         """The pipeline a server-fused search uses, None to fuse on the client.
 
-        A pipeline recorded at provisioning is used as is. Any other (a request's own weights, an
-        index without a record) is created here on first use, which needs the right to create
-        search pipelines: a searcher without it fuses those requests on the client.
+        The pipeline is the one named by the fusion's parameters, as provisioning created it; it is
+        never created here (that needs cluster-level rights a search process should not have). One
+        the cluster turned out not to have is tried again only after ``_META_TTL_S``.
         """
         if request.fusion_path == "client":
             return None
@@ -612,32 +679,22 @@ class HybridSearcher:
         pipeline = None
         if reason is None:
             name = pipeline_name(fusion)
-            if name in self.capabilities(deadline).pipelines:
+            with self._lock:
+                when, reason = self._unusable.get(name, (0.0, None))
+            if reason is not None and time.monotonic() - when >= _META_TTL_S:
+                reason = None  # tried again now and then: `index provision` may have created it since
+            if reason is None:
                 pipeline = name
-            else:
-                pipeline = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
-                reason = self._pipelines.refusal(fusion)
         if pipeline is None and request.fusion_path == "server":
-            msg = f"fusion_path 'server' is not possible here ({reason}); use fusion_path 'auto' or 'client'"
-            raise ConfigError(msg)
+            raise _server_impossible(reason)
         return pipeline
 
-    def _recreate_pipeline(self, pipeline: str, fusion: FusionOptions, deadline: _Deadline) -> str:
-        """A pipeline the index's record (or this searcher) knew was deleted since: create it again, if allowed."""
-        logger.warning(
-            "search pipeline %s is gone from the cluster; creating it again (`mm-opensearch index provision %s` "
-            "records the cluster as it is now)", pipeline, self.index,
-        )
-        self._pipelines.forget(pipeline)
-        created = self._call(lambda: self._pipelines.ensure(fusion, request_timeout=deadline.left()))
-        if created is None:
-            msg = (
-                f"search pipeline {pipeline} is gone from the cluster and cannot be created again "
-                f"({self._pipelines.refusal(fusion)}); run `mm-opensearch index provision {self.index}`, "
-                "or use fusion_path 'client'"
-            )
-            raise ConfigError(msg)
-        return created
+    def _pipeline_unusable(self, pipeline: str, reason: str) -> _ServerPathLost:
+        """Remember that ``pipeline`` cannot be used (log it once): its searches go to the client path."""
+        with self._lock:
+            self._unusable[pipeline] = (time.monotonic(), reason)
+        self._fallback(reason)
+        return _ServerPathLost(reason)
 
     def _candidates(self, query: dict[str, Any], depth: int, deadline: _Deadline) -> _Candidates:
         """One leg's ``took`` and its ``depth`` best (id, score), best first."""
@@ -701,7 +758,6 @@ class HybridSearcher:
     def _server_hybrid(
         self,
         pipeline: str,
-        fusion: FusionOptions,
         lexical: dict[str, Any],
         knn: dict[str, Any],
         request: SearchRequest,
@@ -710,14 +766,10 @@ class HybridSearcher:
     ) -> list[SearchHit]:
         body = hybrid_request(lexical, knn, from_=request.from_, size=request.size, depth=request.candidates)
         try:
-            try:
-                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
-            except RequestError as e:
-                if not _pipeline_missing(e):
-                    raise
-                pipeline = self._recreate_pipeline(pipeline, fusion, deadline)
-                response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
+            response, ids = self._candidate_search(body, deadline, search_pipeline=pipeline)
         except RequestError as e:
+            if _pipeline_missing(e):  # never provisioned, or deleted since it was recorded
+                raise self._pipeline_unusable(pipeline, _NOT_PROVISIONED.format(name=pipeline, index=self.index)) from e
             if _past_the_end(e):  # fewer fused candidates than `from`: an empty page, as on the client path
                 return []
             raise
@@ -741,6 +793,14 @@ class HybridSearcher:
             )
             for doc_id, score in page
         ]
+
+
+def _server_impossible(reason: str | None) -> ConfigError:
+    return ConfigError(f"fusion_path 'server' is not possible here ({reason}); use fusion_path 'auto' or 'client'")
+
+
+# What a searcher assumes of a cluster it may not ask: no plugin, so hybrid is fused on the client.
+_UNKNOWN_CLUSTER = ClusterCapabilities(version="0.0.0", knn=True, neural_search=False)
 
 
 def serving_settings(settings: Settings) -> Settings:

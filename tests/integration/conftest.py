@@ -15,7 +15,10 @@ from mm_opensearch.backfill import redis_client as store_client
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
+from mm_opensearch.hybrid.capabilities import default_fusions, detect_capabilities, provision_pipelines
+from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.integration.secure_stack import secure_dev_env, secure_node, secure_up_output  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,22 @@ def cluster_version(client: OpenSearch) -> tuple[int, ...]:
 def neural_search(client: OpenSearch) -> bool:
     """Whether the node has neural-search, so the server fusion path is there."""
     return any("neural" in row["component"].lower() for row in client.cat.plugins(format="json"))
+
+
+# The fusions the suite's server-path tests run: the defaults and the weights its modules use.
+SERVER_FUSIONS = [
+    FusionOptions(method="rrf", rank_constant=60),
+    FusionOptions(method="linear", normalization="min_max", weights=(0.3, 0.7)),
+    FusionOptions(method="linear", normalization="l2", weights=(0.6, 0.4)),
+    FusionOptions(method="linear", normalization="l2", weights=(0.3, 0.7)),
+]
+
+
+@pytest.fixture(scope="session")
+def server_pipelines(client: OpenSearch) -> list[str]:
+    """The search pipelines of :data:`SERVER_FUSIONS`, created as `index provision` does: the searcher
+    creates none, so an index the tests make without provisioning finds them on the cluster."""
+    return list(provision_pipelines(client, detect_capabilities(client), default_fusions(SERVER_FUSIONS)).pipelines)
 
 
 @pytest.fixture

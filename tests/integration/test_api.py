@@ -44,7 +44,9 @@ def model() -> MultimodalModel:
 
 
 @pytest.fixture(scope="module")
-def api_index(client: OpenSearch, settings: Settings, model: MultimodalModel, myntra_dir: Path) -> Iterator[str]:
+def api_index(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, myntra_dir: Path, server_pipelines: list[str]
+) -> Iterator[str]:
     name = f"test-api-{uuid.uuid4().hex[:12]}"
     schema = CatalogSchema.from_settings(settings)
     products = list(read_catalog(myntra_dir / "products.jsonl.gz", schema, limit=60))

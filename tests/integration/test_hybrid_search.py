@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opensearchpy import OpenSearch
+from opensearchpy import NotFoundError, OpenSearch
 
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
 from mm_opensearch.client import create_client
@@ -51,7 +51,8 @@ def products(myntra_dir: Path, settings: Settings) -> list[Product]:
 
 @pytest.fixture(scope="module")
 def product_index(
-    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path
+    client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product], myntra_dir: Path,
+    server_pipelines: list[str],
 ) -> Iterator[str]:
     """One index of Myntra products with tiny-model vectors, shared by the module's tests (read-only)."""
     name = f"test-hybrid-{uuid.uuid4().hex[:12]}"
@@ -513,17 +514,26 @@ def test_an_index_without_recorded_capabilities_asks_the_cluster_once_and_says_s
 
 
 @pytest.mark.neural_search
-def test_a_recorded_pipeline_deleted_since_is_created_again(
-    client: OpenSearch, settings: Settings, model: MultimodalModel, provisioned_index: str
+def test_a_recorded_pipeline_deleted_since_falls_back_to_the_client_and_says_so_once(
+    client: OpenSearch, settings: Settings, model: MultimodalModel, provisioned_index: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The searcher creates no pipeline (a search user may not): it fuses on the client and names the fix."""
     fusion = FusionOptions(method="linear", normalization="l2", weights=(0.25, 0.75))
     name = pipeline_name(fusion)
     provision_index(client, provisioned_index, default_fusions([RRF, MIN_MAX, fusion]))
     client.transport.perform_request("DELETE", f"/_search/pipeline/{name}")
     searcher = HybridSearcher(client, settings, index=provisioned_index, tower=model)
-    response = searcher.search(SearchRequest("blue shirt men", fusion=fusion, fusion_path="server"))
-    assert response.fusion_path == "server" and response.hits
-    assert client.transport.perform_request("GET", f"/_search/pipeline/{name}")[name]
+    with caplog.at_level(logging.WARNING, logger="mm_opensearch.hybrid.search"):
+        paths = [searcher.search(SearchRequest(q, fusion=fusion)).fusion_path for q in ("blue shirt men", "black watch")]
+    assert paths == ["client", "client"]
+    told = [r.getMessage() for r in caplog.records if "fused on the client" in r.getMessage()]
+    assert len(told) == 1 and name in told[0] and f"index provision {provisioned_index}" in told[0], told
+    with pytest.raises(ConfigError, match=f"fusion_path 'server' is not possible here.*{name}.*index provision"):
+        searcher.search(SearchRequest("blue shirt men", fusion=fusion, fusion_path="server"))
+    with pytest.raises(NotFoundError):  # and it did not create it again
+        client.transport.perform_request("GET", f"/_search/pipeline/{name}")
+    assert searcher.search(SearchRequest("blue shirt men", fusion=RRF)).fusion_path == "server"  # others still there
 
 
 def _recorded_as_3x(client: OpenSearch, index: str) -> None:

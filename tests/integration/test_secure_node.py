@@ -1,8 +1,8 @@
 """A secured dev node (``dev up --secure``): TLS on HTTP and transport, basic and client-certificate auth.
 
-The module starts its own node with the security plugin (the release of MMOS_DEV_OPENSEARCH_VERSION,
-so each leg of the test matrix: 2.19.1 and 3.4.0), on free ports in a temporary dev dir, so it runs
-beside the suite's unsecured node. What a client sees is checked with the
+The node is the session's secured node (``tests/integration/secure_stack.py``: the release of
+MMOS_DEV_OPENSEARCH_VERSION, so each leg of the test matrix, on free ports in a temporary dev dir,
+beside the suite's unsecured node). What a client sees is checked with the
 project's own client and CLI: the admin over TLS with CA verification, a client certificate, and
 the errors of plain http, a wrong password and an unknown CA (one line each, no traceback).
 """
@@ -10,12 +10,9 @@ the errors of plain http, a wrong password and an unknown CA (one line each, no 
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import stat
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,47 +23,23 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode
 from mm_opensearch.devservices.security import ADMIN_USER, CLIENT_USER, generate_ca
+from tests.integration.secure_stack import CLI
 
 pytestmark = [pytest.mark.services, pytest.mark.secure]
 
-_SCRIPT = Path(sys.executable).with_name("mm-opensearch")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture(scope="module")
+def dev_env(secure_dev_env: dict[str, str]) -> dict[str, str]:
+    return secure_dev_env
 
 
 @pytest.fixture(scope="module")
-def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of a dev dir of its own, on free ports."""
-    return {
-        "MMOS_DEV_DIR": str(tmp_path_factory.mktemp("secure-dev")), "MMOS_DEV_OPENSEARCH_PORT": str(_free_port()),
-        "MMOS_DEV_OPENSEARCH_TRANSPORT_PORT": str(_free_port()), "MMOS_DEV_REDIS_PORT": str(_free_port()),
-        "COLUMNS": "250",
-    }
+def up_output(secure_up_output: str) -> str:
+    return secure_up_output
 
 
 @pytest.fixture(scope="module")
-def up_output(dev_env: dict[str, str]) -> Iterator[str]:
-    """`mm-opensearch dev up --secure`, as a developer runs it; `dev down` afterwards."""
-    run = {"capture_output": True, "text": True, "timeout": 400, "check": False, "env": {**os.environ, **dev_env}}
-    try:
-        done = subprocess.run([*CLI, "dev", "up", "--secure"], **run)  # noqa: S603
-        assert done.returncode == 0, done.stdout + done.stderr
-        yield done.stdout
-    finally:
-        subprocess.run([*CLI, "dev", "down"], **run)  # noqa: S603
-
-
-@pytest.fixture(scope="module")
-def node(dev_env: dict[str, str], up_output: str) -> OpenSearchNode:
-    return OpenSearchNode(Settings(
-        dev_dir=Path(dev_env["MMOS_DEV_DIR"]), dev_opensearch_port=int(dev_env["MMOS_DEV_OPENSEARCH_PORT"]),
-        dev_opensearch_secure=True,
-    ))
+def node(secure_node: OpenSearchNode) -> OpenSearchNode:
+    return secure_node
 
 
 def _settings(node: OpenSearchNode, **fields: object) -> Settings:

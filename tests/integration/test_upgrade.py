@@ -32,6 +32,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.hybrid import FusionOptions, HybridSearcher, SearchRequest
+from mm_opensearch.hybrid.capabilities import detect_capabilities, provision_pipelines
 from mm_opensearch.indexing.bulk import bulk_write, json_floats, vector_update_action
 from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
@@ -158,9 +159,12 @@ def upgrade(
         )
         # A team that fused on the server on 2.19 has our search pipelines in its cluster state; 3.x
         # has no neural-search to run their processors, and must start anyway.
+        rrf = SEARCHES[2][1]
+        assert rrf is not None
+        provision_pipelines(client, detect_capabilities(client), [rrf])  # the searcher creates none
         server = HybridSearcher(create_client(per_release[OLD]), per_release[OLD], index=INDEX, tower=model)
         try:
-            response = server.search(SearchRequest(QUERIES[0], fusion=SEARCHES[2][1], fusion_path="server"))
+            response = server.search(SearchRequest(QUERIES[0], fusion=rrf, fusion_path="server"))
         finally:
             server.close()
         assert response.fusion_path == "server" and response.hits
