@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         description="OpenSearch release of the dev node: 2.x (k-NN + neural-search) or 3.x (k-NN; Maven Central "
         "has no neural-search for 3.x). Tested: 2.19.1 and 3.4.0.",
     )
+    dev_opensearch_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Nodes of the dev cluster (dev up --nodes): 1 is a single-node cluster; more start one JVM each "
+        "on loopback, all cluster-manager eligible, node i on MMOS_DEV_OPENSEARCH_PORT+i and TRANSPORT_PORT+i.",
+    )
     dev_redis_port: int = 6379
     dev_java_home: Path | None = None
     dev_opensearch_secure: bool = Field(

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mm_opensearch.config import Settings, get_settings
-from mm_opensearch.devservices import OpenSearchNode, RedisServer, ServiceStatus
+from mm_opensearch.devservices import OpenSearchCluster, OpenSearchNode, RedisServer, ServiceStatus, running_cluster_size
 
 app = typer.Typer(
     help="Run a real local OpenSearch (2.x or 3.x, with k-NN) and Redis on 127.0.0.1.", no_args_is_help=True
@@ -33,8 +33,21 @@ Secure = Annotated[
 ]
 
 
-def _settings(version: str | None, *, secure: bool = False) -> Settings:
+Nodes = Annotated[
+    int | None,
+    typer.Option(
+        "--nodes",
+        min=1,
+        max=9,
+        help="Nodes of the dev cluster, one JVM each, node i on port+i (default: MMOS_DEV_OPENSEARCH_NODES, 1).",
+    ),
+]
+
+
+def _settings(version: str | None, *, secure: bool = False, nodes: int | None = None) -> Settings:
     overrides: dict[str, object] = {"dev_opensearch_secure": True} if secure else {}
+    if nodes is not None:
+        overrides["dev_opensearch_nodes"] = nodes
     if version is None and not overrides:
         return get_settings()
     if version is not None:
@@ -44,6 +57,16 @@ def _settings(version: str | None, *, secure: bool = False) -> Settings:
     except ValidationError as e:
         msg = f"'{version}' is not an OpenSearch release this can run; use 2.x.y or 3.x.y, e.g. 2.19.1 or 3.4.0"
         raise typer.BadParameter(msg, param_hint="--version") from e
+
+
+def _cluster(settings: Settings) -> OpenSearchCluster:
+    """The cluster `dev status` and `dev down` look at: the one started in MMOS_DEV_DIR, else the setting's."""
+    started = running_cluster_size(settings)
+    if started > 1:
+        cluster = OpenSearchCluster(settings, started)
+        if any(node.process.pid() is not None for node in cluster.nodes):
+            return cluster
+    return OpenSearchCluster(settings)
 
 
 def _print(statuses: list[ServiceStatus]) -> None:
@@ -61,20 +84,26 @@ def fetch(version: Version = None, secure: Secure = False) -> None:
 
 
 @app.command()
-def up(version: Version = None, secure: Secure = False) -> None:
-    """Start OpenSearch and Redis (harmless when they already run)."""
-    settings = _settings(version, secure=secure)
-    node = OpenSearchNode(settings)
+def up(version: Version = None, secure: Secure = False, nodes: Nodes = None) -> None:
+    """Start OpenSearch (one node, or --nodes N) and Redis (harmless when they already run)."""
+    settings = _settings(version, secure=secure, nodes=nodes)
+    cluster = OpenSearchCluster(settings)
+    node = cluster.nodes[0]
     with console.status("starting Redis"):
         redis_status = RedisServer(settings).start()
-    with console.status("starting OpenSearch (first start fetches jars; ~30 s)"):
-        os_status = node.start()
-    _print([os_status, redis_status])
+    waiting = "~30 s" if cluster.size == 1 else f"{cluster.size} nodes, until all joined and green; ~1-2 min"
+    with console.status(f"starting OpenSearch (first start fetches jars; {waiting})"):
+        os_statuses = cluster.start()
+    _print([*os_statuses, redis_status])
+    if cluster.size > 1:
+        hosts = ",".join(cluster.hosts)
+        console.print(f"clients use every node with: export MMOS_OPENSEARCH_HOSTS={hosts}",
+                      soft_wrap=True, markup=False, highlight=False)
     if node.secure:
         console.print(f"secured: TLS with the dev CA {node.security.ca_cert}; admin password in "
                       f"{node.security.password_file}; client certificate {node.security.client_cert} "
                       f"(key {node.security.client_key}). Point mm-opensearch at it with:", soft_wrap=True)
-        exports = " ".join(f"{k}={v}" for k, v in node.client_environment().items())
+        exports = " ".join(f"{k}={v}" for k, v in cluster.client_environment().items())
         console.print(f"export {exports}", soft_wrap=True, markup=False, highlight=False)
 
 
@@ -82,7 +111,14 @@ def up(version: Version = None, secure: Secure = False) -> None:
 def down() -> None:
     """Stop both services; no process is left behind."""
     settings = get_settings()
-    for name, service in (("opensearch", OpenSearchNode(settings)), ("redis", RedisServer(settings))):
+    started = running_cluster_size(settings)
+    services: list[tuple[str, OpenSearchNode | OpenSearchCluster | RedisServer]] = [
+        ("opensearch", OpenSearchNode(settings))
+    ]
+    if started > 1:
+        services.append((f"opensearch cluster ({started} nodes)", OpenSearchCluster(settings, started)))
+    services.append(("redis", RedisServer(settings)))
+    for name, service in services:
         console.print(f"{name}: {'stopped' if service.stop() else 'was not running'}")
 
 
@@ -90,4 +126,4 @@ def down() -> None:
 def status() -> None:
     """Report whether each service runs and answers."""
     settings = get_settings()
-    _print([OpenSearchNode(settings).status(), RedisServer(settings).status()])
+    _print([*_cluster(settings).status(), RedisServer(settings).status()])

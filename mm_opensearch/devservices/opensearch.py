@@ -28,9 +28,14 @@ from mm_opensearch.devservices.security import ADMIN_USER, SecurityFiles, ensure
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.resources import opensearch_launcher_dir
 
-__all__ = ["DEV_CLUSTER_NAME", "OpenSearchNode", "Release", "find_java", "jvm_options"]
+__all__ = ["DEV_CLUSTER_NAME", "OpenSearchNode", "Release", "cluster_node_name", "find_java", "jvm_options"]
 
 DEV_CLUSTER_NAME = "mm-opensearch-dev"  # cluster.name that dev/opensearch's Launcher sets
+
+def cluster_node_name(index: int) -> str:
+    """``node.name`` of node ``index`` of a dev cluster (also its ``initial_cluster_manager_nodes`` entry)."""
+    return f"mmos-dev-{index}"
+
 
 _JDK_DIRS = "/usr/lib/jvm/*/bin/java"  # where Debian and Temurin packages put their JDKs
 
@@ -162,15 +167,35 @@ def _digest(*paths: Path) -> str:
 class OpenSearchNode:
     """Fetch, start, stop and inspect the local OpenSearch node."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, index: int = 0, cluster_size: int = 1) -> None:
+        """The single dev node (``cluster_size`` 1, the default), or node ``index`` of a dev cluster.
+
+        A cluster's nodes share one home (config, certificates, version and security markers) and
+        each has its own data and log folder, pid file and ports (base + index); a cluster never
+        opens the single node's data, whose voting configuration names one node only.
+        """
+        if not 0 <= index < cluster_size:
+            msg = f"node index {index} is outside a {cluster_size}-node dev cluster"
+            raise DevServiceError(msg)
         self.settings = settings
         self.release = Release(settings.dev_opensearch_version)
-        self.port = settings.dev_opensearch_port
-        self.transport_port = settings.dev_opensearch_transport_port
+        self.index = index
+        self.cluster_size = cluster_size
+        self.port = settings.dev_opensearch_port + index
+        self.transport_port = settings.dev_opensearch_transport_port + index
         self.source = opensearch_launcher_dir()
         self.jars = settings.jar_cache_dir
-        self.home = settings.dev_dir.resolve() / "opensearch"
-        self.process = ManagedProcess("opensearch", settings.dev_dir.resolve(), self.port)
+        dev_dir = settings.dev_dir.resolve()
+        if cluster_size == 1:
+            self.name = "mmos-dev"  # the Launcher's default node.name
+            self.home = dev_dir / "opensearch"
+            self.node_dir = self.home
+            self.process = ManagedProcess("opensearch", dev_dir, self.port)
+        else:
+            self.name = cluster_node_name(index)
+            self.home = dev_dir / "opensearch-cluster"
+            self.node_dir = self.home / f"node{index}"
+            self.process = ManagedProcess(f"opensearch-node{index}", dev_dir, self.port)
         self.url = f"http://127.0.0.1:{self.port}"
         self._init_security(settings)
 
@@ -338,6 +363,12 @@ class OpenSearchNode:
                 )
                 raise DevServiceError(msg)
             return self.status()
+        self.launch()
+        self.process.wait_until(lambda: self._health() is not None, timeout_s)
+        return self.status()
+
+    def launch(self) -> int:
+        """Spawn the JVM without waiting for it (a cluster waits for all its nodes at once); the pid."""
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_PORT")
         self.process.ensure_port_free("MMOS_DEV_OPENSEARCH_TRANSPORT_PORT", self.transport_port)
         self.fetch()
@@ -357,13 +388,38 @@ class OpenSearchNode:
             str(self.home),
             f"http.port={self.port}",
             f"transport.port={self.transport_port}",
+            *self._cluster_arguments(),
         ]
-        self.process.spawn(argv)
-        self.process.wait_until(lambda: self._health() is not None, timeout_s)
-        return self.status()
+        return self.process.spawn(argv)
+
+    def _cluster_arguments(self) -> list[str]:
+        """Launcher settings of a cluster node: discovery of its peers, its own folders, one processor.
+
+        ``node.processors: 1`` sizes the thread pools for one core, so three nodes share this kind of
+        small machine with the tests; replicas default to 1 so that one lost node loses no data.
+        """
+        if self.cluster_size == 1:
+            return []
+        base = self.settings.dev_opensearch_transport_port
+        peers = ",".join(f"127.0.0.1:{base + i}" for i in range(self.cluster_size))
+        managers = ",".join(cluster_node_name(i) for i in range(self.cluster_size))
+        return [
+            "discovery.type=zen",  # replaces the Launcher's single-node discovery
+            f"discovery.seed_hosts={peers}",
+            f"cluster.initial_cluster_manager_nodes={managers}",
+            f"node.name={self.name}",
+            "node.processors=1",
+            f"path.data={self.node_dir / 'data'}",
+            f"path.logs={self.node_dir / 'logs'}",
+            "cluster.default_number_of_replicas=1",
+        ]
 
     def stop(self) -> bool:
         return self.process.stop(timeout_s=60)
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        """``GET path`` on this node with the dev CA and admin user where secured; raises httpx errors."""
+        return httpx.get(f"{self.url}{path}", params=params, timeout=5.0, **self._http_options())
 
     def version(self) -> str:
         """The release the running node reports (``GET /``)."""
