@@ -9,6 +9,7 @@ begins on a green cluster of three. Each test prints one line of what it checked
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from opensearchpy import OpenSearch
 
 from mm_opensearch.api import RETRY_AFTER_S, create_app
+from mm_opensearch.api import app as app_module
 from mm_opensearch.backfill import JobStore, retry_dead_letters, run_backfill, wait_for_job
 from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.client import create_serving_client
@@ -177,6 +179,10 @@ def test_a_node_sigkilled_mid_backfill_under_hybrid_queries(
         except Exception as e:  # noqa: BLE001 - reported below
             result["error"] = e
 
+    reasons: list[str] = []  # why each 503 was answered, as the API logs it
+    handler = logging.Handler()
+    handler.emit = lambda record: reasons.append(f"{time.monotonic() - began:.1f} s: {record.getMessage()[:160]}")
+    logging.getLogger(app_module.__name__).addHandler(handler)
     with _api(client, settings, index_name, model) as http:
         queries = QueryLoad(http, ("client", "server") if neural_search else ("client",))
         thread = threading.Thread(target=backfill)
@@ -195,6 +201,7 @@ def test_a_node_sigkilled_mid_backfill_under_hybrid_queries(
             queries.stop.set()
             queries.join(30)
             thread.join(1)
+    logging.getLogger(app_module.__name__).removeHandler(handler)
     finished = time.monotonic()
     letters = _dead_letters(store, job_id)
     retries = len(RETRY_LINE.findall(worker.log.read_bytes()))
@@ -204,7 +211,7 @@ def test_a_node_sigkilled_mid_backfill_under_hybrid_queries(
           f"before the kill, {retries} batch retries, {len(letters)} dead-lettered batches; {len(queries.outcomes)} "
           f"hybrid queries ({'+'.join(queries.paths)}), {len(failures)} failed "
           f"({sorted({f[1] for f in failures})}), {len(late)} outside {DETECTION_WINDOW_S:.0f} s of the kill; "
-          f"{finished - began:.0f} s")
+          f"{finished - began:.0f} s; kill at {killed_at - began:.1f} s; 503s: {reasons}")
     assert not letters, f"dead-lettered: {letters[0].reason}"
     assert "counts" in result, f"the backfill did not finish: {result.get('error')!r}; {worker.log_tail()}"
     counts = result["counts"]
