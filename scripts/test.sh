@@ -88,6 +88,7 @@ matrix_start=$SECONDS
 case " $LEGS " in *" single "*) single_node_legs "$@" ;; esac
 case " $LEGS " in *" multinode "*)
     run_shape multinode-2.19.1 2.19.1 3 false -m "multinode or neural_search" tests/integration/test_cluster.py \
+        tests/integration/test_cluster_faults.py \
         "tests/integration/test_hybrid_search.py::test_server_and_client_fusion_agree_within_ties" ;;
 esac
 case " $LEGS " in *" smoke "*)

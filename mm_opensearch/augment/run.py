@@ -3,7 +3,11 @@
 Reading never stops: until the atomic alias swap readers use the old index, afterwards the new
 one. Writing stops only for the final catch-up (a write block on the old index while the last
 changes are replayed and the aliases move), so no write lands in an index that is about to be
-left behind. Embedding is delegated to an :class:`Embedder` (the workers, or in-process).
+left behind. A writer refused there (403 ``cluster_block_exception``) loses nothing if it sends
+the write again through the alias, which then names the new index. The block lasts the replay and
+the swap only: the products replayed under it are encoded after the swap, their vectors lagging
+the edit for a moment as after any edit the change feed picks up. Embedding is delegated to an
+:class:`Embedder` (the workers, or in-process).
 
 Augmenting provisions the index for search: the cluster's capabilities are detected, the server
 fusion path's pipelines created and both recorded in the ``_meta`` of the index that will serve
@@ -126,8 +130,6 @@ def run_augment(
         changed = replay_changes(client, plan.source, plan.target, since=since, schema=schema, image_dir=image_dir)
         result.replayed += changed
         result.deleted = delete_removed(client, plan.source, plan.target)
-        if changed:
-            embedder.embed(plan.target, changed)
         client.indices.refresh(index=plan.target)
         record_previous(client, plan.target, plan.source, list(plan.aliases))
         step(f"moving aliases {list(plan.aliases)} to '{plan.target}'")
@@ -136,4 +138,7 @@ def run_augment(
     finally:
         if not swapped:  # the source keeps serving; leave the half-built target for inspection
             set_write_block(client, plan.source, blocked=False)
+    if changed:  # after the swap: the block lasts a replay, not an encode (an edit's vector lags it anyway)
+        step(f"embedding the {len(changed)} products replayed at the swap")
+        embedder.embed(plan.target, changed)
     return result

@@ -66,7 +66,12 @@ class RefusedItemsError(MMOpenSearchError):
 
     def __init__(self, verdict: ErrorVerdict, refused: int, what: str) -> None:
         super().__init__(f"{refused} {what} were refused: {verdict.reason}")
-        self.verdict = verdict
+        self.verdict, self.refused, self.what = verdict, refused, what
+
+    def __reduce__(self) -> tuple[type[RefusedItemsError], tuple[ErrorVerdict, int, str]]:
+        """Pickle with the verdict: Celery pickles a task's exception, and would otherwise fall back to
+        the base class, so the dead letter of a write block outlasting the retry budget read as permanent."""
+        return type(self), (self.verdict, self.refused, self.what)
 
 
 def missing_privilege(reason: str) -> str | None:

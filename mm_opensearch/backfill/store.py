@@ -190,8 +190,8 @@ _RETRACT_DEAD = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  local dead = tonumber(redis.call('HGET', KEYS[3], 'dead') or '0')
-  redis.call('HINCRBY', KEYS[3], 'dead', -math.min(dead, tonumber(ARGV[2])))
+  local take = math.min(tonumber(redis.call('HGET', KEYS[3], 'dead') or '0'), tonumber(ARGV[2]))
+  if take > 0 then redis.call('HINCRBY', KEYS[3], 'dead', -take) end  -- Redis refuses the increment '-0'
 end
 return 1
 """

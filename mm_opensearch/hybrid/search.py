@@ -261,6 +261,7 @@ def _pipeline_missing(e: RequestError) -> bool:
 
 _VALUE_ERRORS = frozenset({"parse_exception", "query_shard_exception", "number_format_exception"})
 _MAX_REASON_CHARS = 200
+_SHARD_FAILURE_ATTEMPTS = 2  # a shard copy lost with its node is usually answered by another copy moments later
 
 
 def _unusable_value(e: RequestError) -> str | None:
@@ -298,6 +299,29 @@ class _Deadline:
         """The ``request_timeout`` parameter for the next call (none without a deadline)."""
         left = self.left()
         return {} if left is None else {"request_timeout": left}
+
+
+def check_shards(response: dict[str, Any], index: str) -> dict[str, Any]:
+    """``response`` if every shard answered; SearchUnavailableError if any failed or did not report.
+
+    A node that dies mid-query leaves its shards' hits out of an otherwise normal 200 response
+    (``_shards.failed``): passed on, that is a partial page presented as the whole answer.
+    """
+    shards = response.get("_shards") or {}
+    failed, total = int(shards.get("failed") or 0), int(shards.get("total") or 0)
+    answered = int(shards.get("successful") or 0)  # skipped shards (nothing to match) count as successful
+    if failed == 0 and answered >= total:
+        return response
+    reasons = sorted({_failure_type(failure) for failure in shards.get("failures") or []})
+    missing = failed or total - answered
+    msg = (f"{missing} of {total} shards of '{index}' did not answer ({', '.join(reasons) or 'no reason given'}); "
+           "a node is down or recovering, retry in a few seconds")
+    raise SearchUnavailableError(msg)
+
+
+def _failure_type(failure: dict[str, Any]) -> str:
+    reason = failure.get("reason")
+    return str(reason.get("type") or reason.get("reason")) if isinstance(reason, dict) else str(reason or "?")
 
 
 def _unavailable(e: Exception) -> SearchUnavailableError:
@@ -582,17 +606,26 @@ class HybridSearcher:
         )
 
     def _search(self, body: dict[str, Any], deadline: _Deadline, **params: Any) -> dict[str, Any]:
-        params.update(deadline.params())
-        if self.preference:
-            params["preference"] = self.preference
-        try:
-            return self._call(lambda: self.client.search(index=self.index, body=body, params=params or None))
-        except RequestError as e:
-            reason = _unusable_value(e)
-            if reason is None:
-                raise
-            msg = f"OpenSearch cannot use a value of this search ({reason}); give filter values of each field's type"
-            raise ConfigError(msg) from e
+        """One search call; a response missing shards is asked once more, then refused (see :func:`check_shards`)."""
+        for attempt in range(_SHARD_FAILURE_ATTEMPTS):
+            call = {**params, **deadline.params()}
+            if self.preference:
+                call["preference"] = self.preference
+            try:
+                response = self._call(lambda c=call: self.client.search(index=self.index, body=body, params=c or None))
+            except RequestError as e:
+                reason = _unusable_value(e)
+                if reason is None:
+                    raise
+                msg = f"OpenSearch cannot use a value of this search ({reason}); give filter values of each field's type"
+                raise ConfigError(msg) from e
+            try:
+                return check_shards(response, self.index)
+            except SearchUnavailableError:
+                if attempt + 1 == _SHARD_FAILURE_ATTEMPTS:
+                    raise
+                logger.info("search of '%s' missed shards; asking again", self.index)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _candidate_search(
         self, body: dict[str, Any], deadline: _Deadline, **params: Any

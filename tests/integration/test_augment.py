@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from opensearchpy import OpenSearch
+from opensearchpy import OpenSearch, TransportError
 
 from mm_opensearch.augment import cleanup_previous, index_status, inspect_index, plan_augment, rollback, run_augment
 from mm_opensearch.backfill import JobStore, QueueEmbedder, redis_client
@@ -21,7 +22,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.hybrid.capabilities import ClusterCapabilities
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import MultimodalModel
-from tests.integration.celery_worker import WorkerProcess, fused_vectors, purge_queues
+from tests.integration.celery_worker import WorkerProcess, assert_all_vectors_fresh, fused_vectors, purge_queues
 from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = pytest.mark.services
@@ -246,3 +247,111 @@ def test_index_provision_records_what_index_inspect_then_shows(
     by_create = _recorded(client, created)
     assert by_create is not None and by_create.version == recorded.version
     assert by_create.neural_search is neural_search
+
+
+class AliasWriter(threading.Thread):
+    """The application's writer: edits products through the write alias without pause.
+
+    It follows the alias, as an application should: a write refused by a write block (403
+    ``cluster_block_exception``) is sent again through the alias a moment later, and lands in
+    whichever index the alias names by then. Every other failure counts as lost.
+    """
+
+    def __init__(self, client: OpenSearch, alias: str, products: list[Product]) -> None:
+        super().__init__(daemon=True)
+        self.client, self.alias, self.products = client, alias, products
+        self.stop = threading.Event()
+        self.last: dict[str, str] = {}  # id -> title of its last acknowledged write
+        self.blocked: list[float] = []  # monotonic times of refusals by the write block
+        self.lost: list[str] = []
+        self.acknowledged_in: dict[str, int] = {}  # concrete index -> acknowledged writes
+
+    def run(self) -> None:
+        number = 0
+        while not self.stop.is_set():
+            product = self.products[number % len(self.products)]
+            title = f"{product.source['title']} edit {number}"
+            body = {**product.source, "title": title, "updated_at": _stamp(0)}
+            while True:
+                try:
+                    response = self.client.index(index=self.alias, id=product.id, body=body)
+                except TransportError as e:
+                    if e.status_code == 403 and "cluster_block_exception" in str(e.info):
+                        self.blocked.append(time.monotonic())
+                        time.sleep(0.05)
+                        continue
+                    self.lost.append(repr(e))
+                    break
+                self.last[product.id] = title
+                self.acknowledged_in[response["_index"]] = self.acknowledged_in.get(response["_index"], 0) + 1
+                break
+            number += 1
+            time.sleep(0.01)
+
+
+def test_augment_by_reindex_under_writes_and_queries_loses_no_write_and_fails_no_query(
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
+    myntra_dir: Path,
+) -> None:
+    """Every acknowledged write through the write alias, before, during and after the swap, is in the new index."""
+    schema = CatalogSchema.from_settings(settings)
+    products = [
+        Product(p.id, {**p.source, "updated_at": _stamp(1)}, p.text, p.image)
+        for p in read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=300)
+    ]
+    source, read_alias, write_alias = f"{index_name}_v1", f"{index_name}-read", f"{index_name}-write"
+    create_product_index(client, source, schema, sample=products[0].source)
+    load_products(client, source, products)
+    client.indices.update_aliases(body={"actions": [
+        {"add": {"index": source, "alias": read_alias}}, {"add": {"index": source, "alias": write_alias}}]})
+    client.indices.refresh(index=source)
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
+    plan = plan_augment(inspect_index(client, read_alias, schema), model_id=model.model_id, dim=model.dim)
+    assert plan.strategy == "reindex"
+
+    store = JobStore(redis_client(settings))
+    embedder = QueueEmbedder(client, store, CeleryJobQueue(app), schema, batch_size=50, timeout_s=90)
+    queries, writer = QueryLoop(client, read_alias), AliasWriter(client, write_alias, products[:60])
+    steps: list[tuple[float, str]] = []
+    started = time.monotonic()
+    queries.start()
+    writer.start()
+    try:
+        result = run_augment(client, plan, embedder, schema=schema,
+                             on_step=lambda message: steps.append((time.monotonic(), message)))
+        after_swap = len(writer.last)
+        deadline = time.monotonic() + 10  # writes go on through the alias after the swap, into the new index
+        while writer.acknowledged_in.get(plan.target, 0) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        writer.stop.set()
+        queries.stop.set()
+        writer.join(10)
+        queries.join(10)
+    duration = time.monotonic() - started
+
+    blocked_at = next(at for at, message in steps if message.startswith("blocking writes"))
+    window = (max(writer.blocked) - blocked_at) if writer.blocked else 0.0
+    print(f"\nswap under load: {queries.ok} queries, {len(queries.failures)} failed; "
+          f"writes acknowledged {writer.acknowledged_in}, refused by the block {len(writer.blocked)} "
+          f"(over {window:.2f} s), lost {len(writer.lost)}; replayed {len(result.replayed)}; {duration:.1f} s")
+    print("steps (s after the block): " + "; ".join(f"{at - blocked_at:+.1f} {message[:40]}" for at, message in steps))
+    assert queries.failures == [] and queries.ok > 10
+    assert writer.lost == []
+    # The block lasts the replay and the swap; the replayed products are encoded after it (once 10-15 s here).
+    order = [message.split(" ")[0] for _, message in steps]
+    assert order.index("embedding") > order.index("moving") > order.index("blocking"), order
+    assert after_swap and writer.acknowledged_in.get(source, 0) > 0 and writer.acknowledged_in.get(plan.target, 0) > 0
+    assert inspect_index(client, write_alias, schema).index == plan.target
+    client.indices.refresh(index=plan.target)
+    stored = {hit["_id"]: hit["_source"]["title"] for hit in client.search(
+        index=plan.target, body={"size": 1000, "_source": ["title"], "query": {"match_all": {}}})["hits"]["hits"]}
+    assert len(stored) == len(products)
+    wrong = {pid: (stored.get(pid), title) for pid, title in writer.last.items() if stored.get(pid) != title}
+    assert wrong == {}, f"{len(wrong)} of {len(writer.last)} written products lack their last write in the new index"
+    # A whole-document write drops the vector; the change feed embeds it again, in the index the alias names now.
+    embedder.embed(write_alias, sorted(writer.last))
+    current = [to_product({**hit["_source"], "id": hit["_id"]}, schema) for hit in client.search(
+        index=plan.target, body={"size": 1000, "query": {"match_all": {}}, "_source": {"excludes": ["mm_*"]}},
+    )["hits"]["hits"]]
+    assert_all_vectors_fresh(client, plan.target, model, current)

@@ -27,8 +27,10 @@ from mm_opensearch.backfill import (
     InlineQueue,
     JobStore,
     changes_job_id,
+    dead_letter,
     enqueue,
     poll_changes,
+    retry_dead_letters,
     wait_for_job,
 )
 from mm_opensearch.backfill import redis_client as store_client
@@ -355,3 +357,16 @@ def test_jobs_status_of_an_expired_job_says_it_is_gone(settings: Settings) -> No
     assert result.exit_code == 1
     assert f"no job '{job_id}'" in result.output and "expired" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_batch_dead_lettered_twice_can_have_both_letters_retried(settings: Settings, prefix: str) -> None:
+    """The stall guard may resend a batch that is still retrying; both copies dead-letter. Retrying the second
+    found the job's dead count already at 0, and Redis refused the increment '-0' (the Lua script failed)."""
+    store = JobStore(store_client(settings), prefix=prefix, retention_s=3600)
+    queue = _Recording()
+    job_id = enqueue(store, queue, "products", ["a", "b"], batch_size=2)
+    payload = queue.embeds[0].to_dict()
+    letters = [dead_letter(store, "embed", payload, "blocked") for _ in range(2)]
+    assert retry_dead_letters(store, queue, letters) == letters
+    counts = store.counts(job_id)
+    assert counts is not None and counts.dead == 0

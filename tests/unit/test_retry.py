@@ -183,3 +183,15 @@ def test_the_unreachable_redis_is_named_without_its_password(caplog: pytest.LogC
     said = caplog.text
     assert "Redis at cache.internal:6380/3 is unreachable" in said and "answers again" in said
     assert "hunter2" not in said and "reader" not in said
+
+
+def test_a_refused_items_error_keeps_its_verdict_through_celerys_pickling() -> None:
+    """Celery hands on_failure a pickle-safe copy of the exception: without the verdict, a write block that
+    outlasted the retry budget was dead-lettered as a permanent error ("after 3 retries"), its budget unnamed."""
+    from celery.utils.serialization import get_pickleable_exception  # noqa: PLC0415 - only this test needs celery
+
+    blocked = classify_response(403, {"type": "cluster_block_exception", "reason": "index [p] blocked"})
+    error = RefusedItemsError(blocked, 20, "writes to 'p'")
+    copy = get_pickleable_exception(error)
+    assert type(copy) is RefusedItemsError and copy.verdict == blocked
+    assert classify_error(copy).transient and str(copy) == str(error)
