@@ -23,6 +23,8 @@ def test_installed_wheel_finds_its_mappings(tmp_path: Path) -> None:
     assert "mm_opensearch/_data/mappings/vector_fields.json" in names
     assert "mm_opensearch/_data/opensearch/pom.xml" in names
     assert "workers/__init__.py" in names
+    for page_file in ("templates/search.html", "templates/login.html", "static/page.js", "static/page.css", "static/placeholder.svg"):
+        assert f"mm_opensearch/web/{page_file}" in names  # the search page renders from the package
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(target)
