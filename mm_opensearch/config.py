@@ -335,6 +335,21 @@ class Settings(BaseSettings):
         description="Largest request body the API reads, in bytes; a larger one gets a 413 before it is parsed.",
     )
 
+    # --- Search page (`mm-opensearch serve` at /) --------------------------------------------
+    page_queries: Path | None = Field(
+        default=None,
+        description="Judged queries (the `eval` TSV: query_id, query) the search page offers; needs page_qrels.",
+    )
+    page_qrels: Path | None = Field(
+        default=None, description="Graded labels (the `eval` TSV: query_id, product_id, grade) for page_queries."
+    )
+    page_thumbnail_px: int = Field(
+        default=160, ge=16, le=1024, description="Longest side of the page's image thumbnails, in pixels."
+    )
+    page_thumbnail_cache: int = Field(
+        default=2048, ge=0, description="Thumbnails the API process keeps in memory (0: resize every time)."
+    )
+
     @field_validator(
         "opensearch_hosts", "image_fetch_allow_networks", "image_roots", "text_fields", "filter_fields",
         mode="before",

@@ -24,6 +24,20 @@ fi
 # Editable install: cheap, and re-points the shared virtualenv at this clone.
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
 
+# Browser tests (tests/browser): Debian's chromium, never a Playwright browser download, and axe-core from npm.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing chromium (apt-get) for the browser tests" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q chromium chromium-driver >&2 || { apt-get update -q >&2 && apt-get install -y -q chromium chromium-driver >&2; }
+    else
+        echo "setup: no chromium; the browser tests need it (apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund >&2
+fi
+
 # Java side of the dev services: fetch jars (cached per machine) and compile the launcher.
 "$VENV/bin/mm-opensearch" dev fetch >&2
 

@@ -1,4 +1,4 @@
-"""FastAPI app factory: ``POST /search``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+"""FastAPI app factory: ``POST /search``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (and the search page at ``/``).
 
 The app is an adapter: it validates the body, makes one library call
 (:meth:`HybridSearcher.search`) and formats the result. The model is loaded once, in the lifespan;
@@ -53,6 +53,7 @@ from mm_opensearch.errors import (
 from mm_opensearch.health import log_cluster_health
 from mm_opensearch.hybrid import HybridSearcher, open_searcher
 from mm_opensearch.hybrid.search import serving_settings
+from mm_opensearch.web import mount_page
 
 __all__ = ["create_app", "RETRY_AFTER_S"]
 
@@ -269,4 +270,5 @@ def create_app(settings: Settings | None = None, *, searcher: HybridSearcher | N
         """Prometheus text format (``text/plain; version=...``)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_page(app, settings)  # the search page at / (mm_opensearch.web), outside the OpenAPI schema
     return app

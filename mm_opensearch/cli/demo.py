@@ -2,12 +2,17 @@
 
 Starts the local services if needed, indexes the whole catalog (BM25 fields + fused and
 per-modality vectors from the default model), shows hybrid results beside BM25's for a few
-queries, and prints offline metrics on the judged validation queries. It runs on the local dev
+queries, prints offline metrics on the judged validation queries, and leaves the search page
+running in the background (``mm-opensearch serve``), printing its address. It runs on the local dev
 node only (``--yes`` for another cluster) and serves its index under its own alias, ``mmos-demo``.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +28,7 @@ from mm_opensearch.errors import ConfigError
 
 console = Console()
 
+PAGE_START_S = 180  # the page's process loads the model before it answers
 SAMPLE_QUERIES = ("navy blue casual shirts for men", "women red floral dress", "puma sports shoes", "black leather wallet")
 
 
@@ -31,8 +37,10 @@ def demo(
     limit: Annotated[int | None, typer.Option(help="Index only the first N products (quick look).")] = None,
     index: Annotated[str, typer.Option(help="Alias to serve the demo index under (only a free or demo alias).")] = DEMO_ALIAS,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Run on a cluster other than the local dev node.")] = False,
+    serve_page: Annotated[bool, typer.Option("--serve/--no-serve", help="End by starting the search page in the background.")] = True,
+    port: Annotated[int, typer.Option(help="Port of the search page (127.0.0.1).")] = 8000,
 ) -> None:
-    """Bring services up, index the sample catalog, answer hybrid queries and print metrics."""
+    """Bring services up, index the sample catalog, answer hybrid queries, print metrics, start the search page."""
     from mm_opensearch.devservices import OpenSearchNode, RedisServer  # noqa: PLC0415
     from mm_opensearch.preflight import connect_opensearch  # noqa: PLC0415
 
@@ -98,6 +106,56 @@ def demo(
     indexed = "whole catalog" if limit is None else f"first {len(products)} products"
     title = f"validation queries ({len(result.runs['bm25'])}), {indexed} indexed"
     console.print(metrics_table(result.modes, title=title))
+    if serve_page:
+        url, pid = _start_page(settings, alias, folder, port)
+        stop = f"; stop it with: kill {pid}" if pid else ""
+        console.print(f"[bold]search page: {url}[/] (BM25 beside hybrid; judged view of the eval queries{stop})")
+
+
+def _page_answers(url: str, alias: str) -> bool | None:
+    """True: a page serving ``alias`` answers at ``url``; False: something else does; None: nothing."""
+    import httpx  # noqa: PLC0415
+
+    try:
+        response = httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.HTTPError:
+        return None
+    try:
+        return response.json().get("index") == alias
+    except ValueError:
+        return False
+
+
+def _start_page(settings: Settings, alias: str, folder: Path, port: int) -> tuple[str, int | None]:
+    """``mm-opensearch serve`` on 127.0.0.1:``port`` in its own session (it outlives the demo), once it answers.
+
+    A page already serving the demo alias there is left running; its log is ``MMOS_DEV_DIR/page.log``.
+    """
+    url = f"http://127.0.0.1:{port}"
+    answers = _page_answers(url, alias)
+    if answers:
+        return url, None
+    if answers is False:
+        msg = f"port {port} is taken by another server; pass --port to start the search page elsewhere (or --no-serve)"
+        raise ConfigError(msg)
+    settings.dev_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.dev_dir / "page.log"
+    env = {**os.environ, "MMOS_INDEX_NAME": alias, "MMOS_DATA_DIR": str(folder.resolve())}
+    command = [sys.executable, "-m", "mm_opensearch.cli.app", "serve", "--port", str(port),
+               "--queries", str(folder / "queries.tsv"), "--qrels", str(folder / "qrels.tsv.gz")]
+    with log_path.open("ab") as log, console.status(f"starting the search page on {url}"):
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.monotonic() + PAGE_START_S
+        while not _page_answers(url, alias):
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.terminate()
+                tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+                msg = f"the search page did not start (log {log_path}: {tail[-400:]}); `mm-opensearch serve` shows why"
+                raise ConfigError(msg)
+            time.sleep(0.5)
+    return url, process.pid
 
 
 def _refuse_unless(yes: bool, settings: Settings, alias: str, cluster_name: str | None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from opensearchpy import OpenSearch
 
@@ -238,9 +241,17 @@ def test_demo_serves_its_own_alias_and_leaves_the_teams_alias_alone(
 ) -> None:
     before = client.indices.get_alias(name="products")
     env = {"MMOS_MODEL_DIR": str(tiny_model_dir), "MMOS_FILTER_FIELDS": "brand"}
+    page_pid = 0
     try:
-        run = run_cli("demo", "--data-dir", str(tiny_shop), "--limit", "8", timeout=400, **env)
+        port = _free_port()
+        run = run_cli("demo", "--data-dir", str(tiny_shop), "--limit", "8", "--port", str(port), timeout=400, **env)
         assert run.rc == 0, run.output
+        # it ends with the search page running in the background, serving the demo alias, and says where
+        page = re.search(rf"search page: (http://127\.0\.0\.1:{port}) .*kill (\d+)", " ".join(run.output.split()))
+        assert page, run.output
+        page_pid = int(page.group(2))
+        shown = httpx.get(page.group(1) + "/", params={"q": "red dress"}, timeout=30)
+        assert shown.status_code == 200 and "index mmos-demo" in shown.text and "red dress 0" in shown.text
         assert client.indices.get_alias(name="products") == before  # same index, write flag and all
         served = sorted(client.indices.get_alias(name="mmos-demo"))
         assert len(served) == 1 and served[0].startswith("mmos-demo-multimodal-")
@@ -256,5 +267,7 @@ def test_demo_serves_its_own_alias_and_leaves_the_teams_alias_alone(
         assert_one_line_failure(refused, "alias 'products' points at", team_alias, "not at a demo index")
         assert client.indices.get_alias(name="products") == before
     finally:
+        if page_pid:
+            os.kill(page_pid, signal.SIGTERM)
         for name in _demo_indices(client):
             client.indices.delete(index=name)

@@ -32,6 +32,8 @@ def test_installed_wheel_finds_its_mappings(wheel: Path, tmp_path: Path) -> None
     assert "mm_opensearch/_data/opensearch/pom.xml" in names
     assert "mm_opensearch_workers/app.py" in names
     assert not [name for name in names if name.startswith("workers/")], "a bare 'workers' module in site-packages"
+    for page_file in ("templates/search.html", "templates/login.html", "static/page.js", "static/page.css", "static/placeholder.svg"):
+        assert f"mm_opensearch/web/{page_file}" in names  # the search page renders from the package
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(target)
