@@ -7,7 +7,8 @@ silently keeping the old vector, and two URLs of the same file share one entry.
 
 Images go through a pipeline: worker threads read and hash a chunk of sources, the cache answers
 what it can, then the misses are decoded and resized in the threads while the backbone runs the
-previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency).
+previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency),
+or in the processes of a :class:`DecodePool` (``Settings.decode_processes``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import torch
 
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ImageLoadError
-from mm_opensearch.images import decode_image, read_image_bytes
+from mm_opensearch.images import read_image_bytes
 from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
+from mm_opensearch.towers.decode_pool import DecodePool, decode_to_pixels
 from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
-from mm_opensearch.towers.preprocess import resize_crop
 
 __all__ = [
     "ImageFeatureBatch",
@@ -93,13 +94,6 @@ def _read(source: str, settings: Settings, roots: Sequence[Path]) -> bytes | Ima
         return e
 
 
-def _decode(data: bytes, backbone: ImageBackbone, settings: Settings) -> torch.Tensor | ImageLoadError:
-    try:
-        return resize_crop(decode_image(data, settings), backbone.preprocess)
-    except ImageLoadError as e:
-        return e
-
-
 def extract_image_features(
     backbone: ImageBackbone,
     sources: Sequence[str],
@@ -109,10 +103,12 @@ def extract_image_features(
     roots: Sequence[Path] = (),
     batch_size: int = 32,
     workers: int | None = None,
+    decode_pool: DecodePool | None = None,
 ) -> ImageFeatureBatch:
     """Features of each image source; a failed image gets zeros and its ``ImageLoadError``.
 
     Local paths are read only inside ``roots`` (see :func:`mm_opensearch.images.read_image_bytes`).
+    ``decode_pool``: decode and resize in its processes instead of this process's threads.
     """
     n = len(sources)
     pooled = np.zeros((n, backbone.dim), dtype=np.float32)
@@ -136,7 +132,7 @@ def extract_image_features(
                 list(keys.values()),
                 cache,
                 lambda misses: _forward_pipelined(
-                    backbone, misses, data_by_key, failures, pool, settings, batch_size
+                    backbone, misses, data_by_key, failures, pool, settings, batch_size, decode_pool
                 ),
             )
             for j, key in keys.items():
@@ -155,12 +151,16 @@ def _forward_pipelined(
     pool: ThreadPoolExecutor,
     settings: Settings,
     batch_size: int,
+    decode_pool: DecodePool | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Decode batch b+1 in the pool while the backbone runs batch b; yield features per batch."""
     batches = [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
+    preprocess = backbone.preprocess
 
     def submit(batch: list[str]) -> list[Future[torch.Tensor | ImageLoadError]]:
-        return [pool.submit(_decode, data_by_key[key], backbone, settings) for key in batch]
+        if decode_pool is not None:
+            return [decode_pool.submit(data_by_key[key], preprocess, settings) for key in batch]
+        return [pool.submit(decode_to_pixels, data_by_key[key], preprocess, settings) for key in batch]
 
     pending = submit(batches[0]) if batches else []
     for b, batch in enumerate(batches):

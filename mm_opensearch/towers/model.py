@@ -10,6 +10,7 @@ features from :meth:`MultimodalModel.product_text_features` / :meth:`image_featu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone, TextEncoder
 from mm_opensearch.towers.backbones import build_image_backbone, build_text_backbone
 from mm_opensearch.towers.config import ModelConfig
+from mm_opensearch.towers.decode_pool import DecodePool
 from mm_opensearch.towers.extract import (
     ImageFeatureBatch,
     extract_image_features,
@@ -30,6 +32,7 @@ from mm_opensearch.towers.extract import (
 )
 from mm_opensearch.towers.feature_cache import FeatureCache
 from mm_opensearch.towers.heads import ProductHeads, ProductVectors, QueryHead
+from mm_opensearch.towers.onnx_product import ProductTower, build_onnx_product_tower, torch_product_tower
 from mm_opensearch.towers.persistence import ModelIdentity, load_model, save_model
 from mm_opensearch.towers.product_encode import (
     EncoderInput,
@@ -87,6 +90,9 @@ class MultimodalModel:
         self.query_runtime = QueryRuntime(self, query_cache_size)
         self.query_cache = self.query_runtime.cache
         self.identity = ModelIdentity(self)
+        self.decode_pool = DecodePool(self.settings.decode_processes) if self.settings.decode_processes else None
+        self._product_tower: tuple[tuple[str, str], ProductTower] | None = None
+        self._product_tower_lock = threading.Lock()
 
     # --- construction and persistence ---------------------------------------------------------
 
@@ -139,6 +145,10 @@ class MultimodalModel:
 
     # --- features (disk-cached; what training consumes) -----------------------------------------
 
+    def feature_cache(self, backbone: TextBackbone | ImageBackbone) -> FeatureCache | None:
+        """The on-disk cache of ``backbone``'s features, or None when this model encodes uncached."""
+        return self._cache(backbone)
+
     def _cache(self, backbone: TextBackbone | ImageBackbone) -> FeatureCache | None:
         return FeatureCache.for_backbone(self.settings, backbone.backbone_id) if self.use_feature_cache else None
 
@@ -168,7 +178,24 @@ class MultimodalModel:
             cache=self._cache(self.image_backbone),
             roots=image_roots,
             batch_size=batch_size,
+            decode_pool=self.decode_pool,
         )
+
+    def product_tower(self) -> ProductTower:
+        """What encodes products: ``Settings.product_runtime`` on a CPU (ONNX Runtime), else PyTorch.
+
+        The ONNX tower is built (or loaded from the cache) once per model id; when it cannot be
+        built or fails its check against PyTorch, PyTorch encodes and the failure is logged once.
+        """
+        runtime = self.settings.product_runtime
+        if runtime == "torch" or self.device.type != "cpu":
+            return torch_product_tower(self)
+        key = (self.model_id, runtime)
+        with self._product_tower_lock:
+            if self._product_tower is None or self._product_tower[0] != key:
+                built = build_onnx_product_tower(self, quantized=runtime == "onnx-int8")
+                self._product_tower = (key, built or torch_product_tower(self))
+            return self._product_tower[1]
 
     def query_encoder(self) -> TextEncoder:
         """Query texts -> query vectors as search time runs it (see :meth:`QueryRuntime.encoder`)."""
@@ -227,8 +254,9 @@ class MultimodalModel:
         Meant for batches of up to a few thousand products (image tokens are held in memory);
         iterate over a large catalog in chunks.
         """
-        features = self.product_features(products, image_roots=image_roots, batch_size=batch_size)
-        return encode_products(self, products, features, with_modalities=with_modalities)
+        tower = self.product_tower()
+        features = product_features(self, products, image_roots=image_roots, batch_size=batch_size, tower=tower)
+        return encode_products(self, products, features, with_modalities=with_modalities, tower=tower)
 
     def encode_queries(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """(n, dim) float32 L2-normalised query vectors; repeated queries come from the LRU cache."""

@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from mm_opensearch.towers.extract import extract_image_features, extract_text_features
+
 if TYPE_CHECKING:
     from mm_opensearch.towers.heads import ProductVectors
     from mm_opensearch.towers.model import MultimodalModel
+    from mm_opensearch.towers.onnx_product import ProductTower
 
 __all__ = ["EncoderInput", "ProductInput", "ProductEncoding", "ProductFeatures", "product_features",
            "encode_products"]
@@ -93,18 +96,23 @@ def _present(value: object) -> bool:
 def product_features(
     model: MultimodalModel, products: Sequence[EncoderInput], *, image_roots: Sequence[Path] = (),
     batch_size: int = 64,
+    tower: ProductTower | None = None,
 ) -> ProductFeatures:
     """Backbone features of each product's text and image (disk-cached), with presence masks.
 
     Local image paths load only inside ``image_roots``; any other image fails on its own.
+    ``tower``: the backbones that run (ONNX Runtime ones, say); default the model's own.
     """
+    text_backbone = tower.text if tower is not None else model.text_backbone
+    image_backbone = tower.image if tower is not None else model.image_backbone
     n = len(products)
     has_text = np.array([_present(p.text) for p in products], dtype=bool)
     wants_image = np.array([_present(p.image) for p in products], dtype=bool)
     text = np.zeros((n, model.text_backbone.dim), dtype=np.float32)
     if has_text.any():
-        text[has_text] = model.product_text_features(
-            [p.text for p, ok in zip(products, has_text, strict=True) if ok], batch_size=batch_size
+        text[has_text] = extract_text_features(
+            text_backbone, [p.text for p, ok in zip(products, has_text, strict=True) if ok],
+            cache=model.feature_cache(text_backbone), batch_size=batch_size,
         )
     image = np.zeros((n, model.image_backbone.dim), dtype=np.float32)
     tokens = np.zeros((n, model.image_backbone.num_tokens, model.image_backbone.dim), dtype=np.float32)
@@ -112,8 +120,10 @@ def product_features(
     has_image = np.zeros(n, dtype=bool)
     if wants_image.any():
         where = np.flatnonzero(wants_image)
-        loaded = model.image_features(
-            [products[j].image for j in where], image_roots=image_roots, batch_size=batch_size
+        loaded = extract_image_features(
+            image_backbone, [products[j].image for j in where], settings=model.settings,
+            cache=model.feature_cache(image_backbone), roots=image_roots, batch_size=batch_size,
+            decode_pool=model.decode_pool,
         )
         image[where], tokens[where] = loaded.pooled, loaded.tokens
         for j, error in zip(where, loaded.errors, strict=True):
@@ -129,8 +139,10 @@ def encode_products(
     features: ProductFeatures,
     *,
     with_modalities: bool = False,
+    tower: ProductTower | None = None,
 ) -> ProductEncoding:
     """Vectors of ``products`` from their ``features``: the heads, plus per-product error messages."""
+    heads = tower.heads if tower is not None else model.product_vectors_from_features
     n = len(products)
     text, image, tokens = features.text, features.image, features.tokens
     has_text, has_image, errors = features.has_text, features.has_image, list(features.errors)
@@ -148,7 +160,7 @@ def encode_products(
     with model.evaluating():
         for start in range(0, len(rows), _HEAD_CHUNK):
             part = rows[start : start + _HEAD_CHUNK]
-            out: ProductVectors = model.product_vectors_from_features(
+            out: ProductVectors = heads(
                 text[part], image[part], tokens[part], has_text[part], has_image[part]
             )
             fused[part] = out.fused.float().cpu().numpy()
