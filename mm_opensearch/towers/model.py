@@ -21,10 +21,17 @@ import torch
 from torch import nn
 
 from mm_opensearch.config import Settings, get_settings
+from mm_opensearch.errors import ConfigError
 from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone, TextEncoder
 from mm_opensearch.towers.backbones import build_image_backbone, build_text_backbone
 from mm_opensearch.towers.config import ModelConfig
 from mm_opensearch.towers.decode_pool import DecodePool
+from mm_opensearch.towers.device import (
+    DeviceUnavailableError,
+    autocast_dtype,
+    batch_size_for_free_memory,
+    select_device,
+)
 from mm_opensearch.towers.extract import (
     ImageFeatureBatch,
     extract_image_features,
@@ -63,7 +70,11 @@ class MultimodalModel:
         self.settings = settings or get_settings()
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = select_device(str(device) if device is not None else self.settings.device,
+                                        cuda_available=torch.cuda.is_available())
+        except DeviceUnavailableError as e:
+            raise ConfigError(str(e)) from e
         self.text_backbone: TextBackbone = build_text_backbone(config.text_backbone).to(self.device)
         self.image_backbone: ImageBackbone = build_image_backbone(config.image_backbone).to(self.device)
         self.query_backbone: TextBackbone = (
@@ -71,6 +82,10 @@ class MultimodalModel:
             if config.query_backbone is None
             else build_text_backbone(config.query_backbone).to(self.device)
         )
+        if self.device.type == "cuda":
+            dtype = autocast_dtype(self.settings.cuda_precision, bf16_supported=torch.cuda.is_bf16_supported())
+            for backbone in (self.text_backbone, self.image_backbone, self.query_backbone):
+                backbone.cuda_dtype = dtype
         # Record the preprocessing actually used, so config.json rebuilds the same pipeline.
         self.config = config.model_copy(
             update={
@@ -254,6 +269,8 @@ class MultimodalModel:
         Meant for batches of up to a few thousand products (image tokens are held in memory);
         iterate over a large catalog in chunks.
         """
+        if self.device.type == "cuda":  # the largest batch that fits beside whatever else runs on the GPU
+            batch_size = batch_size_for_free_memory(torch.cuda.mem_get_info(self.device)[0])
         tower = self.product_tower()
         features = product_features(self, products, image_roots=image_roots, batch_size=batch_size, tower=tower)
         return encode_products(self, products, features, with_modalities=with_modalities, tower=tower)

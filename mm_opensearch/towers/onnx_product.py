@@ -143,10 +143,22 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
     return path
 
 
+class _DropQuantizerHint(logging.Filter):
+    """onnxruntime's quantizer logs a pre-processing hint on the root logger for every graph: not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _quantize(source: Path, path: Path) -> Path:
     from mm_opensearch.towers.onnx_text import quantize_graph  # noqa: PLC0415 - loads onnxruntime.quantization
 
-    return quantize_graph(source, path)
+    hint = _DropQuantizerHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        return quantize_graph(source, path)
+    finally:
+        logging.getLogger().removeFilter(hint)
 
 
 class _Session:
