@@ -219,6 +219,29 @@ class Settings(BaseSettings):
             "Myntra), torch = PyTorch."
         ),
     )
+    product_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description=(
+            "What encodes products on a CPU (workers, index, eval): torch = PyTorch; onnx = ONNX Runtime "
+            "on exports of both backbones and the heads (cached in cache_dir/onnx per model id, checked "
+            "against PyTorch at cosine >= 0.999 when built); onnx-int8 = their int8 copies (cosine >= 0.99). "
+            "Measured in docs/encoding.md."
+        ),
+    )
+    decode_processes: int = Field(
+        default=0, ge=0,
+        description=(
+            "Processes that decode and resize product images while the backbone runs; 0 = threads of "
+            "the encoding process (enough when the forward, not decoding, bounds the rate)."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the towers run: auto = CUDA when a GPU is visible, else CPU."
+    )
+    cuda_precision: Literal["bf16", "fp16", "float32"] = Field(
+        default="bf16",
+        description="Backbone precision on CUDA (bf16 where the GPU supports it, else fp16); CPUs run float32.",
+    )
     image_fetch_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs the image fetcher may reach although private (tests: 127.0.0.0/8).",

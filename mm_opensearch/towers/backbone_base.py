@@ -99,6 +99,7 @@ class Backbone(ABC):
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
+        self.cuda_dtype = torch.bfloat16  # MMOS_CUDA_PRECISION, set by the model
         self._module: nn.Module | None = None
         self._lock = threading.Lock()
 
@@ -141,10 +142,10 @@ class Backbone(ABC):
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
-        """inference_mode everywhere; bf16 autocast on CUDA where it is fast and accurate enough."""
+        """inference_mode everywhere; half-precision autocast on CUDA (``cuda_dtype``), float32 on CPUs."""
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
+            torch.autocast("cuda", dtype=self.cuda_dtype)
+            if self.device.type == "cuda" and self.cuda_dtype != torch.float32
             else nullcontext()
         )
         with torch.inference_mode(), autocast:

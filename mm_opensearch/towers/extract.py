@@ -7,27 +7,31 @@ silently keeping the old vector, and two URLs of the same file share one entry.
 
 Images go through a pipeline: worker threads read and hash a chunk of sources, the cache answers
 what it can, then the misses are decoded and resized in the threads while the backbone runs the
-previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency).
+previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency),
+or in the processes of a :class:`DecodePool` (``Settings.decode_processes``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ImageLoadError
-from mm_opensearch.images import decode_image, read_image_bytes
+from mm_opensearch.images import read_image_bytes
 from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
+from mm_opensearch.towers.decode_pool import DecodePool, decode_to_pixels
 from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
-from mm_opensearch.towers.preprocess import resize_crop
+from mm_opensearch.towers.gpu_decode import decode_resize, gpu_jpeg_decode_available, is_jpeg
 
 __all__ = [
     "ImageFeatureBatch",
@@ -93,13 +97,6 @@ def _read(source: str, settings: Settings, roots: Sequence[Path]) -> bytes | Ima
         return e
 
 
-def _decode(data: bytes, backbone: ImageBackbone, settings: Settings) -> torch.Tensor | ImageLoadError:
-    try:
-        return resize_crop(decode_image(data, settings), backbone.preprocess)
-    except ImageLoadError as e:
-        return e
-
-
 def extract_image_features(
     backbone: ImageBackbone,
     sources: Sequence[str],
@@ -109,10 +106,12 @@ def extract_image_features(
     roots: Sequence[Path] = (),
     batch_size: int = 32,
     workers: int | None = None,
+    decode_pool: DecodePool | None = None,
 ) -> ImageFeatureBatch:
     """Features of each image source; a failed image gets zeros and its ``ImageLoadError``.
 
     Local paths are read only inside ``roots`` (see :func:`mm_opensearch.images.read_image_bytes`).
+    ``decode_pool``: decode and resize in its processes instead of this process's threads.
     """
     n = len(sources)
     pooled = np.zeros((n, backbone.dim), dtype=np.float32)
@@ -136,7 +135,7 @@ def extract_image_features(
                 list(keys.values()),
                 cache,
                 lambda misses: _forward_pipelined(
-                    backbone, misses, data_by_key, failures, pool, settings, batch_size
+                    backbone, misses, data_by_key, failures, pool, settings, batch_size, decode_pool
                 ),
             )
             for j, key in keys.items():
@@ -155,13 +154,20 @@ def _forward_pipelined(
     pool: ThreadPoolExecutor,
     settings: Settings,
     batch_size: int,
+    decode_pool: DecodePool | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Decode batch b+1 in the pool while the backbone runs batch b; yield features per batch."""
     batches = [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
+    preprocess = backbone.preprocess
 
     def submit(batch: list[str]) -> list[Future[torch.Tensor | ImageLoadError]]:
-        return [pool.submit(_decode, data_by_key[key], backbone, settings) for key in batch]
+        if decode_pool is not None:
+            return [decode_pool.submit(data_by_key[key], preprocess, settings) for key in batch]
+        return [pool.submit(decode_to_pixels, data_by_key[key], preprocess, settings) for key in batch]
 
+    if backbone.device.type == "cuda" and gpu_jpeg_decode_available():
+        yield from _forward_gpu_decoded(backbone, batches, data_by_key, failures, submit, settings)
+        return
     pending = submit(batches[0]) if batches else []
     for b, batch in enumerate(batches):
         current = pending
@@ -180,3 +186,50 @@ def _forward_pipelined(
         features = backbone.features(torch.stack(pixels))
         stacked = torch.cat([features.pooled.unsqueeze(1), features.tokens], dim=1).numpy()
         yield dict(zip(decoded, stacked, strict=True))
+
+
+def _gpu_decodable(data: bytes, settings: Settings) -> bool:
+    """A JPEG whose header passes the pixel limit: the GPU may decode it (anything else takes the CPU path)."""
+    if not is_jpeg(data):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return image.format == "JPEG" and width * height <= settings.image_max_pixels
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _forward_gpu_decoded(
+    backbone: ImageBackbone,
+    batches: list[list[str]],
+    data_by_key: dict[str, bytes],
+    failures: dict[str, ImageLoadError],
+    submit: Callable[[list[str]], list[Future[torch.Tensor | ImageLoadError]]],
+    settings: Settings,
+) -> Iterator[dict[str, np.ndarray]]:
+    """On CUDA: JPEGs decoded and resized on the GPU (nvJPEG), the rest (and any the GPU refuses) on the CPU."""
+    spec = backbone.preprocess
+    for batch in batches:
+        gpu = [key for key in batch if _gpu_decodable(data_by_key[key], settings)]
+        pixels: dict[str, torch.Tensor] = {}
+        if gpu:
+            try:
+                decoded = decode_resize([data_by_key[key] for key in gpu], spec.resize, crop=spec.crop,
+                                        device=backbone.device)
+                pixels.update(zip(gpu, decoded, strict=True))
+            except (RuntimeError, OSError, ValueError):  # a file the GPU and PIL both refuse: per image on the CPU
+                pass
+        rest = [key for key in batch if key not in pixels]
+        for key, future in zip(rest, submit(rest), strict=True):
+            result = future.result()
+            if isinstance(result, ImageLoadError):
+                failures[key] = result
+            else:
+                pixels[key] = result.to(backbone.device)
+        decoded_keys = [key for key in batch if key in pixels]
+        if not decoded_keys:
+            continue
+        features = backbone.features(torch.stack([pixels[key] for key in decoded_keys]))
+        stacked = torch.cat([features.pooled.unsqueeze(1), features.tokens], dim=1).numpy()
+        yield dict(zip(decoded_keys, stacked, strict=True))

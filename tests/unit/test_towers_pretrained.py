@@ -49,11 +49,11 @@ def test_the_query_tower_under_onnx_runtime_gives_the_torch_vectors(model) -> No
     assert model.query_encoder() is encoder  # built once per model id
 
     exported = encoder.path.stat().st_mtime_ns
-    model._query_encoder = None  # a new process: the cached export is reused, not made again
+    model.query_runtime.reset()  # a new process: the cached export is reused, not made again
     assert model.query_encoder().path.stat().st_mtime_ns == exported
 
     encoder.path.write_bytes(b"not an onnx graph")  # a damaged cache file is exported again
-    model._query_encoder = None
+    model.query_runtime.reset()
     assert isinstance(model.query_encoder(), OnnxTextEncoder) and encoder.path.stat().st_size > 1_000_000
 
     before = model.encode_queries(queries)
