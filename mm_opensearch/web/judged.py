@@ -6,12 +6,12 @@ nDCG@10 is computed by the same ranx call ``eval`` makes (:func:`score_run`), on
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mm_opensearch.errors import ConfigError
-from mm_opensearch.evaluation.metrics import score_run
 from mm_opensearch.judgments import JudgedQuery, load_qrels, load_queries
 
 __all__ = ["GRADE_LABELS", "JudgedSet", "load_judged"]
@@ -31,6 +31,8 @@ class JudgedSet:
 
     def ndcg_at_10(self, query_id: str, ranked_ids: Sequence[str]) -> float:
         """nDCG@10 (gain 2^grade - 1) of a ranking, as ``eval`` scores it."""
+        from mm_opensearch.evaluation.metrics import score_run  # noqa: PLC0415 - ranx: the [eval] extra, not [api]
+
         run = {query_id: {pid: 1.0 - i * 1e-9 for i, pid in enumerate(ranked_ids[:10])}}
         means, _ = score_run({query_id: self.qrels[query_id]}, run)
         return means["ndcg@10"]
@@ -42,6 +44,9 @@ def load_judged(queries: Path | None, qrels: Path | None) -> JudgedSet | None:
         return None
     if queries is None or qrels is None:
         msg = "the judged view needs both MMOS_PAGE_QUERIES and MMOS_PAGE_QRELS (serve --queries FILE --qrels FILE)"
+        raise ConfigError(msg)
+    if importlib.util.find_spec("ranx") is None:
+        msg = "the judged view scores columns as `eval` does, with ranx: install mm-opensearch[eval] beside [api]"
         raise ConfigError(msg)
     labels = load_qrels(qrels)
     judged = {q.id: q for q in load_queries(queries) if labels.get(q.id)}

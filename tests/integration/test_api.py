@@ -257,7 +257,7 @@ def test_the_openapi_schema_is_published(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()
     assert {"/search", "/healthz", "/metrics"} <= set(schema["paths"])
     assert schema["components"]["schemas"]["SearchIn"]["properties"]["size"]["maximum"] == 100
-    assert set(schema["paths"]["/search"]["post"]["responses"]) == {"200", "400", "401", "409", "413", "422", "500", "503"}
+    assert set(schema["paths"]["/search"]["post"]["responses"]) == {"200", "400", "401", "403", "409", "413", "422", "500", "503"}
     assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     components = schema["components"]["schemas"]
     assert components["SearchIn"]["properties"]["k"]["anyOf"][0]["minimum"] == 1
