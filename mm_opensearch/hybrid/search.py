@@ -614,6 +614,9 @@ class HybridSearcher:
             try:
                 response = self._call(lambda c=call: self.client.search(index=self.index, body=body, params=c or None))
             except RequestError as e:
+                if self.preference and "criteria" in str(e.error) + str(e.info):  # 3.x refuses it; 2.19 fails the shards
+                    msg = f"no shard copy satisfies MMOS_SEARCH_PREFERENCE={self.preference!r} ({e.error}); unset it or fix it"
+                    raise ConfigError(msg) from e
                 reason = _unusable_value(e)
                 if reason is None:
                     raise
