@@ -70,7 +70,13 @@ def _doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, tuple[str, 
 
 
 def _not_ok(rows: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str, str]]:
-    return {name: row for name, row in rows.items() if row[0] != "ok"}
+    """Rows that are not ok, less what a 3.x node rightly warns about: no neural-search exists for it here."""
+    return {name: row for name, row in rows.items()
+            if row[0] != "ok" and not (name == "plugins" and _on_3x(rows) and "no neural-search" in row[1])}
+
+
+def _on_3x(rows: dict[str, tuple[str, str, str]]) -> bool:
+    return "OpenSearch 3." in rows.get("cluster", ("", "", ""))[1]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +190,8 @@ def test_a_user_without_a_privilege_is_told_which(secure_env: dict[str, str]) ->
     code, rows, output = _doctor(reader, "--role", "search")
     assert code == 0, output
     assert rows["privileges: search"][0] == "ok", output
-    assert rows["search pipelines"][0] == "warn" and "cluster:admin/search/pipeline/get" in rows["search pipelines"][1]
+    if not _on_3x(rows):  # 3.x records client-side fusion at provisioning: no pipeline to read
+        assert rows["search pipelines"][0] == "warn" and "cluster:admin/search/pipeline/get" in rows["search pipelines"][1]
 
 
 @pytest.mark.secure
