@@ -69,7 +69,14 @@ def poll_changes(
         log.info("no change-feed checkpoint for '%s' (first poll, or not polled for the job retention): starting "
                  "from its newest product; `mm-opensearch backfill %s` embeds any older edit", index, index)
         latest = _latest(client, index, field)
-        store.set_change_checkpoint(index, latest or datetime.now(UTC).isoformat())
+        if latest is None:
+            store.set_change_checkpoint(index, datetime.now(UTC).isoformat())
+            return 0
+        # what the next poll's overlap will see again counts as seen, so it is not re-embedded for nothing
+        query = {"range": {field: {"gte": (parse_instant(latest) - timedelta(seconds=overlap_s)).isoformat()}}}
+        seen_now = {hit["_id"]: str(hit["_source"].get(field) or latest)
+                    for hit in scan_index(client, index, query=query, source=[field])}
+        store.set_change_checkpoint(index, latest, seen_now)
         return 0
     start = parse_instant(since) - timedelta(seconds=overlap_s)
     query = {"range": {field: {"gte": start.isoformat()}}}
