@@ -508,7 +508,6 @@ class HybridSearcher:
     def replace_client(self, client: OpenSearch) -> OpenSearch:
         """Search with ``client`` from now on (new TLS files); the previous one, still serving running calls."""
         previous, self.client = self.client, client
-        self._pipelines = PipelineRegistry(client)
         return previous
 
     def ping(self) -> bool:
