@@ -111,6 +111,7 @@ ROLES: Mapping[str, Role] = MappingProxyType({
             Permission("indices:admin/create", "creating an index or its next version"),
             Permission("indices:admin/shards/search_shards", "reindex asks which shards hold the source"),
             Permission("indices:admin/delete", "dropping an old version after the alias moved"),
+            Permission("indices:data/write/delete", "augment's copy drops products deleted from the source meanwhile (bulk delete items)"),
             Permission("indices:admin/aliases", "pointing the alias at the new version"),
             Permission("indices:admin/mapping/put", "adding vector fields and writing `_meta` (model, capabilities)"),
             Permission("indices:admin/settings/update", "refresh interval and replicas during a reindex or backfill"),
