@@ -93,6 +93,11 @@ def fused_vectors(client: OpenSearch, index: str) -> dict[str, np.ndarray]:
     return {hit["_id"]: np.asarray(hit["_source"][VECTOR_FIELDS["fused"]], dtype=np.float32) for hit in hits}
 
 
+# The installed command beside this interpreter, or the same entry point through it (an uninstalled checkout).
+_SCRIPT = Path(sys.executable).with_name("mm-opensearch")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as s:

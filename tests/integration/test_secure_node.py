@@ -10,11 +10,9 @@ the errors of plain http, a wrong password and an unknown CA (one line each, no 
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,25 +24,19 @@ from mm_opensearch.client import create_client
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode
 from mm_opensearch.devservices.security import ADMIN_USER, CLIENT_USER, generate_ca
+from tests.integration.celery_worker import CLI, closed_port
 
 pytestmark = [pytest.mark.services, pytest.mark.secure]
 
-_SCRIPT = Path(sys.executable).with_name("mm-opensearch")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of a dev dir of its own, on free ports."""
     return {
-        "MMOS_DEV_DIR": str(tmp_path_factory.mktemp("secure-dev")), "MMOS_DEV_OPENSEARCH_PORT": str(_free_port()),
-        "MMOS_DEV_OPENSEARCH_TRANSPORT_PORT": str(_free_port()), "MMOS_DEV_REDIS_PORT": str(_free_port()),
+        "MMOS_DEV_DIR": str(tmp_path_factory.mktemp("secure-dev")), "MMOS_DEV_OPENSEARCH_PORT": str(closed_port()),
+        "MMOS_DEV_OPENSEARCH_TRANSPORT_PORT": str(closed_port()), "MMOS_DEV_REDIS_PORT": str(closed_port()),
         "COLUMNS": "250",
     }
 
