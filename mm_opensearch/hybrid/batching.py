@@ -1,8 +1,8 @@
 """Encode the queries of concurrent searches together.
 
-A query encodes in about 2.7 ms alone, and eight queries together in about 1.2 ms each (default
-query tower, ONNX Runtime, one thread), so a loaded search process spends less of its CPU per
-query when it encodes what is waiting in one call. No query waits for a batch to fill: the first
+Eight queries encoded in one call cost each less than half of one encoded alone (docs/measurements.md,
+"Query encoding"), so a loaded search process spends less of its CPU per query when it encodes what
+is waiting in one call. No query waits for a batch to fill: the first
 caller encodes at once; callers that arrive meanwhile queue, and when that encoding ends the
 oldest of them encodes everything queued by then. Alone, a search encodes as it did before.
 """

@@ -140,8 +140,7 @@ def page_request(ids: Sequence[str]) -> dict[str, Any]:
     """A search body that reads the documents ``ids`` (one page), without their vectors.
 
     A search's fetch phase rather than ``_mget``: the page is read as the legs saw it, from the
-    same refreshed point in time, and it costs less (measured on the demo index, pages of 10:
-    p50 1.65-1.8 ms against 1.8-2.0 ms).
+    same refreshed point in time, and it costs less (docs/measurements.md, "Reading a page").
     """
     return {
         "query": {"ids": {"values": list(ids)}},

@@ -18,9 +18,8 @@ rank alike. Over several shards the plugin fuses per shard (see ``_PER_SHARD_FUS
 legs' global lists do not reproduce, so such an index is fused on the client.
 
 On the client path the lexical leg is sent before the query is encoded: the node ranks BM25
-candidates while the tower runs, and only the k-NN leg waits for the vector. Against both legs in
-one ``_msearch`` after encoding, this took client hybrid from p50 8.3 / p99 14.0 ms to 7.6 / 11.9 ms
-(``bench/query.py`` queries, default model, demo index, the two taking turns in one process).
+candidates while the tower runs, and only the k-NN leg waits for the vector, which is faster than
+both legs in one ``_msearch`` after encoding (docs/measurements.md, "Client hybrid").
 
 Candidate ids are read from ``mm_id`` doc values, never from ``_id`` field data; hits whose
 documents lack ``mm_id`` (an index augmented in place, documents the application wrote since) are
@@ -842,9 +841,8 @@ def serving_settings(settings: Settings) -> Settings:
     """``settings`` for a process that answers searches: torch on one thread unless configured.
 
     A search encodes one short query, too small to split across threads: intra-op threads then
-    only contend with concurrent requests and with a co-located node. On 2 cores shared with
-    OpenSearch (``bench/query.py``): query encoding p50 3.3 ms on one thread, 8.0 ms on two;
-    client-side hybrid p99 12.4 ms against 15.1 ms. Set ``MMOS_TORCH_THREADS`` to override.
+    only contend with concurrent requests and with a co-located node (docs/measurements.md, "Query
+    encoding"). Set ``MMOS_TORCH_THREADS`` to override.
     """
     if settings.torch_threads is not None:
         return settings

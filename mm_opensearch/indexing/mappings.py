@@ -47,10 +47,9 @@ def vector_index_settings() -> dict[str, Any]:
     """``settings.index`` entries an index with vectors needs: k-NN on, vectors derived, not stored in ``_source``.
 
     Three 256-d vectors written as JSON were most of each stored document, and a page of documents
-    decompressed and parsed them only to drop them. The demo index, stored against derived, the
-    two searched in turns: 131 -> 66 MB; a BM25 page of 10 (vectors left out of the response both
-    times) p50 2.5 -> 1.5 ms, p99 6.6 -> 4.7 ms back to back, and p50 3.9 -> 3.1 ms at 50 queries a
-    second. The plugin puts the exact vectors back wherever ``_source`` is read whole.
+    decompressed and parsed them only to drop them: derived vectors halve the index and shorten
+    every page read (docs/measurements.md, "Derived vectors"). The plugin puts the exact vectors
+    back wherever ``_source`` is read whole.
     """
     settings = copy.deepcopy(_template("vector_fields.json")["index_settings"])
     settings.pop("_comment", None)

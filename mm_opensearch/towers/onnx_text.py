@@ -1,17 +1,16 @@
 """The query tower run by ONNX Runtime: the search-time fast path on CPUs.
 
 At search time the tower encodes one short query per request. PyTorch spends much of that in
-per-operator dispatch (the small query head alone costs about 0.5 ms of it); ONNX Runtime runs the
-same graph, backbone pooling and head together, with fused kernels (MiniLM tower, one thread:
-7.8 ms -> about 3 ms) and gives the same vectors to float rounding. The graph is exported from the
+per-operator dispatch, even for the small query head; ONNX Runtime runs the same graph, backbone
+pooling and head together, with fused kernels, in well under half the time (docs/measurements.md,
+"Query encoding") and gives the same vectors to float rounding. The graph is exported from the
 loaded weights on first use and cached under ``<cache_dir>/onnx/<key>.onnx`` (a damaged file is
 exported again); it is checked against PyTorch before it is used, and any failure leaves PyTorch
 in charge with a warning rather than failing searches.
 
 ``quantized=True`` runs an int8 copy of the graph instead (dynamic quantization of the MatMuls,
-weights per channel): on the default model, one thread, p50 3.3 -> 1.1 ms per query, at the cost
-of vectors within cosine 0.984-1.0 of PyTorch's (mean 0.994 over 400 queries) and, on the Myntra
-val queries, nDCG@10 0.8287 -> 0.8260 (fused), 0.8654 -> 0.8634 (hybrid_linear).
+weights per channel): faster again, at the cost of vectors a little further from PyTorch's and a
+small loss of nDCG@10 (docs/measurements.md, "Query encoding"), so it is opt-in.
 """
 
 from __future__ import annotations

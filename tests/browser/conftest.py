@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.judgments import load_qrels, load_queries
 from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.ports import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -104,12 +104,6 @@ def shop(
     yield Shop(name, products, xss, missing, broken, queries_file, qrels_file, [q.id for q in ranked],
                {q.id: qrels[q.id] for q in ranked})
     client.indices.delete(index=name, ignore_unavailable=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from mm_opensearch.indexing.load import (
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import MultimodalModel
 from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE
+from tests.ports import free_port as closed_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LIMITS = {"MMOS_WORKER_TASK_TIME_LIMIT_S": "10", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "12"}
@@ -93,11 +93,9 @@ def fused_vectors(client: OpenSearch, index: str) -> dict[str, np.ndarray]:
     return {hit["_id"]: np.asarray(hit["_source"][VECTOR_FIELDS["fused"]], dtype=np.float32) for hit in hits}
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The installed command beside this interpreter, or the same entry point through it (an uninstalled checkout).
+_SCRIPT = Path(sys.executable).with_name("mm-opensearch")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
 
 
 def stamped_catalog(myntra_dir: Path, schema: CatalogSchema, limit: int) -> list[Product]:

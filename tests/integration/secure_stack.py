@@ -9,7 +9,6 @@ its roles cover the product index :data:`SECURE_INDEX` (the alias and its versio
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode
+from tests.ports import free_port
 
 __all__ = ["CLI", "SECURE_INDEX", "free_port", "secure_dev_env", "secure_node", "secure_up_output"]
 
@@ -26,12 +26,6 @@ SECURE_INDEX = "mmsec"  # MMOS_INDEX_NAME of `dev up --secure`: the index its ro
 
 _SCRIPT = Path(sys.executable).with_name("mm-opensearch")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

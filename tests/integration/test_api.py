@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import socket
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.hybrid import HybridSearcher, MAX_QUERY_CHARS
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.ports import free_port as _free_port
 
 pytestmark = pytest.mark.services
 
@@ -55,12 +55,6 @@ def api_index(
     client.indices.refresh(index=name)
     yield name
     client.indices.delete(index=name, ignore_unavailable=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

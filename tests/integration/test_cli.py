@@ -25,6 +25,7 @@ import pytest
 from opensearchpy import OpenSearch
 
 from mm_opensearch.config import Settings
+from tests.ports import free_port as _free_port
 
 pytestmark = pytest.mark.services
 
@@ -63,12 +64,6 @@ def assert_one_line_failure(run: Run, *needles: str, secret: str = "hunter2") ->
     for needle in needles:
         assert needle in line, line
     return line
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

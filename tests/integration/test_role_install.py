@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import ModelConfig, MultimodalModel
 from mm_opensearch.towers.onnx_text import export_query_graph
+from tests.ports import free_port as _free_port
 
 pytestmark = pytest.mark.services
 
@@ -85,12 +85,6 @@ def test_the_api_install_has_no_torch_and_is_smaller(api_venv: Path) -> None:
     api, full = _du_mib(_site_packages(api_venv)), _du_mib(Path(sys.prefix).glob("lib/python*/site-packages").__next__())
     print(f"site-packages: [api] {api:.0f} MiB, this full install {full:.0f} MiB")  # for docs (pytest -s)
     assert api < full / 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from mm_opensearch.devservices import OpenSearchNode, RedisServer
 from mm_opensearch.devservices.opensearch import find_java
 from mm_opensearch.errors import DevServiceError
 from mm_opensearch.indexing import bulk_write, index_action, product_index_body
+from tests.ports import free_port as _free_port
 
 pytestmark = pytest.mark.services
 
@@ -189,12 +190,6 @@ def test_missing_maven_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DevServiceError, match="apt-get install -y maven"):
         node.fetch()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_second_node_starts_and_stops_without_leaving_a_process(tmp_path: Path, settings: Settings) -> None:

@@ -13,9 +13,7 @@ name on 3.x.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from mm_opensearch.indexing.bulk import bulk_write, json_floats, vector_update_a
 from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.integration.celery_worker import CLI, closed_port
 
 pytestmark = [pytest.mark.services, pytest.mark.upgrade]
 
@@ -63,14 +62,7 @@ BM25_3X_FACTOR = 1 / (1 + 1.2)
 # other documents of the same graph (see test_approximate_knn_still_finds_the_neighbours_after_the_upgrade).
 APPROX_DEPTH = 60
 PIPELINE = "mmos-rrf-k60"  # what the server path creates for SEARCHES[2]
-_CLI = Path(sys.executable).with_name("mm-opensearch")
-CLI = [str(_CLI)] if _CLI.exists() else [sys.executable, "-c", "from mm_opensearch.cli.app import main; main()"]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -128,7 +120,7 @@ def upgrade(
 ) -> Iterator[Upgrade]:
     """2.19.1 writes the index and answers the searches; it stops and 3.4.0 starts on the same folder."""
     dev_dir = tmp_path_factory.mktemp("upgrade")
-    ports = {"dev_opensearch_port": _free_port(), "dev_opensearch_transport_port": _free_port()}
+    ports = {"dev_opensearch_port": closed_port(), "dev_opensearch_transport_port": closed_port()}
     per_release = {
         version: settings.model_copy(update={
             "dev_dir": dev_dir, "dev_opensearch_version": version, "dev_opensearch_heap": "512m", **ports,
