@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import numpy as np
 import redis
 from opensearchpy import OpenSearch
 
-from mm_opensearch.catalog import CatalogSchema, Product, read_catalog
+from mm_opensearch.backfill import JobStore, changes_job_id, follow_changes
+from mm_opensearch.catalog import CatalogSchema, Product, read_catalog, to_product
 from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import (
     create_product_index,
@@ -23,8 +26,7 @@ from mm_opensearch.indexing.load import (
 )
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import MultimodalModel
-from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE
-from tests.ports import free_port as closed_port
+from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LIMITS = {"MMOS_WORKER_TASK_TIME_LIMIT_S": "10", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "12"}
@@ -114,6 +116,14 @@ def index_without_vectors(client: OpenSearch, index: str, schema: CatalogSchema,
     client.indices.refresh(index=index)
 
 
+def stale_vectors(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> list[str]:
+    """The ids of ``products`` whose stored fused vector is missing or not what an encode of them gives now."""
+    stored = fused_vectors(client, index)
+    return [product.id for product, expected in zip(products, product_vectors(model, products), strict=True)
+            if expected is None or product.id not in stored
+            or not np.allclose(stored[product.id], expected["mm_fused"], atol=1e-5)]
+
+
 def assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalModel, products: list[Product]) -> None:
     """Every product has the vector an encode of it gives now: none missing, none duplicated, none of another."""
     assert client.count(index=index)["count"] == len(products)
@@ -122,3 +132,47 @@ def assert_all_vectors_fresh(client: OpenSearch, index: str, model: MultimodalMo
     for product, expected in zip(products, product_vectors(model, products), strict=True):
         assert expected is not None
         np.testing.assert_allclose(stored[product.id], expected["mm_fused"], atol=1e-5)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 50 ms; fail the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f} s"
+        time.sleep(0.05)
+
+
+class Follower:
+    """``follow_changes`` in a thread, as ``jobs follow`` runs it; an exception that ends it is kept."""
+
+    def __init__(self, client: OpenSearch, store: JobStore, index: str) -> None:
+        self.client, self.store, self.index = client, store, index
+        self.stop, self.error = threading.Event(), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            follow_changes(self.client, self.store, CeleryJobQueue(app), self.index, stop=self.stop, interval_s=0.5)
+        except BaseException as e:  # noqa: BLE001 - the test asserts there was none
+            self.error = e
+
+    def start(self) -> Follower:
+        self.thread.start()
+        wait_until(lambda: self.store.change_checkpoint(self.index)[0] is not None, what="the feed's first poll")
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def assert_alive_and_following(self, product: Product, schema: CatalogSchema) -> Product:
+        """Edit ``product`` now; the feed, still running, gets it re-embedded. Returns the edited product."""
+        assert self.thread.is_alive(), f"the change feed ended: {self.error!r}"
+        job = changes_job_id(self.index)
+        before = counts.written if (counts := self.store.counts(job)) is not None else 0
+        source = {**product.source, "title": f"{product.source['title']} (edited)",
+                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.client.index(index=self.index, id=product.id, body=source, refresh=True)
+        wait_until(lambda: (c := self.store.counts(job)) is not None and c.written > before, timeout_s=120,
+                    what="the edit re-embedded by the feed")
+        return to_product(source, schema)

@@ -1,4 +1,5 @@
-"""Faults of a three-node cluster: a node SIGKILLed mid-backfill and under hybrid query load, a write block.
+"""Faults of a three-node cluster: a node SIGKILLed mid-backfill and under hybrid query load, a write
+block, and a rolling restart under `jobs follow` while products change.
 
 Needs ``mm-opensearch dev up --nodes 3`` with ``MMOS_OPENSEARCH_HOSTS`` listing all three nodes
 (the client then moves to another node when one dies). The index has one shard and one replica,
@@ -18,19 +19,27 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from opensearchpy import OpenSearch
+from opensearchpy import OpenSearch, TransportError
 
 from mm_opensearch.api import RETRY_AFTER_S, create_app
 from mm_opensearch.api import app as app_module
-from mm_opensearch.backfill import JobStore, retry_dead_letters, run_backfill, wait_for_job
-from mm_opensearch.catalog import CatalogSchema, Product
+from mm_opensearch.backfill import JobStore, changes_job_id, retry_dead_letters, run_backfill, wait_for_job
+from mm_opensearch.catalog import CatalogSchema, Product, to_product
 from mm_opensearch.client import create_serving_client
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchCluster
 from mm_opensearch.hybrid.search import HybridSearcher
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import MultimodalModel
-from tests.integration.celery_worker import WorkerProcess, assert_all_vectors_fresh, purge_queues, stamped_catalog
+from tests.integration.celery_worker import (
+    Follower,
+    WorkerProcess,
+    assert_all_vectors_fresh,
+    purge_queues,
+    stale_vectors,
+    stamped_catalog,
+    wait_until,
+)
 from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = [pytest.mark.services, pytest.mark.multinode]
@@ -99,13 +108,6 @@ def _replicated_index(client: OpenSearch, index: str, schema: CatalogSchema, pro
 
 def _dead_letters(store: JobStore, job_id: str) -> list:
     return [letter for letter in store.dead_letters() if letter.payload["job_id"] == job_id]
-
-
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f} s"
-        time.sleep(0.05)
 
 
 class QueryLoad(threading.Thread):
@@ -189,14 +191,14 @@ def test_a_node_sigkilled_mid_backfill_under_hybrid_queries(
         queries.start()
         thread.start()
         try:
-            _wait_until(lambda: (c := store.counts(job_id)) is not None and c.written >= 30,
+            wait_until(lambda: (c := store.counts(job_id)) is not None and c.written >= 30,
                         what="a tenth of the products written")
             victim = _node_to_kill(whole, client, index_name, which)
             written_before = store.counts(job_id).written  # type: ignore[union-attr]
             killed_at = time.monotonic()
             assert whole.kill(victim)
             thread.join(400)
-            _wait_until(lambda: len(queries.outcomes) > 50 and time.monotonic() > killed_at + 5, what="queries after")
+            wait_until(lambda: len(queries.outcomes) > 50 and time.monotonic() > killed_at + 5, what="queries after")
         finally:
             queries.stop.set()
             queries.join(30)
@@ -261,3 +263,89 @@ def test_a_write_block_on_three_nodes_is_retried_then_dead_lettered_and_the_retr
           f"dead-lettered after {blocked_for:.0f} s, retried: {done.written} written, {done.dead} dead")
     assert (done.written, done.dead, done.failed) == (len(products), 0, 0)
     assert_all_vectors_fresh(client, index_name, model, products)
+
+
+class Editor(threading.Thread):
+    """Edits products round-robin, as a catalog's own writer would, until stopped.
+
+    A write refused while a node leaves or joins is sent again, same body, until it is acknowledged;
+    ``latest`` holds each product's last acknowledged source, the one its vector must end up from.
+    """
+
+    def __init__(self, client: OpenSearch, index: str, products: list[Product], schema: CatalogSchema) -> None:
+        super().__init__(daemon=True)
+        self.client, self.index, self.products, self.schema = client, index, products, schema
+        self.latest: dict[str, Product] = {}
+        self.edits = self.resent = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                product = self.products[self.edits % len(self.products)]
+                self.edits += 1
+                source = {**product.source, "title": f"{product.source['title']} (edit {self.edits})",
+                          "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                self._write(product.id, source)
+                self.latest[product.id] = to_product(source, self.schema)
+                time.sleep(0.2)
+        except BaseException as e:  # noqa: BLE001 - the test asserts there was none
+            self.error = e
+
+    def _write(self, product_id: str, source: dict) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.client.index(index=self.index, id=product_id, body=source, params={"timeout": "10s"},
+                                  request_timeout=15)
+                return
+            except TransportError:  # connection errors too: a node leaving, a primary moving
+                if time.monotonic() > deadline:
+                    raise
+                self.resent += 1
+                time.sleep(0.5)
+
+
+def test_a_rolling_restart_under_jobs_follow_misses_no_change_and_applies_none_over_a_newer(
+    whole: OpenSearchCluster, client: OpenSearch, index_name: str, store: JobStore,
+    start_worker: Callable[..., WorkerProcess], model: MultimodalModel, schema: CatalogSchema,
+    catalog: list[Product],
+) -> None:
+    """Each node in turn stopped (SIGTERM) and started while products change: every product ends on the
+    vector of its last acknowledged edit, and the follower outlived all three restarts."""
+    products = catalog[:100]
+    _replicated_index(client, index_name, schema, products, model)
+    worker = start_worker(**RIDE_OUT)
+    run_backfill(client, store, CeleryJobQueue(app), index_name, schema=schema, batch_size=20, timeout_s=180)
+    follower = Follower(client, store, index_name).start()
+    editor = Editor(client, index_name, products[:40], schema)
+    began = time.monotonic()
+    restarts: list[str] = []
+    editor.start()
+    try:
+        for node in range(whole.size):
+            stopped_at = time.monotonic()
+            assert whole.stop(node)
+            whole.start(node)  # waits until all three nodes are back and the cluster is green
+            restarts.append(f"node {node} {time.monotonic() - stopped_at:.0f} s")
+    finally:
+        editor.stop.set()
+        editor.join(150)
+    assert editor.error is None, f"the editor stopped: {editor.error!r}"
+    current = [editor.latest.get(p.id, p) for p in products]
+    try:
+        wait_until(lambda: not stale_vectors(client, index_name, model, current), timeout_s=180,
+                   what="every product on the vector of its last edit")
+        assert follower.thread.is_alive(), f"the change feed ended: {follower.error!r}"
+    finally:
+        follower.close()
+    counts = store.counts(changes_job_id(index_name))
+    letters = _dead_letters(store, changes_job_id(index_name))
+    retries = len(RETRY_LINE.findall(worker.log.read_bytes()))
+    print(f"\nrolling restart under jobs follow: {len(products)} products checked, {editor.edits} edits of "
+          f"{len(editor.latest)} products ({editor.resent} writes sent again), restarts {restarts}, "
+          f"feed wrote {counts.written if counts else 0} ({counts.dead if counts else 0} dead), {retries} batch "
+          f"retries, {time.monotonic() - began:.0f} s")
+    assert not letters, f"dead-lettered: {letters[0].reason}"
+    assert_all_vectors_fresh(client, index_name, model, current)

@@ -36,7 +36,8 @@ from mm_opensearch.devservices import OpenSearchNode
 from mm_opensearch.devservices.security import ADMIN_USER, generate_ca, issue_cert
 from mm_opensearch.hybrid.capabilities import default_fusions, provision_index
 from mm_opensearch.towers import ModelConfig, MultimodalModel
-from tests.integration.celery_worker import WorkerProcess, closed_port, index_without_vectors, stamped_catalog
+from tests.integration.celery_worker import WorkerProcess, index_without_vectors, stamped_catalog
+from tests.ports import free_port as closed_port
 
 pytestmark = [pytest.mark.services]
 

@@ -19,20 +19,22 @@ from pathlib import Path
 import pytest
 from opensearchpy import OpenSearch
 
-from mm_opensearch.backfill import JobStore, changes_job_id, enqueue, follow_changes, run_backfill, wait_for_job
-from mm_opensearch.catalog import CatalogSchema, Product, to_product
+from mm_opensearch.backfill import JobStore, enqueue, run_backfill, wait_for_job
+from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchNode, RedisServer
 from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import (
+    Follower,
     WorkerProcess,
     assert_all_vectors_fresh,
-    closed_port,
     index_without_vectors,
     purge_queues,
     stamped_catalog,
+    wait_until,
 )
 from mm_opensearch_workers.app import CeleryJobQueue, app
+from tests.ports import free_port as closed_port
 
 pytestmark = pytest.mark.services
 
@@ -69,49 +71,6 @@ def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> It
     yield start
     for worker in started:
         worker.stop()
-
-
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f} s"
-        time.sleep(0.05)
-
-
-class _Follower:
-    """``follow_changes`` in a thread, as ``jobs follow`` runs it; an exception that ends it is kept."""
-
-    def __init__(self, client: OpenSearch, store: JobStore, index: str) -> None:
-        self.client, self.store, self.index = client, store, index
-        self.stop, self.error = threading.Event(), None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            follow_changes(self.client, self.store, CeleryJobQueue(app), self.index, stop=self.stop, interval_s=0.5)
-        except BaseException as e:  # noqa: BLE001 - the test asserts there was none
-            self.error = e
-
-    def start(self) -> _Follower:
-        self.thread.start()
-        _wait_until(lambda: self.store.change_checkpoint(self.index)[0] is not None, what="the feed's first poll")
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-    def assert_alive_and_following(self, product: Product, schema: CatalogSchema) -> Product:
-        """Edit ``product`` now; the feed, still running, gets it re-embedded. Returns the edited product."""
-        assert self.thread.is_alive(), f"the change feed ended: {self.error!r}"
-        job = changes_job_id(self.index)
-        before = counts.written if (counts := self.store.counts(job)) is not None else 0
-        source = {**product.source, "title": f"{product.source['title']} (edited)",
-                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.client.index(index=self.index, id=product.id, body=source, refresh=True)
-        _wait_until(lambda: (c := self.store.counts(job)) is not None and c.written > before, timeout_s=120,
-                    what="the edit re-embedded by the feed")
-        return to_product(source, schema)
 
 
 def _dead_letters(store: JobStore, job_id: str) -> list:
@@ -192,10 +151,10 @@ def test_a_backfill_rides_out_the_opensearch_node_killed_and_started_30_s_later(
         except Exception as e:  # noqa: BLE001 - reported below, after the dead letters
             result["error"] = e
 
-    follower = _Follower(client, store, index_name).start()  # `jobs follow` beside the backfill, across the outage
+    follower = Follower(client, store, index_name).start()  # `jobs follow` beside the backfill, across the outage
     thread = threading.Thread(target=backfill)
     thread.start()
-    _wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned" and c.written >= 30,
+    wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned" and c.written >= 30,
                 what="a tenth of the products written")
     node = OpenSearchNode(settings)
     try:
@@ -246,10 +205,10 @@ def test_a_write_block_set_during_a_backfill_is_waited_out(
 
     thread = threading.Thread(target=backfill)
     thread.start()
-    _wait_until(lambda: (c := store.counts(job_id)) is not None and c.written >= 10, what="some products written")
+    wait_until(lambda: (c := store.counts(job_id)) is not None and c.written >= 10, what="some products written")
     client.indices.put_settings(index=index_name, body={"index.blocks.write": True})
     try:
-        _wait_until(lambda: b"cluster_block_exception" in worker.log.read_bytes()  # retried
+        wait_until(lambda: b"cluster_block_exception" in worker.log.read_bytes()  # retried
                     or store.errors(job_id, limit=1) != [], what="a write refused by the block")  # or given up
         time.sleep(3)  # blocked for a few seconds
     finally:
@@ -314,13 +273,13 @@ def test_a_backfill_waits_for_redis_down_longer_than_its_client_retries(
         backfill = subprocess.Popen([cli, "backfill", index_name, "--batch-size", "10", "--timeout", "300"],  # noqa: S603
                                     env=cli_env, stdout=stdout, stderr=stderr)
     server = RedisServer(settings)
-    follower = _Follower(client, store, index_name).start()  # `jobs follow` too rides the outage out
+    follower = Follower(client, store, index_name).start()  # `jobs follow` too rides the outage out
     try:
         try:
-            _wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned", what="the scan")
+            wait_until(lambda: (c := store.counts(job_id)) is not None and c.status == "scanned", what="the scan")
             assert server.stop()
             # redis_client retries for ~30 s; the backfill used to die with a traceback right after
-            _wait_until(lambda: b"is unreachable" in err.read_bytes() or backfill.poll() is not None, timeout_s=90,
+            wait_until(lambda: b"is unreachable" in err.read_bytes() or backfill.poll() is not None, timeout_s=90,
                         what="the unreachable message")
             assert backfill.poll() is None, f"backfill exited with {backfill.returncode} while Redis was down: " \
                                             f"{err.read_text()[-1500:]}"

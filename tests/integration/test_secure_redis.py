@@ -31,10 +31,10 @@ from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import (
     WorkerProcess,
     assert_all_vectors_fresh,
-    closed_port,
     index_without_vectors,
     stamped_catalog,
 )
+from tests.ports import free_port as closed_port
 
 pytestmark = pytest.mark.services
 

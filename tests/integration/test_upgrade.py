@@ -35,7 +35,8 @@ from mm_opensearch.indexing.bulk import bulk_write, json_floats, vector_update_a
 from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
 from mm_opensearch.indexing.mappings import VECTOR_FIELDS
 from mm_opensearch.towers import ModelConfig, MultimodalModel
-from tests.integration.celery_worker import CLI, closed_port
+from tests.integration.celery_worker import CLI
+from tests.ports import free_port as closed_port
 
 pytestmark = [pytest.mark.services, pytest.mark.upgrade]
 

@@ -12,7 +12,6 @@ from mm_opensearch.hybrid.filters import build_filters, field_types, parse_filte
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.pipelines import pipeline_body, pipeline_name
 from mm_opensearch.hybrid.query import (
-    SOURCE_EXCLUDES,
     candidate_id,
     hybrid_request,
     knn_query,
