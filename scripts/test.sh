@@ -49,7 +49,7 @@ for version in $VERSIONS; do
         args=(-m "not neural_search and not upgrade and not multinode" "${@:-tests/integration}")
     fi
     echo "== OpenSearch $version: pytest ${args[*]}"
-    "$VENV/bin/python" -m pytest -p no:cacheprovider "${args[@]}" || failed="$failed $version"
+    "$VENV/bin/python" -m pytest -p no:cacheprovider --durations=12 "${args[@]}" || failed="$failed $version"
     stop_started
     started=""
     timings="$timings $version=$((SECONDS - leg_start))s"
@@ -76,7 +76,7 @@ run_shape() {
             export MMOS_OPENSEARCH_PASSWORD
         fi
         echo "== $label (OpenSearch $version, $nodes node(s), secure=$secure): pytest $*"
-        "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+        "$VENV/bin/python" -m pytest -p no:cacheprovider --durations=8 "$@"
     ) || failed="$failed $label"
     timings="$timings $label=$((SECONDS - leg_start))s"
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from mm_opensearch.errors import SearchUnavailableError
 from mm_opensearch.hybrid import HybridSearcher, SearchRequest, open_searcher
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import MultimodalModel
+from tests.ports import free_port
 
 pytestmark = pytest.mark.services
 
@@ -71,9 +71,7 @@ def serving_settings(
 @pytest.fixture(scope="module")
 def server(serving_settings: Settings) -> Iterator[str]:
     """uvicorn serving create_app(settings), whose lifespan opens the serving searcher."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app(serving_settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
