@@ -142,7 +142,8 @@ class OpenSearchCluster:
                     )
                     raise DevServiceError(msg)
             last = self.health()
-            if last and last.get("number_of_nodes") == count and last.get("status") in wanted:
+            if (last and last.get("number_of_nodes") == count and last.get("status") in wanted
+                    and all(self._joined(node, count) for node in watch or [])):
                 return last
             if time.monotonic() >= deadline:
                 seen = f"{last.get('number_of_nodes')} nodes, {last.get('status')}" if last else "no answer"
@@ -153,6 +154,16 @@ class OpenSearchCluster:
                 )
                 raise DevServiceError(msg)
             time.sleep(_POLL_S)
+
+    @staticmethod
+    def _joined(node: OpenSearchNode, count: int) -> bool:
+        """Whether ``node`` itself answers for a cluster of ``count``: the others' health alone may still
+        count a node that just left, so a restarted node's wait would end before it joined again."""
+        try:
+            response = node.get("/_cluster/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.json().get("number_of_nodes") == count
 
     def node_info(self) -> list[NodeInfo]:
         """The joined nodes (name, roles, pid, HTTP address, whether elected cluster manager)."""
