@@ -28,6 +28,7 @@ from mm_opensearch.catalog import CatalogSchema, Product, to_product
 from mm_opensearch.client import create_serving_client
 from mm_opensearch.config import Settings
 from mm_opensearch.devservices import OpenSearchCluster
+from mm_opensearch.hybrid.capabilities import default_fusions, provision_index
 from mm_opensearch.hybrid.search import HybridSearcher
 from mm_opensearch.indexing.load import create_product_index, load_products
 from mm_opensearch.towers import MultimodalModel
@@ -98,10 +99,11 @@ def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> It
 
 def _replicated_index(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],
                       model: MultimodalModel) -> None:
-    """One shard, one replica, mapped for ``model``'s vectors, holding the products' BM25 fields only."""
+    """One shard, one replica, mapped for ``model``'s vectors, holding the products' BM25 fields only, provisioned."""
     create_product_index(client, index, schema, sample=products[0].source, model=model,
                          index_settings={"number_of_shards": 1, "number_of_replicas": 1})
     assert load_products(client, index, products).succeeded == len(products)
+    provision_index(client, index, default_fusions())  # the server path's pipelines: searches never create them
     client.cluster.health(index=index, wait_for_status="green", params={"timeout": "60s"}, request_timeout=70)
     client.indices.refresh(index=index)
 
@@ -327,7 +329,8 @@ def test_a_rolling_restart_under_jobs_follow_misses_no_change_and_applies_none_o
         for node in range(whole.size):
             stopped_at = time.monotonic()
             assert whole.stop(node)
-            whole.start(node)  # waits until all three nodes are back and the cluster is green
+            whole.wait_until_nodes(whole.size - 1, status=None, timeout_s=120)  # the cluster saw it leave
+            whole.start(node)  # waits until it joined again and the cluster of three is green
             restarts.append(f"node {node} {time.monotonic() - stopped_at:.0f} s")
     finally:
         editor.stop.set()
