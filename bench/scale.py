@@ -28,8 +28,9 @@ including query encoding, and ANN recall@10 and @100 of the fused vector against
 
 ``--sweep`` measures, at the sizes of ``--sweep-at`` (100k by default), the HNSW and quantization
 options beside the default (see ``_sweep``); other sizes run the default (``MMOS_KNN_*``) only.
-``--budget-s`` bounds the whole run: a step that would start after it is skipped, and a force merge
-still running when it is spent is left to the node; the table says where it stopped.
+``--budget-s`` bounds each size (its options, merges and searches): an option that would start after
+it is skipped, a force merge still running when it is spent is abandoned (its index deleted), and
+exact searches stop, recall then taken over the queries done; the table says where it stopped.
 
     PYTHONPATH=. nice -n 19 python bench/scale.py --sizes 10000,100000,1000000 --sweep --json scale.json
 """
@@ -110,6 +111,7 @@ def load_seeds(settings: Settings, model: MultimodalModel, data_dir: Path, limit
         ok: list[np.ndarray] = []
         for start in range(0, len(products), 512):
             batch = products[start : start + 512]
+            console.print(f"  {start:,} of {len(products):,}")
             enc = model.encode_products(batch, with_modalities=True, image_roots=settings.image_roots_or(data_dir))
             ok.append(enc.has_vector & enc.has_text & enc.has_image)  # all three kinds: copies carry all three
             for kind, values in (("fused", enc.fused), ("text", enc.text), ("image", enc.image)):
@@ -184,6 +186,7 @@ class Row:
     latency: dict[str, float] = field(default_factory=dict)  # "vector c1 p50" ... in ms
     recall: dict[str, float] = field(default_factory=dict)  # "@10", "@100", "@10 filtered", ...
     filter_selectivity: float | None = None
+    recall_queries: int | None = None  # fewer than --queries where the budget ended the exact searches
 
 
 class Budget:
@@ -200,7 +203,10 @@ def _index_name(size: int, options: VectorOptions) -> str:
     return f"{PREFIX}-{size}-{label}"
 
 
-def _write(client: OpenSearch, index: str, model_id: str, seeds: Seeds, size: int, noise_scale: float) -> int:
+def _write(
+    client: OpenSearch, index: str, model_id: str, seeds: Seeds, size: int, noise_scale: float, budget: Budget
+) -> int:
+    """Products sent (all of ``size`` unless the budget ended the bulk first)."""
     def send(batch: tuple[list[str], list[Product], dict[str, np.ndarray]]) -> int:
         ids, products, vectors = batch
         actions = []
@@ -215,8 +221,15 @@ def _write(client: OpenSearch, index: str, model_id: str, seeds: Seeds, size: in
             raise SystemExit(f"bulk into {index} failed: {report.failed[0]}")
         return report.succeeded
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # one batch generated while the other is sent
-        return sum(pool.map(send, synthetic_batches(seeds, size, noise_scale=noise_scale)))
+    written, pending = 0, []
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two batches in flight; the next generated meanwhile
+        for batch in synthetic_batches(seeds, size, noise_scale=noise_scale):
+            if budget.left() <= 0:
+                break
+            pending.append(pool.submit(send, batch))
+            if len(pending) >= 2:
+                written += pending.pop(0).result()
+        return written + sum(future.result() for future in pending)
 
 
 def _wait_merge(client: OpenSearch, index: str, budget: Budget) -> float | None:
@@ -299,9 +312,11 @@ class Truth:
     selectivity: float
 
 
-def exact_truth(client: OpenSearch, index: str, vectors: np.ndarray, size: int) -> Truth:
+def exact_truth(client: OpenSearch, index: str, vectors: np.ndarray, size: int, budget: Budget) -> Truth:
     top, filters, top_filtered, matched = [], [], [], []
     for vector in vectors.tolist():
+        if budget.left() <= 0 and top:
+            break
         hits = _exact(client, index, vector, 100, [])
         first = client.get(index=index, id=hits[0], _source_includes=[FILTER_FIELD])["_source"].get(FILTER_FIELD)
         clause = [{"term": {FILTER_FIELD: first}}]
@@ -318,7 +333,7 @@ def _recall(found: list[str], truth: list[str], k: int) -> float:
 
 def measure_recall(client: OpenSearch, index: str, vectors: np.ndarray, truth: Truth, ef_search: int | None) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
-    for i, vector in enumerate(vectors.tolist()):
+    for i, vector in enumerate(vectors.tolist()[: len(truth.top)]):
         for name, filters, exact in (("", [], truth.top[i]), (" filtered", truth.filters[i], truth.top_filtered[i])):
             for k in (10, 100):
                 sums.setdefault(f"@{k}{name}", []).append(_recall(_ann(client, index, vector, k, filters, ef_search), exact, k))
@@ -338,10 +353,16 @@ def measure_latency(searcher: HybridSearcher, queries: list[str]) -> dict[str, f
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def _sweep(default: VectorOptions) -> list[tuple[VectorOptions, list[int | None]]]:
-    """Options built at the sweep sizes, each with the ef_search values measured on it."""
+def _sweep(default: VectorOptions, *, faiss: bool = False) -> list[tuple[VectorOptions, list[int | None]]]:
+    """Options built at the sweep sizes, each with the ef_search values measured on it.
+
+    ``faiss`` adds the faiss engine, float and fp16 (``sq``): only on a node with the k-NN native
+    libraries (the dev node has none; its first faiss segment closes the shard's IndexWriter).
+    """
     efs: list[int | None] = [default.ef_search, 100, 256]
-    return [
+    native = [(replace(default, engine="faiss"), [default.ef_search, 256]),
+              (replace(default, engine="faiss", encoder="sq"), [default.ef_search, 256])] if faiss else []
+    return [*native,
         (default, list(dict.fromkeys(efs))),
         (replace(default, m=8, ef_construction=64), [default.ef_search, 256]),
         (replace(default, m=32, ef_construction=256), [default.ef_search, 256]),
@@ -380,9 +401,13 @@ def run_option(
                          model=model, modalities=True, vector_options=options,
                          index_settings={"refresh_interval": "-1"})
     started = time.perf_counter()
-    written = _write(client, index, model.model_id, seeds, size, noise_scale)
+    written = _write(client, index, model.model_id, seeds, size, noise_scale, budget)
     head.bulk_s = time.perf_counter() - started
     head.docs_per_s = written / head.bulk_s
+    if written < size:
+        for row in rows:
+            row.stopped = f"bulk stopped at {written:,} products by the budget ({budget.seconds:.0f} s)"
+        return rows, truth
     started = time.perf_counter()
     client.indices.refresh(index=index, request_timeout=3600)
     head.refresh_s = time.perf_counter() - started
@@ -396,12 +421,13 @@ def run_option(
     head.disk_bytes = client.indices.stats(index=index, metric="store")["indices"][index]["primaries"]["store"]["size_in_bytes"]
     head.vector_files = _vector_files(settings, client, index)
     if truth is None:
-        truth = exact_truth(client, index, qvectors, size)
+        truth = exact_truth(client, index, qvectors, size, budget)
     for row, ef in zip(rows, efs, strict=True):
         if budget.left() <= 0:
             row.stopped = "not measured (budget spent)"
             continue
         row.filter_selectivity = truth.selectivity
+        row.recall_queries = len(truth.top)
         row.recall = measure_recall(client, index, qvectors, truth, ef)
         searcher = HybridSearcher(create_client(settings), settings.model_copy(update={"knn_ef_search": ef}),
                                   index=index, tower=model)
@@ -419,7 +445,7 @@ def print_table(rows: list[Row]) -> None:
     table = Table(title="bench/scale.py (lucene unless the option says; latency in ms incl. query encoding)")
     for name in ("size", "option", "docs/s", "refresh s", "merge s", "disk MB", "vec+graph MB", "knn mem KB",
                  "vec c1 p50/p99", "vec c8 p50/p99", "hyb c1 p50/p99", "hyb c8 p50/p99",
-                 "R@10", "R@100", "R@10 filt", "R@100 filt"):
+                 "R@10", "R@100", "R@10 filt", "R@100 filt", "queries"):
         table.add_column(name, justify="right" if name != "option" else "left")
     for row in rows:
         lat = row.latency
@@ -427,13 +453,16 @@ def print_table(rows: list[Row]) -> None:
         rec = lambda key: _fmt(row.recall.get(key), ".3f")  # noqa: E731
         files = sum(row.vector_files.values()) / 1e6 if row.vector_files else None
         table.add_row(
-            f"{row.size:,}", row.option + (f" [{row.stopped}]" if row.stopped else ""), _fmt(row.docs_per_s),
+            f"{row.size:,}", row.option + (" [stopped]" if row.stopped else ""), _fmt(row.docs_per_s),
             _fmt(row.refresh_s, ".1f"), _fmt(row.merge_s, ".1f"),
             _fmt(row.disk_bytes / 1e6 if row.disk_bytes else None), _fmt(files),
             _fmt(row.knn_graph_memory_kb), pair("vector c1"), pair("vector c8"), pair("hybrid c1"), pair("hybrid c8"),
-            rec("@10"), rec("@100"), rec("@10 filtered"), rec("@100 filtered"),
+            rec("@10"), rec("@100"), rec("@10 filtered"), rec("@100 filtered"), str(row.recall_queries or "-"),
         )
     console.print(table)
+    for row in rows:
+        if row.stopped:
+            console.print(f"stopped: {row.size:,} {row.option}: {row.stopped}")
 
 
 def _queries(data_dir: Path, n: int) -> list[str]:
@@ -448,14 +477,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="real queries for recall and latency")
     parser.add_argument("--sweep", action="store_true", help="measure the vector options at --sweep-at sizes")
     parser.add_argument("--sweep-at", default="100000", help="sizes at which --sweep runs every option")
-    parser.add_argument("--budget-s", type=float, default=3600.0, help="wall-clock bound of the whole run")
+    parser.add_argument("--budget-s", type=float, default=3600.0,
+                        help="wall-clock bound of each size (its options, merges and searches); what is left undone "
+                        "when it ends is marked in the table")
+    parser.add_argument("--with-faiss", action="store_true",
+                        help="sweep the faiss engine too (a node with the k-NN native libraries; not the dev node)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here too")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--seed-products", type=int, default=None, help="real products to copy (default: all)")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="copies' angle / real nearest-neighbour angle")
     parser.add_argument("--keep", action="store_true", help="keep the indices (default: each deleted once measured)")
     args = parser.parse_args()
-    budget = Budget(args.budget_s)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     sweep_at = {int(s) for s in args.sweep_at.split(",")} if args.sweep else set()
     settings = serving_settings(Settings())
@@ -464,7 +496,7 @@ def main() -> None:
     model = MultimodalModel.load(model_dir, settings=settings, query_cache_size=0)
     client = create_client(settings, timeout=600)
     default = VectorOptions.from_settings(settings)
-    n_options = max(len(_sweep(default)) if sweep_at else 1, 1)
+    n_options = max(len(_sweep(default, faiss=args.with_faiss)) if sweep_at else 1, 1)
     check_disk(client, sizes, n_options, args.keep)
     seeds = load_seeds(settings, model, data_dir, args.seed_products)
     queries = _queries(data_dir, args.queries)
@@ -478,14 +510,16 @@ def main() -> None:
             if size > len(seeds.products):
                 console.print(f"{size:,}: median nearest-neighbour angle of the synthetic fused vectors "
                               f"{synthetic_nn_angle(seeds, size):.3f} rad")
-            truth = None
-            for options, efs in (_sweep(default) if size in sweep_at else [(default, [default.ef_search])]):
+            truth, budget = None, Budget(args.budget_s)
+            plan = _sweep(default, faiss=args.with_faiss) if size in sweep_at else [(default, [default.ef_search])]
+            for options, efs in plan:
                 step = time.monotonic()
                 done, truth = run_option(client, settings, model, seeds, size, options, efs, queries, qvectors,
                                          truth, budget, args.noise_scale)
                 rows += done
                 console.print(f"{size:,} {options.label()}: {time.monotonic() - step:.0f} s "
-                              f"({time.monotonic() - started:.0f} s of the {args.budget_s:.0f} s budget)")
+                              f"({args.budget_s - budget.left():.0f} s of this size's {args.budget_s:.0f} s budget, "
+                              f"{time.monotonic() - started:.0f} s in all)")
                 if not args.keep:  # one still merging too: deleting it ends the merge
                     client.indices.delete(index=_index_name(size, options), ignore_unavailable=True)
     finally:
