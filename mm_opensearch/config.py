@@ -201,6 +201,33 @@ class Settings(BaseSettings):
     )
     updated_at_field: str = Field(default="updated_at", description="Date field the change feed follows.")
 
+    # --- Vector fields (k-NN): how the indices mm-opensearch creates index and search vectors ---
+    knn_engine: Literal["lucene", "faiss"] = Field(
+        default="lucene",
+        description="k-NN engine of the vector fields: lucene (pure Java, everywhere) or faiss (native library; "
+        "the dev node has none). Applies to indices mm-opensearch creates (index create, eval, demo, benches).",
+    )
+    knn_m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree (m) of the vector fields.")
+    knn_ef_construction: int = Field(
+        default=128, ge=2, le=4096, description="HNSW candidate list while building the graph (ef_construction)."
+    )
+    knn_ef_search: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="HNSW candidate list of each k-NN search (the knn query's method_parameters.ef_search); unset: "
+        "the engine's default (lucene: k, the candidates of the vector leg).",
+    )
+    knn_encoder: Literal["none", "sq"] = Field(
+        default="none",
+        description="Quantization in the engine: none (float32), or sq = lucene's 7-bit scalar quantizer (the "
+        "float vectors are kept too) / faiss's fp16. Measured by bench/scale.py --sweep (docs/benchmarks.md, Scale).",
+    )
+    knn_modality_index: Literal["hnsw", "exact"] = Field(
+        default="hnsw",
+        description="The per-modality vectors (mm_text, mm_image; --modalities) with an HNSW graph each, or exact: "
+        "no graph (index.knn.advanced.approximate_threshold=-1), a knn query on them scans the filtered documents. "
+        "The fused vector keeps its graph either way.",
+    )
+
     # --- Models, caches and data ------------------------------------------------------------
     model_dir: Path | None = Field(default=None, description="Model artifact folder; default model when unset.")
     cache_dir: Path = Field(

@@ -32,6 +32,7 @@ from mm_opensearch.errors import ConfigError, ModelError
 from mm_opensearch.hybrid.capabilities import ClusterCapabilities, default_fusions, provision_index
 from mm_opensearch.hybrid.fusion import FusionOptions, tuned_fusion, tuned_fusions
 from mm_opensearch.indexing.load import create_product_index, load_products
+from mm_opensearch.indexing.mappings import VectorOptions
 from mm_opensearch.preflight import check_redis, connect_opensearch
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def create(
     if client.indices.exists(index=name):
         _confirm(f"index '{name}' exists; delete and recreate it?", yes)
     create_product_index(client, name, schema, sample=products[0].source if products else None, model=model,
-                         modalities=modalities, replace=True)
+                         modalities=modalities, replace=True, vector_options=VectorOptions.from_settings(settings))
     failed = 0
     if products:
         roots = settings.image_roots_or(catalog.parent) if catalog else ()

@@ -26,6 +26,7 @@ from mm_opensearch.evaluation.zeroshot import ZeroShotTextTower
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.search import HybridSearcher, SearchRequest
 from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
+from mm_opensearch.indexing.mappings import VectorOptions
 from mm_opensearch.judgments import JudgedQuery
 from mm_opensearch.towers import MultimodalModel
 
@@ -147,7 +148,8 @@ def run_evaluation(
             # The text-only tower sees no images; the others index per-modality vectors too.
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
             create_product_index(client, index, schema, sample=products[0].source, model=tower,
-                                 modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE)
+                                 modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE,
+                                 vector_options=VectorOptions.from_settings(settings))
             with (track or _untracked)(f"indexing ({name} tower)", len(docs)) as on_batch:
                 report = load_products(client, index, docs, model=tower, modalities=name == "multimodal",
                                        image_roots=image_roots, on_batch=on_batch)

@@ -96,10 +96,21 @@ def lexical_query(
 
 
 def knn_query(
-    kind: VectorKind, vector: np.ndarray | Sequence[float], k: int, filters: Sequence[dict[str, Any]]
+    kind: VectorKind,
+    vector: np.ndarray | Sequence[float],
+    k: int,
+    filters: Sequence[dict[str, Any]],
+    *,
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
-    """The ``k`` nearest documents on the ``kind`` vector field among those passing ``filters``."""
+    """The ``k`` nearest documents on the ``kind`` vector field among those passing ``filters``.
+
+    ``ef_search`` (``MMOS_KNN_EF_SEARCH``): the HNSW candidate list of this search; None leaves the
+    engine's default.
+    """
     body: dict[str, Any] = {"vector": np.asarray(vector, dtype=np.float64).tolist(), "k": k}
+    if ef_search is not None:
+        body["method_parameters"] = {"ef_search": ef_search}
     if filters:
         body["filter"] = {"bool": {"filter": list(filters)}}
     return {"knn": {VECTOR_FIELDS[kind]: body}}

@@ -362,6 +362,7 @@ class HybridSearcher:
         self.default_fusion = default_fusion or FusionOptions()
         self.method_fusions = dict(method_fusions or {})
         self.server_fusion_on_3x = settings.server_fusion_on_3x
+        self.ef_search = settings.knn_ef_search  # HNSW candidate list of the k-NN leg; None: the engine's
         self._hosts = list(settings.opensearch_hosts)  # for messages (masked there)
         self._unusable: dict[str, tuple[float, str]] = {}  # pipeline -> (when, why) its searches go to the client
         self._told: set[str] = set()  # fallback reasons already logged
@@ -574,11 +575,11 @@ class HybridSearcher:
             hits = self._single_leg("lexical", lexical, request, timings, deadline)
         elif mode == "vector":
             assert vector is not None
-            knn = knn_query(request.vector, vector, request.candidates, filters)
+            knn = knn_query(request.vector, vector, request.candidates, filters, ef_search=self.ef_search)
             hits = self._single_leg("vector", knn, request, timings, deadline)
         else:
             assert vector is not None
-            knn = knn_query(request.vector, vector, request.candidates, filters)
+            knn = knn_query(request.vector, vector, request.candidates, filters, ef_search=self.ef_search)
             if pipeline is not None:
                 try:
                     path, hits = "server", self._server_hybrid(

@@ -15,7 +15,7 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.catalog import CatalogSchema, Product, content_hash
 from mm_opensearch.indexing.bulk import BulkReport, bulk_write, index_action, vector_fields_doc
-from mm_opensearch.indexing.mappings import product_index_body
+from mm_opensearch.indexing.mappings import VectorOptions, product_index_body
 
 if TYPE_CHECKING:
     from mm_opensearch.towers import MultimodalModel
@@ -39,10 +39,12 @@ def create_product_index(
     modalities: bool = False,
     replace: bool = False,
     index_settings: dict[str, Any] | None = None,
+    vector_options: VectorOptions | None = None,
 ) -> dict[str, Any]:
     """Create ``index`` (BM25-only without a model). ``replace`` deletes an existing one first.
 
-    ``index_settings`` override entries of the template's ``settings.index``.
+    ``index_settings`` override entries of the template's ``settings.index``; ``vector_options``
+    (``VectorOptions.from_settings``) how vectors are indexed, today's mapping when None.
     """
     body = product_index_body(
         schema,
@@ -50,6 +52,7 @@ def create_product_index(
         dim=model.dim if model is not None else None,
         model_id=model.model_id if model is not None else None,
         modalities=modalities,
+        options=vector_options,
     )
     body["settings"]["index"].update(index_settings or {})
     if replace and client.indices.exists(index=index):

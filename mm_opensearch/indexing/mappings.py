@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.errors import IndexCompatibilityError
 from mm_opensearch.resources import mappings_dir
 
+if TYPE_CHECKING:
+    from mm_opensearch.config import Settings
+
 __all__ = [
     "VECTOR_FIELDS",
     "ID_FIELD",
     "IndexModelInfo",
+    "Engine",
+    "Encoder",
+    "ModalityIndex",
+    "VectorOptions",
     "vector_index_settings",
     "vector_properties",
     "product_index_body",
@@ -36,6 +44,54 @@ ID_FIELD = "mm_id"
 META_KEY = "mm_opensearch"
 CAPABILITIES_META_KEY = "mm_opensearch_cluster"  # release, plugins, server fusion, pipelines, detection time
 IndexModelInfo = dict[str, Any]
+Engine = Literal["lucene", "faiss"]
+Encoder = Literal["none", "sq"]  # sq: lucene's 7-bit scalar quantizer, faiss's fp16 (k-NN 2.16+)
+ModalityIndex = Literal["hnsw", "exact"]
+# Exact-only vectors: a knn_vector without a method takes the default (native) engine, and this index
+# setting tells the plugin never to build its graphs; knn queries on the field then score every
+# document that passes the filter. Lucene fields ignore it, so the fused vector keeps its HNSW graph.
+# k-NN 2.19 has no per-field switch: ``"index": false`` on a knn_vector is accepted and dropped.
+NO_NATIVE_GRAPHS = {"knn.advanced.approximate_threshold": -1}
+
+
+@dataclass(frozen=True)
+class VectorOptions:
+    """How the vector fields are indexed and searched; the defaults are the mapping mm-opensearch has always made.
+
+    ``encoder="sq"`` quantizes in the engine (lucene: 7-bit scalar quantization of the HNSW's
+    vectors, the float vectors kept beside them; faiss: fp16). ``modality_index="exact"`` gives the
+    per-modality vectors (text, image) no graph: they are not on the default search path, and a
+    knn query on them is an exact scan. ``ef_search`` is read at query time (the knn query's
+    ``method_parameters``); None leaves the engine's default (lucene: k).
+    """
+
+    engine: Engine = "lucene"
+    m: int = 16
+    ef_construction: int = 128
+    ef_search: int | None = None
+    encoder: Encoder = "none"
+    modality_index: ModalityIndex = "hnsw"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VectorOptions:
+        """The options of ``MMOS_KNN_*``."""
+        return cls(
+            engine=settings.knn_engine,
+            m=settings.knn_m,
+            ef_construction=settings.knn_ef_construction,
+            ef_search=settings.knn_ef_search,
+            encoder=settings.knn_encoder,
+            modality_index=settings.knn_modality_index,
+        )
+
+    def label(self) -> str:
+        """A short name for tables: ``lucene m16 efc128 efs- sq modal:exact``."""
+        parts = [self.engine, f"m{self.m}", f"efc{self.ef_construction}", f"efs{self.ef_search or '-'}"]
+        if self.encoder != "none":
+            parts.append(self.encoder)
+        if self.modality_index != "hnsw":
+            parts.append(f"modal:{self.modality_index}")
+        return " ".join(parts)
 
 
 @cache
@@ -43,37 +99,59 @@ def _template(name: str) -> dict[str, Any]:
     return json.loads((mappings_dir() / name).read_text())
 
 
-def vector_index_settings() -> dict[str, Any]:
+def vector_index_settings(*, modality_index: ModalityIndex = "hnsw") -> dict[str, Any]:
     """``settings.index`` entries an index with vectors needs: k-NN on, vectors derived, not stored in ``_source``.
 
     Three 256-d vectors written as JSON were most of each stored document, and a page of documents
     decompressed and parsed them only to drop them: derived vectors halve the index and shorten
     every page read (docs/measurements.md, "Derived vectors"). The plugin puts the exact vectors
-    back wherever ``_source`` is read whole.
+    back wherever ``_source`` is read whole. ``modality_index="exact"`` adds
+    :data:`NO_NATIVE_GRAPHS`, which the exact-only per-modality fields rely on.
     """
     settings = copy.deepcopy(_template("vector_fields.json")["index_settings"])
     settings.pop("_comment", None)
+    if modality_index == "exact":
+        settings.update(NO_NATIVE_GRAPHS)
     return settings
+
+
+def _encoder(engine: Engine, encoder: Encoder) -> dict[str, Any] | None:
+    if encoder == "none":
+        return None
+    if engine == "faiss":
+        return {"name": "sq", "parameters": {"type": "fp16"}}
+    return {"name": "sq"}  # lucene: 7 bits, confidence interval from the dimension (the plugin's defaults)
 
 
 def vector_properties(
     dim: int,
     *,
     modalities: bool = False,
-    engine: Literal["lucene", "faiss"] = "lucene",
+    engine: Engine = "lucene",
     m: int = 16,
     ef_construction: int = 128,
+    encoder: Encoder = "none",
+    modality_index: ModalityIndex = "hnsw",
 ) -> dict[str, Any]:
-    """Mapping properties for the fused vector (and per-modality ones) plus bookkeeping fields."""
+    """Mapping properties for the fused vector (and per-modality ones) plus bookkeeping fields.
+
+    ``modality_index="exact"`` maps the text and image vectors without a method (no graph; the
+    index needs :func:`vector_index_settings` with the same option).
+    """
     template = _template("vector_fields.json")
     vector = copy.deepcopy(template["knn_vector"])
     vector["dimension"] = dim
     vector["method"]["engine"] = engine
     vector["method"]["parameters"] = {"m": m, "ef_construction": ef_construction}
+    if (quantizer := _encoder(engine, encoder)) is not None:
+        vector["method"]["parameters"]["encoder"] = quantizer
     if engine == "faiss":
         vector["method"]["space_type"] = "innerproduct"  # vectors are L2-normalised: same ranking
-    names = VECTOR_FIELDS.values() if modalities else [VECTOR_FIELDS["fused"]]
-    properties = {name: copy.deepcopy(vector) for name in names}
+    properties = {VECTOR_FIELDS["fused"]: vector}
+    if modalities:
+        exact = {"type": "knn_vector", "dimension": dim, "space_type": template["knn_vector"]["method"]["space_type"]}
+        for kind in ("text", "image"):
+            properties[VECTOR_FIELDS[kind]] = copy.deepcopy(exact if modality_index == "exact" else vector)
     bookkeeping = copy.deepcopy(template["bookkeeping"])
     bookkeeping.pop("_comment", None)
     properties.update(bookkeeping)
@@ -96,12 +174,16 @@ def product_index_body(
     dim: int | None = None,
     model_id: str | None = None,
     modalities: bool = False,
-    engine: Literal["lucene", "faiss"] = "lucene",
+    engine: Engine | None = None,
+    options: VectorOptions | None = None,
 ) -> dict[str, Any]:
     """A create-index body: BM25 text fields, filter fields typed from ``sample``, and vectors.
 
     Without ``dim`` the index is BM25-only (what a team has before adopting mm-opensearch).
+    ``options`` (default :class:`VectorOptions`, today's mapping) says how vectors are indexed;
+    ``engine`` overrides its engine.
     """
+    options = options or VectorOptions()
     template = _template("product_index.json")
     properties: dict[str, Any] = {schema.id_field: copy.deepcopy(template["keyword_field"])}
     for name in schema.text_fields:
@@ -119,9 +201,12 @@ def product_index_body(
         if model_id is None:
             msg = "model_id is required with dim: the index records which model made its vectors"
             raise ValueError(msg)
-        properties.update(vector_properties(dim, modalities=modalities, engine=engine))
+        properties.update(vector_properties(
+            dim, modalities=modalities, engine=engine or options.engine, m=options.m,
+            ef_construction=options.ef_construction, encoder=options.encoder, modality_index=options.modality_index,
+        ))
         mappings["_meta"] = model_meta(model_id, dim, modalities=modalities)
-        settings["index"].update(vector_index_settings())
+        settings["index"].update(vector_index_settings(modality_index=options.modality_index if modalities else "hnsw"))
     return {"settings": settings, "mappings": mappings}
 
 

@@ -181,6 +181,9 @@ def test_the_knn_leg_filters_inside_knn_with_the_same_clauses() -> None:
     assert knn == {"knn": {"mm_fused": {"vector": [0.5, 0.25], "k": 100, "filter": {"bool": {"filter": FILTERS}}}}}
     assert lexical_query("q", ["title"], FILTERS)["bool"]["filter"] == knn["knn"]["mm_fused"]["filter"]["bool"]["filter"]
     assert knn_query("image", [1.0], 5, []) == {"knn": {"mm_image": {"vector": [1.0], "k": 5}}}
+    # MMOS_KNN_EF_SEARCH: the HNSW candidate list goes in method_parameters, beside k and the filter.
+    tuned = knn_query("fused", [1.0], 5, FILTERS, ef_search=200)["knn"]["mm_fused"]
+    assert tuned["method_parameters"] == {"ef_search": 200} and tuned["k"] == 5 and "filter" in tuned
 
 
 def test_the_hybrid_body_fixes_the_fusion_depth_and_pages_inside_it() -> None:

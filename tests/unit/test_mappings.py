@@ -67,3 +67,65 @@ def test_vectors_are_written_as_the_shortest_decimals_of_their_float32_values() 
     doc = vector_fields_doc(vector, product_id="p-1", model_id="m", content_hash="h", text=vector[::-1])
     assert doc["mm_id"] == "p-1"  # candidate ids are read from its doc values
     assert doc["mm_fused"] == written and doc["mm_text"] == json_floats(vector[::-1])
+
+
+def test_default_vector_options_are_the_mapping_mm_opensearch_always_made() -> None:
+    from mm_opensearch.config import Settings
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    assert VectorOptions.from_settings(Settings(_env_file=None)) == VectorOptions()
+    default = product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True)
+    assert product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True, options=VectorOptions()) == default
+    assert "knn.advanced.approximate_threshold" not in default["settings"]["index"]
+
+
+def test_settings_reach_the_mapping_through_vector_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mm_opensearch.config import Settings
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    for name, value in {"ENGINE": "faiss", "M": "32", "EF_CONSTRUCTION": "256", "EF_SEARCH": "200",
+                        "ENCODER": "sq", "MODALITY_INDEX": "exact"}.items():
+        monkeypatch.setenv(f"MMOS_KNN_{name}", value)
+    options = VectorOptions.from_settings(Settings(_env_file=None))
+    assert options == VectorOptions(engine="faiss", m=32, ef_construction=256, ef_search=200, encoder="sq",
+                                    modality_index="exact")
+    assert options.label() == "faiss m32 efc256 efs200 sq modal:exact"
+
+
+def test_hnsw_parameters_and_encoders_per_engine() -> None:
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    body = product_index_body(SCHEMA, dim=8, model_id="m", options=VectorOptions(m=8, ef_construction=64, encoder="sq"))
+    assert body["mappings"]["properties"]["mm_fused"]["method"] == {
+        "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil",
+        "parameters": {"m": 8, "ef_construction": 64, "encoder": {"name": "sq"}},  # 7-bit, the plugin's default
+    }
+    faiss = vector_properties(8, engine="faiss", encoder="sq")["mm_fused"]["method"]
+    assert faiss["space_type"] == "innerproduct"
+    assert faiss["parameters"]["encoder"] == {"name": "sq", "parameters": {"type": "fp16"}}
+    assert "encoder" not in vector_properties(8)["mm_fused"]["method"]["parameters"]
+
+
+def test_exact_only_modality_vectors_have_no_method_and_the_index_builds_no_native_graph() -> None:
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    body = product_index_body(SCHEMA, dim=8, model_id="m", modalities=True,
+                              options=VectorOptions(modality_index="exact", encoder="sq"))
+    props = body["mappings"]["properties"]
+    for field in ("mm_text", "mm_image"):
+        assert props[field] == {"type": "knn_vector", "dimension": 8, "space_type": "cosinesimil"}
+    assert props["mm_fused"]["method"]["engine"] == "lucene"  # the fused vector keeps its graph (and encoder)
+    assert props["mm_fused"]["method"]["parameters"]["encoder"] == {"name": "sq"}
+    assert body["settings"]["index"]["knn.advanced.approximate_threshold"] == -1
+    # Without per-modality vectors there is nothing exact to map, and the index keeps the plugin's threshold.
+    fused_only = product_index_body(SCHEMA, dim=8, model_id="m", options=VectorOptions(modality_index="exact"))
+    assert set(fused_only["mappings"]["properties"]) & {"mm_text", "mm_image"} == set()
+    assert "knn.advanced.approximate_threshold" not in fused_only["settings"]["index"]
+
+
+def test_engine_argument_overrides_the_options_engine() -> None:
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    body = product_index_body(SCHEMA, dim=8, model_id="m", engine="faiss", options=VectorOptions(m=24))
+    method = body["mappings"]["properties"]["mm_fused"]["method"]
+    assert method["engine"] == "faiss" and method["parameters"] == {"m": 24, "ef_construction": 128}
