@@ -35,10 +35,16 @@ __all__ = [
     "missing_privilege",
 ]
 
-# Blocks are lifted (by an operator, a freed disk); a shard is unavailable while a restarted node recovers it.
+# Blocks are lifted (by an operator, a freed disk); a shard is unavailable while a restarted node recovers it;
+# a node leaving (a rolling restart) takes its connections and its search contexts (a scan's PIT) with it.
 TRANSIENT_TYPES = frozenset({
     "cluster_block_exception", "no_shard_available_action_exception", "unavailable_shards_exception",
+    "node_disconnected_exception", "node_not_connected_exception", "node_closed_exception",
+    "connect_transport_exception", "search_context_missing_exception",
 })
+# A search whose shards failed: a server error (500 and up) is the shards' nodes, not the request
+# (a malformed search is a 400 of the same type), so a later attempt can succeed.
+_SHARDS_FAILED = "search_phase_execution_exception"
 PERMANENT_TYPES = frozenset({"security_exception"})
 _PRIVILEGE = re.compile(r"no permissions for \[(.*?)\](?: and |$)")
 
@@ -100,7 +106,7 @@ def classify_response(status: int, error: Any) -> ErrorVerdict:
         else:
             fix = "the user lacks a privilege; check the roles of MMOS_OPENSEARCH_USER"
         return ErrorVerdict("denied", f"{fix} ({label}: {reason}); then `mm-opensearch jobs dead-letters --retry`")
-    if kind in TRANSIENT_TYPES or status in TRANSIENT_STATUSES:
+    if kind in TRANSIENT_TYPES or status in TRANSIENT_STATUSES or (kind == _SHARDS_FAILED and status >= 500):
         return ErrorVerdict("transient", f"{label}: {reason}")
     return ErrorVerdict("permanent", f"{label}: {reason}")
 

@@ -85,6 +85,11 @@ def test_the_privilege_is_read_from_the_reason_when_it_names_one(
     (_raised(401, "security_exception", "Missing authentication information for REST request [/_bulk]"), "denied"),
     (_raised(404, "index_not_found_exception", "no such index [products]"), "permanent"),
     (_raised(400, "mapper_parsing_exception", "failed to parse field [mm_fused]"), "permanent"),
+    # a rolling restart: the scan's shards were on the node that left, or its PIT went with it
+    (_raised(500, "search_phase_execution_exception", "all shards failed"), "transient"),
+    (_raised(404, "search_context_missing_exception", "No search context found for id [12]"), "transient"),
+    (_raised(500, "node_disconnected_exception", "[node-1][127.0.0.1:9301] disconnected"), "transient"),
+    (_raised(400, "search_phase_execution_exception", "all shards failed"), "permanent"),  # the query itself
     (opensearchpy.AuthorizationException(403, '{"Message":"not authorized to perform: es:ESHttpPost"}', None),
      "permanent"),
     (IndexCompatibilityError("index 'x' has no vector fields; run `mm-opensearch index augment x` first"),
