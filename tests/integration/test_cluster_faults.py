@@ -338,8 +338,14 @@ def test_a_rolling_restart_under_jobs_follow_misses_no_change_and_applies_none_o
     assert editor.error is None, f"the editor stopped: {editor.error!r}"
     current = [editor.latest.get(p.id, p) for p in products]
     try:
-        wait_until(lambda: not stale_vectors(client, index_name, model, current), timeout_s=180,
-                   what="every product on the vector of its last edit")
+        try:
+            wait_until(lambda: not stale_vectors(client, index_name, model, current), timeout_s=180,
+                       what="every product on the vector of its last edit")
+        except AssertionError as e:
+            stale = stale_vectors(client, index_name, model, current)
+            raise AssertionError(f"{e}: {len(stale)} stale ({stale[:5]}); the feed "
+                                 f"{'runs' if follower.thread.is_alive() else f'ended: {follower.error!r}'}; "
+                                 f"{store.counts(changes_job_id(index_name))}; {worker.log_tail()}") from None
         assert follower.thread.is_alive(), f"the change feed ended: {follower.error!r}"
     finally:
         follower.close()
