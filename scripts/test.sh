@@ -69,7 +69,7 @@ run_shape() {
         export MMOS_DEV_OPENSEARCH_SECURE="$secure" MMOS_DEV_OPENSEARCH_PORT="$port"
         export MMOS_DEV_OPENSEARCH_TRANSPORT_PORT="$transport" MMOS_OPENSEARCH_HOSTS="$hosts"
         trap '"$MMOS" dev down >/dev/null || true' EXIT
-        "$MMOS" dev up >/dev/null
+        "$MMOS" dev up >/dev/null || exit 1  # no tests against a shape that did not start
         if [ "$secure" = "true" ]; then
             export MMOS_OPENSEARCH_CA_CERTS="$dir/opensearch/config/root-ca.pem" MMOS_OPENSEARCH_USER=admin
             MMOS_OPENSEARCH_PASSWORD="$(cat "$dir/opensearch/config/admin-password")"
