@@ -28,7 +28,7 @@ def test_the_demo_in_a_log_prints_progress_lines_and_nothing_from_the_loggers(
     env = {"MMOS_MODEL_DIR": str(tiny_model_dir), "MMOS_FILTER_FIELDS": "brand"}
     _delete_demo_indices(client)  # the demo reuses its indices: this run must index
     try:
-        run = run_cli("demo", "--data-dir", str(tiny_shop), "--limit", "8", timeout=400, **env)
+        run = run_cli("demo", "--data-dir", str(tiny_shop), "--limit", "8", "--no-serve", timeout=400, **env)  # no page left running
 
         assert run.rc == 0, run.output
         assert "indexing (multimodal tower): 8/8 products (100%)" in run.output, run.output
