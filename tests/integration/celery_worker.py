@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,12 @@ from mm_opensearch.towers import MultimodalModel
 from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
 
 REPO = Path(__file__).resolve().parents[2]
+# Retries that ride out minutes of outage, backing off to 2 s so a test does not wait long once it
+# ends. The time limit stays above a request to a node that is starting (5 s timeout, 3 client retries).
+RIDE_OUT = {"MMOS_WORKER_MAX_RETRIES": "1000", "MMOS_WORKER_RETRY_BUDGET_S": "300",
+            "MMOS_WORKER_RETRY_BACKOFF_MAX_S": "2", "MMOS_WORKER_TASK_TIME_LIMIT_S": "60",
+            "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "120", "MMOS_OPENSEARCH_TIMEOUT_S": "5"}
+RETRY_LINE = re.compile(rb"; retry \d+ in ")  # what a worker logs for each batch it backs off
 TEST_LIMITS = {"MMOS_WORKER_TASK_TIME_LIMIT_S": "10", "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "12"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from mm_opensearch.config import Settings
 from mm_opensearch.hybrid.capabilities import default_fusions, detect_capabilities, provision_pipelines
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.towers import ModelConfig, MultimodalModel
+from tests.integration.celery_worker import WorkerProcess, purge_queues
 from tests.integration.secure_stack import secure_dev_env, secure_node, secure_up_output  # noqa: F401 - fixtures
 
 
@@ -98,3 +99,21 @@ def schema(settings: Settings) -> CatalogSchema:
 def store(settings: Settings) -> JobStore:
     """The job store on the test Redis, with the default retention."""
     return JobStore(store_client(settings))
+
+
+@pytest.fixture
+def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start a worker with these settings (each call one more); all stopped after the test. The queues
+    are emptied before the test, of the retries an earlier test's worker left queued."""
+    purge_queues(settings)
+    started: list[WorkerProcess] = []
+
+    def start(**env: str) -> WorkerProcess:
+        worker = WorkerProcess(tiny_model_dir, tmp_path / f"worker-{len(started)}.log", **env)
+        started.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -11,7 +11,6 @@ begins on a green cluster of three. Each test prints one line of what it checked
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,20 +35,16 @@ from tests.integration.celery_worker import (
     Follower,
     WorkerProcess,
     assert_all_vectors_fresh,
-    purge_queues,
     stale_vectors,
     stamped_catalog,
     wait_until,
+    RETRY_LINE,
+    RIDE_OUT,
 )
 from mm_opensearch_workers.app import CeleryJobQueue, app
 
 pytestmark = [pytest.mark.services, pytest.mark.multinode]
 
-# Retries that ride out a node's death and its shards' recovery; short backoff so a test ends soon after.
-RIDE_OUT = {"MMOS_WORKER_MAX_RETRIES": "1000", "MMOS_WORKER_RETRY_BUDGET_S": "300",
-            "MMOS_WORKER_RETRY_BACKOFF_MAX_S": "2", "MMOS_WORKER_TASK_TIME_LIMIT_S": "60",
-            "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "120", "MMOS_OPENSEARCH_TIMEOUT_S": "5"}
-RETRY_LINE = re.compile(rb"; retry \d+ in ")
 DETECTION_WINDOW_S = 30.0  # a SIGKILLed node's connections reset at once; its shard copies move within this
 
 
@@ -79,22 +74,6 @@ def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
 @pytest.fixture(scope="module")
 def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
     return stamped_catalog(myntra_dir, schema, 300)
-
-
-@pytest.fixture
-def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    purge_queues(settings)
-    started: list[WorkerProcess] = []
-
-    def start(**env: str) -> WorkerProcess:
-        worker = WorkerProcess(tiny_model_dir, tmp_path / f"worker-{len(started)}.log", **env)
-        started.append(worker)
-        worker.start()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def _replicated_index(client: OpenSearch, index: str, schema: CatalogSchema, products: list[Product],

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,21 +29,16 @@ from tests.integration.celery_worker import (
     WorkerProcess,
     assert_all_vectors_fresh,
     index_without_vectors,
-    purge_queues,
     stamped_catalog,
     wait_until,
+    RETRY_LINE,
+    RIDE_OUT,
 )
 from mm_opensearch_workers.app import CeleryJobQueue, app
 from tests.ports import free_port as closed_port
 
 pytestmark = pytest.mark.services
 
-# Retries that ride out minutes, backing off to 2 s so a test does not wait long once the outage ends.
-# The time limit stays above a request to a node that is starting (5 s timeout, 3 client retries).
-RIDE_OUT = {"MMOS_WORKER_MAX_RETRIES": "1000", "MMOS_WORKER_RETRY_BUDGET_S": "300",
-            "MMOS_WORKER_RETRY_BACKOFF_MAX_S": "2", "MMOS_WORKER_TASK_TIME_LIMIT_S": "60",
-            "MMOS_WORKER_VISIBILITY_TIMEOUT_S": "120", "MMOS_OPENSEARCH_TIMEOUT_S": "5"}
-RETRY_LINE = re.compile(rb"; retry \d+ in ")
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +49,6 @@ def model(tiny_model_dir: Path, settings: Settings) -> MultimodalModel:
 @pytest.fixture(scope="module")
 def catalog(myntra_dir: Path, schema: CatalogSchema) -> list[Product]:
     return stamped_catalog(myntra_dir, schema, 400)
-
-
-@pytest.fixture
-def start_worker(tiny_model_dir: Path, settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start one worker with these settings; stopped after the test. The queues are emptied before the test."""
-    purge_queues(settings)  # retries an earlier test's worker left queued
-    started: list[WorkerProcess] = []
-
-    def start(**env: str) -> WorkerProcess:
-        worker = WorkerProcess(tiny_model_dir, tmp_path / f"worker-{len(started)}.log", **env)
-        started.append(worker)
-        worker.start()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def _dead_letters(store: JobStore, job_id: str) -> list:
