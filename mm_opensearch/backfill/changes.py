@@ -49,6 +49,13 @@ def _latest(client: OpenSearch, index: str, field: str) -> str | None:
     return value
 
 
+def _stamps_since(client: OpenSearch, index: str, field: str, since: str, overlap_s: float) -> dict[str, str]:
+    """Each product's ``field`` from ``overlap_s`` before ``since`` on (``since`` where it has none)."""
+    query = {"range": {field: {"gte": (parse_instant(since) - timedelta(seconds=overlap_s)).isoformat()}}}
+    return {hit["_id"]: str(hit["_source"].get(field) or since)
+            for hit in scan_index(client, index, query=query, source=[field])}
+
+
 def poll_changes(
     client: OpenSearch,
     store: JobStore,
@@ -73,15 +80,9 @@ def poll_changes(
             store.set_change_checkpoint(index, datetime.now(UTC).isoformat())
             return 0
         # what the next poll's overlap will see again counts as seen, so it is not re-embedded for nothing
-        query = {"range": {field: {"gte": (parse_instant(latest) - timedelta(seconds=overlap_s)).isoformat()}}}
-        seen_now = {hit["_id"]: str(hit["_source"].get(field) or latest)
-                    for hit in scan_index(client, index, query=query, source=[field])}
-        store.set_change_checkpoint(index, latest, seen_now)
+        store.set_change_checkpoint(index, latest, _stamps_since(client, index, field, latest, overlap_s))
         return 0
-    start = parse_instant(since) - timedelta(seconds=overlap_s)
-    query = {"range": {field: {"gte": start.isoformat()}}}
-    stamps = {hit["_id"]: str(hit["_source"].get(field) or since)
-              for hit in scan_index(client, index, query=query, source=[field])}
+    stamps = _stamps_since(client, index, field, since, overlap_s)
     changed = [pid for pid, stamp in stamps.items() if seen.get(pid) != stamp]
     if changed:
         store.ensure_job(changes_job_id(index), index, open_ended=True)
