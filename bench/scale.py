@@ -360,8 +360,8 @@ def _sweep(default: VectorOptions, *, faiss: bool = False) -> list[tuple[VectorO
     libraries (the dev node has none; its first faiss segment closes the shard's IndexWriter).
     """
     efs: list[int | None] = [default.ef_search, 100, 256]
-    native = [(replace(default, engine="faiss"), [default.ef_search, 256]),
-              (replace(default, engine="faiss", encoder="sq"), [default.ef_search, 256])] if faiss else []
+    native = [(replace(default, engine="faiss", modality_index="hnsw"), [default.ef_search, 256]),
+              (replace(default, engine="faiss", encoder="sq", modality_index="hnsw"), [default.ef_search, 256])] if faiss else []
     return [*native,
         (default, list(dict.fromkeys(efs))),
         (replace(default, m=8, ef_construction=64), [default.ef_search, 256]),

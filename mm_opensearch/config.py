@@ -456,6 +456,8 @@ class Settings(BaseSettings):
                 "the visibility timeout counts twice in the change feed's job; raise the first or lower the second"
             )
             raise ValueError(msg)
+        if self.knn_engine == "faiss" and self.knn_modality_index == "exact":
+            raise ValueError(EXACT_ON_FAISS)
         return self
 
     def image_roots_or(self, default: Path) -> tuple[Path, ...]:
@@ -479,6 +481,13 @@ class Settings(BaseSettings):
         # repr() lands in logs and tracebacks: the same masking as config show.
         for name, value in super().__repr_args__():
             yield name, value if isinstance(value, SecretStr) else _masked(value)
+
+
+EXACT_ON_FAISS = (
+    "MMOS_KNN_MODALITY_INDEX=exact cannot be used with MMOS_KNN_ENGINE=faiss: exact-only fields turn native graph "
+    "building off for the whole index (approximate_threshold -1), and faiss would then build no graph for the "
+    "fused vector either; use MMOS_KNN_ENGINE=lucene or MMOS_KNN_MODALITY_INDEX=hnsw"
+)
 
 
 @lru_cache(maxsize=1)

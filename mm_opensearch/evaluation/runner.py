@@ -23,6 +23,7 @@ from mm_opensearch.catalog import CatalogSchema, Product
 from mm_opensearch.config import Settings
 from mm_opensearch.evaluation.metrics import Ranking, paired_test, score_run
 from mm_opensearch.evaluation.zeroshot import ZeroShotTextTower
+from mm_opensearch.hybrid.capabilities import default_fusions, provision_index
 from mm_opensearch.hybrid.fusion import FusionOptions
 from mm_opensearch.hybrid.search import HybridSearcher, SearchRequest
 from mm_opensearch.indexing.load import create_product_index, load_products, merge_to_one_segment
@@ -137,6 +138,9 @@ def run_evaluation(
         msg = "mode dense_text needs a text-only model (train one with `mm-opensearch train --text-only`)"
         raise ValueError(msg)
     schema = CatalogSchema.from_settings(settings)
+    # The server path runs a fusion only where its search pipeline exists: without them, every
+    # hybrid mode with tuned weights would be fused on the client (and say so in a warning).
+    fusions = default_fusions(spec.fusion for m in modes if (spec := specs[m]).fusion is not None)
     seconds: dict[str, float] = {}
     searchers: dict[str, HybridSearcher] = {}
     for name in sorted(needed):
@@ -157,6 +161,7 @@ def run_evaluation(
                 msg = f"{len(report.failed)} products failed to index into {index}, e.g. {report.failed[0]}"
                 raise RuntimeError(msg)
             merge_to_one_segment(client, index)
+        provision_index(client, index, fusions)
         seconds[f"index_{name}"] = round(time.monotonic() - started, 1)
         searchers[name] = HybridSearcher(client, settings, index=index, tower=tower)
     judged = [q for q in queries if qrels.get(q.id)]

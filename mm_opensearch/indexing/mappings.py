@@ -14,7 +14,8 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from mm_opensearch.catalog import CatalogSchema
-from mm_opensearch.errors import IndexCompatibilityError
+from mm_opensearch.config import EXACT_ON_FAISS
+from mm_opensearch.errors import ConfigError, IndexCompatibilityError
 from mm_opensearch.resources import mappings_dir
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ class VectorOptions:
     ef_search: int | None = None
     encoder: Encoder = "none"
     modality_index: ModalityIndex = "hnsw"
+
+    def __post_init__(self) -> None:
+        if self.engine == "faiss" and self.modality_index == "exact":
+            raise ConfigError(EXACT_ON_FAISS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorOptions:

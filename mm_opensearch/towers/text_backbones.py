@@ -117,6 +117,10 @@ class HFTextBackbone(TextBackbone):
         import transformers
 
         source = self._layout.transformer_dir
+        # transformers 5 draws a "Loading weights" bar on stderr for every load: noise in a CLI's
+        # output and in worker logs, for a load that takes a fraction of a second.
+        bar = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
         try:
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
             if self._layout.kind == "clip":
@@ -128,6 +132,9 @@ class HFTextBackbone(TextBackbone):
         except (OSError, ValueError) as e:
             msg = f"cannot load text backbone '{self.name}' from {source}: {e}"
             raise ModelError(msg) from e
+        finally:
+            if bar:
+                transformers.utils.logging.enable_progress_bar()
         return PooledTextEncoder(model, self._layout)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

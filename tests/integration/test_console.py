@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from opensearchpy import OpenSearch
 
+from mm_opensearch.towers import ModelConfig, MultimodalModel
 from tests.integration.test_cli import run_cli, tiny_shop  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.services
@@ -22,10 +23,24 @@ pytestmark = pytest.mark.services
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ |\b(WARNING|WARN|DEBUG)\b", re.M)
 
 
+@pytest.fixture
+def tuned_model_dir(tmp_path: Path) -> Path:
+    """A tiny model whose stored fusion is tuned (weights no default pipeline has), as `eval --tune` leaves it."""
+    model = MultimodalModel.from_config(ModelConfig.tiny(), use_feature_cache=False)
+    model.config = model.config.model_copy(update={"hybrid": {
+        "linear": {"normalization": "min_max", "weights": [0.3, 0.7]},
+        "rrf": {"rank_constant": 60, "weights": [0.4, 0.6]},
+        "default": "linear",
+    }})
+    return model.save(tmp_path / "tuned")
+
+
 def test_the_demo_in_a_log_prints_progress_lines_and_nothing_from_the_loggers(
-    client: OpenSearch, tiny_shop: Path, tiny_model_dir: Path  # noqa: F811
+    client: OpenSearch, tiny_shop: Path, tuned_model_dir: Path  # noqa: F811
 ) -> None:
-    env = {"MMOS_MODEL_DIR": str(tiny_model_dir), "MMOS_FILTER_FIELDS": "brand"}
+    # Tuned fusions: the evaluation must create their pipelines, or its hybrid modes are fused on
+    # the client with a warning on the console.
+    env = {"MMOS_MODEL_DIR": str(tuned_model_dir), "MMOS_FILTER_FIELDS": "brand"}
     _delete_demo_indices(client)  # the demo reuses its indices: this run must index
     try:
         run = run_cli("demo", "--data-dir", str(tiny_shop), "--limit", "8", "--no-serve", timeout=400, **env)  # no page left running

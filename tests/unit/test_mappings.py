@@ -84,12 +84,28 @@ def test_settings_reach_the_mapping_through_vector_options(monkeypatch: pytest.M
     from mm_opensearch.indexing.mappings import VectorOptions
 
     for name, value in {"ENGINE": "faiss", "M": "32", "EF_CONSTRUCTION": "256", "EF_SEARCH": "200",
-                        "ENCODER": "sq", "MODALITY_INDEX": "exact"}.items():
+                        "ENCODER": "sq", "MODALITY_INDEX": "hnsw"}.items():
         monkeypatch.setenv(f"MMOS_KNN_{name}", value)
     options = VectorOptions.from_settings(Settings(_env_file=None))
-    assert options == VectorOptions(engine="faiss", m=32, ef_construction=256, ef_search=200, encoder="sq",
-                                    modality_index="exact")
-    assert options.label() == "faiss m32 efc256 efs200 sq modal:exact"
+    assert options == VectorOptions(engine="faiss", m=32, ef_construction=256, ef_search=200, encoder="sq")
+    assert options.label() == "faiss m32 efc256 efs200 sq"
+
+
+def test_exact_modality_fields_on_faiss_are_refused_naming_both_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # approximate_threshold -1 is index-wide: faiss would build no graph for the fused vector either.
+    from pydantic import ValidationError
+
+    from mm_opensearch.config import Settings
+    from mm_opensearch.errors import ConfigError
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    with pytest.raises(ConfigError, match="MMOS_KNN_MODALITY_INDEX=exact.*MMOS_KNN_ENGINE=faiss"):
+        VectorOptions(engine="faiss", modality_index="exact")
+    monkeypatch.setenv("MMOS_KNN_ENGINE", "faiss")
+    monkeypatch.setenv("MMOS_KNN_MODALITY_INDEX", "exact")
+    with pytest.raises(ValidationError, match="MMOS_KNN_ENGINE=lucene or MMOS_KNN_MODALITY_INDEX=hnsw"):
+        Settings(_env_file=None)
+    assert VectorOptions(engine="lucene", modality_index="exact").modality_index == "exact"
 
 
 def test_hnsw_parameters_and_encoders_per_engine() -> None:
