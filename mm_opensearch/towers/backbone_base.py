@@ -192,6 +192,20 @@ class ImageBackbone(Backbone):
     preprocess: ImagePreprocess
     num_tokens: int
 
+    @property
+    def token_dim(self) -> int:
+        """Width of each spatial token: ``dim`` unless the pooled vector carries more than the feature map."""
+        return self.dim
+
+    def cached_parts(self) -> tuple[ImageBackbone, ...] | None:
+        """Extractors whose pooled vectors this one concatenates, each cached under its own id (or None).
+
+        A CNN with the colour descriptor is the CNN plus the descriptor: cached apart, turning the
+        descriptor on reuses the CNN features already computed, and the descriptor's are shared by
+        every CNN with the same crop.
+        """
+        return None
+
     def _place(self, module: nn.Module) -> nn.Module:
         module = module.to(self.device)
         if self.device.type == "cuda":

@@ -59,6 +59,11 @@ class ImageBackboneSpec(BaseModel):
         default=None, description="None = the backbone's own preprocessing (recorded on save)."
     )
     seed: int = Field(default=0, description="Initialisation seed of the random tiny backbone.")
+    colour_descriptor: bool = Field(
+        default=False,
+        description="Append the CIELAB colour and pattern descriptor of the product (towers/colour.py) to the "
+        "pooled image vector; feature-map backbones only.",
+    )
 
 
 class ModelConfig(BaseModel):

@@ -28,7 +28,7 @@ from PIL import Image
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ImageLoadError
 from mm_opensearch.images import read_image_bytes
-from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
+from mm_opensearch.towers.backbone_base import ImageBackbone, ImageFeatures, TextBackbone
 from mm_opensearch.towers.decode_pool import DecodePool, decode_to_pixels
 from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
 from mm_opensearch.towers.gpu_decode import decode_resize, gpu_jpeg_decode_available, is_jpeg
@@ -113,9 +113,19 @@ def extract_image_features(
     Local paths are read only inside ``roots`` (see :func:`mm_opensearch.images.read_image_bytes`).
     ``decode_pool``: decode and resize in its processes instead of this process's threads.
     """
+    parts = backbone.cached_parts()
+    if parts:
+        each = [
+            extract_image_features(part, sources, settings=settings, roots=roots, batch_size=batch_size,
+                                   workers=workers, decode_pool=decode_pool,
+                                   cache=cache.sibling(part.backbone_id) if cache is not None else None)
+            for part in parts
+        ]
+        errors = [next((e for e in row if e is not None), None) for row in zip(*(b.errors for b in each), strict=True)]
+        return ImageFeatureBatch(np.concatenate([b.pooled for b in each], axis=1), each[0].tokens, errors)
     n = len(sources)
     pooled = np.zeros((n, backbone.dim), dtype=np.float32)
-    tokens = np.zeros((n, backbone.num_tokens, backbone.dim), dtype=np.float32)
+    tokens = np.zeros((n, backbone.num_tokens, backbone.token_dim), dtype=np.float32)
     errors: list[ImageLoadError | None] = [None] * n
     chunk_size = batch_size * 8  # bounds the bytes held in memory; big enough to keep batches full
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="mmos-img") as pool:
@@ -140,10 +150,26 @@ def extract_image_features(
             )
             for j, key in keys.items():
                 if key in found:
-                    pooled[j], tokens[j] = found[key][0], found[key][1:]
+                    pooled[j], tokens[j] = _from_cache(found[key], backbone)
                 else:
                     errors[j] = failures[key]
     return ImageFeatureBatch(pooled, tokens, errors)
+
+
+def _cache_rows(features: ImageFeatures) -> np.ndarray:
+    """(n, rows, cols) cache entries: [pooled; tokens] when both are one width, else one flat row of both."""
+    pooled, tokens = features.pooled, features.tokens
+    if pooled.shape[1] == tokens.shape[2]:
+        return torch.cat([pooled.unsqueeze(1), tokens], dim=1).numpy()
+    return torch.cat([pooled, tokens.flatten(1)], dim=1).unsqueeze(1).numpy()
+
+
+def _from_cache(entry: np.ndarray, backbone: ImageBackbone) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled, tokens) of an entry :func:`_cache_rows` made."""
+    if backbone.dim == backbone.token_dim:
+        return entry[0], entry[1:]
+    flat = entry[0]
+    return flat[: backbone.dim], flat[backbone.dim :].reshape(backbone.num_tokens, backbone.token_dim)
 
 
 def _forward_pipelined(
@@ -184,8 +210,7 @@ def _forward_pipelined(
         if not pixels:
             continue
         features = backbone.features(torch.stack(pixels))
-        stacked = torch.cat([features.pooled.unsqueeze(1), features.tokens], dim=1).numpy()
-        yield dict(zip(decoded, stacked, strict=True))
+        yield dict(zip(decoded, _cache_rows(features), strict=True))
 
 
 def _gpu_decodable(data: bytes, settings: Settings) -> bool:
@@ -231,5 +256,4 @@ def _forward_gpu_decoded(
         if not decoded_keys:
             continue
         features = backbone.features(torch.stack([pixels[key] for key in decoded_keys]))
-        stacked = torch.cat([features.pooled.unsqueeze(1), features.tokens], dim=1).numpy()
-        yield dict(zip(decoded_keys, stacked, strict=True))
+        yield dict(zip(decoded_keys, _cache_rows(features), strict=True))

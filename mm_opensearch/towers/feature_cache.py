@@ -36,9 +36,14 @@ class FeatureCache:
     """Features of one backbone: ``get_many``/``put_many`` of 2-D float arrays by string key."""
 
     def __init__(self, root: Path, backbone_id: str) -> None:
+        self.root = root
         self.path = root / "features" / backbone_id / "features.sqlite"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+
+    def sibling(self, backbone_id: str) -> FeatureCache:
+        """The cache of another backbone beside this one."""
+        return FeatureCache(self.root, backbone_id)
 
     @classmethod
     def for_backbone(cls, settings: Settings, backbone_id: str) -> FeatureCache:

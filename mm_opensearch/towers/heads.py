@@ -59,13 +59,13 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 class ProductHeads(nn.Module):
     """Per-modality projections plus fusion, robust to a missing text or image per row."""
 
-    def __init__(self, config: ModelConfig, *, text_dim: int, image_dim: int) -> None:
+    def __init__(self, config: ModelConfig, *, text_dim: int, image_dim: int, token_dim: int | None = None) -> None:
         super().__init__()
         dim, hidden, dropout = config.dim, config.head_hidden_dim, config.head_dropout
         self.text_head = ProjectionHead(text_dim, dim, hidden_dim=hidden, dropout=dropout)
         self.image_head = ProjectionHead(image_dim, dim, hidden_dim=hidden, dropout=dropout)
         self.token_head = (
-            ProjectionHead(image_dim, dim) if config.fusion == "cross_attention" else None
+            ProjectionHead(token_dim or image_dim, dim) if config.fusion == "cross_attention" else None
         )
         self.fusion = build_fusion(config.fusion, dim=dim, hidden_dim=hidden, heads=config.attention_heads)
         self.modality_dropout = config.modality_dropout

@@ -7,6 +7,7 @@ float16 tokens keeps the feature cache at ~25 kB per image.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from abc import abstractmethod
@@ -26,6 +27,7 @@ from mm_opensearch.towers.backbone_base import (
     pool_tokens,
     state_digest,
 )
+from mm_opensearch.towers.colour import COLOUR_DIM, COLOUR_VERSION, colour_descriptor
 from mm_opensearch.towers.config import ImagePreprocess
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "MobileNetV2Backbone",
     "HFVisionBackbone",
     "TinyImageBackbone",
+    "ColourDescriptorBackbone",
     "MOBILENET_INSTALL",
 ]
 
@@ -62,6 +65,24 @@ class _FeatureMapBackbone(ImageBackbone):
         self.num_tokens = token_grid * token_grid
         self.preprocess = preprocess or self.default_preprocess
         self._id: str | None = None
+        self.colour = False
+
+    def use_colour_descriptor(self) -> None:
+        """Append :func:`~mm_opensearch.towers.colour.colour_descriptor` to the pooled vector (a new backbone id)."""
+        self.colour, self._id = True, None
+        self.dim = type(self).dim + COLOUR_DIM
+
+    @property
+    def token_dim(self) -> int:
+        return type(self).dim
+
+    def cached_parts(self) -> tuple[ImageBackbone, ...] | None:
+        if not self.colour:
+            return None
+        plain = copy.copy(self)
+        plain.colour, plain.dim, plain._id = False, type(self).dim, None
+        plain.module = self.module  # type: ignore[method-assign] - one network, loaded once, for both
+        return plain, ColourDescriptorBackbone(self.preprocess)
 
     @abstractmethod
     def _weights_fingerprint(self) -> str:
@@ -80,6 +101,7 @@ class _FeatureMapBackbone(ImageBackbone):
                     "weights": self._weights_fingerprint(),
                     "preprocess": self.preprocess.model_dump(),
                     "token_grid": self.token_grid,
+                    **({"colour": COLOUR_VERSION} if self.colour else {}),
                 },
             )
         return self._id
@@ -88,9 +110,37 @@ class _FeatureMapBackbone(ImageBackbone):
         module = self.module()
         with self._inference():
             feature_map = self._feature_map(module, self._prepare(batch)).float()
-            pooled = feature_map.mean(dim=(2, 3))
-            tokens = pool_tokens(feature_map, self.token_grid)
-        return ImageFeatures(pooled.cpu(), tokens.cpu())
+            return self.pool(feature_map, batch)
+
+    def pool(self, feature_map: torch.Tensor, batch: torch.Tensor) -> ImageFeatures:
+        """Pooled vector (+ the colour descriptor of the uint8 ``batch``) and tokens of a feature map."""
+        pooled = feature_map.mean(dim=(2, 3))
+        if self.colour:
+            pooled = torch.cat([pooled, colour_descriptor(batch.to(pooled.device)).to(pooled.dtype)], dim=1)
+        return ImageFeatures(pooled.cpu(), pool_tokens(feature_map, self.token_grid).cpu())
+
+
+class ColourDescriptorBackbone(ImageBackbone):
+    """The colour and pattern descriptor alone, as an image backbone (no network, no tokens)."""
+
+    name = "colour"
+    dim = COLOUR_DIM
+    num_tokens = 0
+
+    def __init__(self, preprocess: ImagePreprocess) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+
+    @property
+    def backbone_id(self) -> str:
+        return backbone_id(self.name, {"version": COLOUR_VERSION, "preprocess": self.preprocess.model_dump()})
+
+    def _load_module(self) -> nn.Module:
+        return nn.Identity()
+
+    def features(self, batch: torch.Tensor) -> ImageFeatures:
+        descriptor = colour_descriptor(batch).cpu()
+        return ImageFeatures(descriptor, descriptor.new_zeros(len(descriptor), 0, COLOUR_DIM))
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

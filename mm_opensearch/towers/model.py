@@ -97,7 +97,8 @@ class MultimodalModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             product = ProductHeads(
-                self.config, text_dim=self.text_backbone.dim, image_dim=self.image_backbone.dim
+                self.config, text_dim=self.text_backbone.dim, image_dim=self.image_backbone.dim,
+                token_dim=self.image_backbone.token_dim,
             )
             query = QueryHead(self.config, text_dim=self.query_backbone.dim)
         self.heads = nn.ModuleDict({"product": product, "query": query}).to(self.device).eval()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mm_opensearch.towers.backbone_base import ImageBackbone, ImageFeatures, TextBackbone, pool_tokens
+from mm_opensearch.towers.backbone_base import ImageBackbone, ImageFeatures, TextBackbone
 from mm_opensearch.towers.heads import ProductHeads, ProductVectors
 from mm_opensearch.towers.image_backbones import _FeatureMapBackbone
 from mm_opensearch.towers.text_backbones import TinyTextBackbone
@@ -220,7 +220,18 @@ class _OnnxImageBackbone(ImageBackbone):
     def features(self, batch: torch.Tensor) -> ImageFeatures:
         pixels = self._prepare(batch).numpy()
         feature_map = torch.from_numpy(self.session.run({"pixels": pixels})[0])
-        return ImageFeatures(feature_map.mean(dim=(2, 3)), pool_tokens(feature_map, self.source.token_grid))
+        return self.source.pool(feature_map, batch)
+
+    @property
+    def token_dim(self) -> int:
+        return self.source.token_dim
+
+    def cached_parts(self) -> tuple[ImageBackbone, ...] | None:
+        parts = self.source.cached_parts()
+        if not parts:
+            return None
+        plain, *rest = parts
+        return (_OnnxImageBackbone(plain, self.session, self._cache_suffix), *rest)  # type: ignore[arg-type]
 
 
 class _OnnxTextBackbone(TextBackbone):
@@ -335,7 +346,7 @@ def build_onnx_product_tower(model: MultimodalModel, *, quantized: bool = False)
                                    threads=threads, quantized=False)
                 image = _OnnxImageBackbone(image_b, session, suffix)
             n, k = 2, image_b.num_tokens
-            example = (torch.zeros(n, text_b.dim), torch.zeros(n, image_b.dim), torch.zeros(n, k, image_b.dim),
+            example = (torch.zeros(n, text_b.dim), torch.zeros(n, image_b.dim), torch.zeros(n, k, image_b.token_dim),
                        torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool))
             heads_graph = _HeadsGraph(model.heads["product"])
             path = folder / f"product-{key}-heads.onnx"

@@ -115,7 +115,7 @@ def product_features(
             cache=model.feature_cache(text_backbone), batch_size=batch_size,
         )
     image = np.zeros((n, model.image_backbone.dim), dtype=np.float32)
-    tokens = np.zeros((n, model.image_backbone.num_tokens, model.image_backbone.dim), dtype=np.float32)
+    tokens = np.zeros((n, model.image_backbone.num_tokens, model.image_backbone.token_dim), dtype=np.float32)
     errors: list[str | None] = [None] * n
     has_image = np.zeros(n, dtype=bool)
     if wants_image.any():
