@@ -28,12 +28,16 @@ def info_nce(
     *,
     known_relevant: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    hard: torch.Tensor | None = None,
+    hard_blocked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE with in-batch negatives; row i's positive is item i.
 
     ``known_relevant[a, b]`` marks item b as relevant to query a by the labels: such an off-diagonal
     pair is no negative, so it is masked out instead of pushed apart. ``valid[i]`` False drops row i
-    (e.g. a product without an image) both as an anchor and as a negative.
+    (e.g. a product without an image) both as an anchor and as a negative. ``hard`` (h, dim): extra
+    negatives for every query (query -> item direction only); ``hard_blocked[a, j]`` True keeps
+    hard item j out of query a's candidates (relevant to it, or absent).
     """
     n = queries.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=queries.device)
@@ -45,6 +49,11 @@ def info_nce(
     logits = scale * queries @ items.T
     q2i = logits.masked_fill(blocked, float("-inf"))
     i2q = logits.T.masked_fill(blocked.T, float("-inf"))
+    if hard is not None:
+        extra = scale * queries @ hard.T
+        if hard_blocked is not None:
+            extra = extra.masked_fill(hard_blocked.bool(), float("-inf"))
+        q2i = torch.cat([q2i, extra], dim=1)
     target = torch.arange(n, device=queries.device)
     rows = valid.bool() if valid is not None else torch.ones(n, dtype=torch.bool, device=queries.device)
     if not bool(rows.any()):

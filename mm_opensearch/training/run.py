@@ -16,6 +16,7 @@ from mm_opensearch.errors import ConfigError
 from mm_opensearch.judgments import load_click_pairs, load_qrels, load_queries
 from mm_opensearch.provenance import command_line, git_commit
 from mm_opensearch.training.data import build_training_data, feature_table, split_dev
+from mm_opensearch.training.negatives import HardNegatives, mine_hard_negatives
 from mm_opensearch.training.trainer import TrainConfig, TrainResult, train_model
 
 __all__ = ["TrainingInputs", "checkpoint_dir", "train_from_files"]
@@ -82,10 +83,19 @@ def train_from_files(
     dev = build_training_data(table, dev_queries, qrels, model.query_text_features)
     features_s = time.monotonic() - started
     dev_qrels = {q: qrels[q] for q in dev.query_ids}
+    hard: HardNegatives | None = None
+    if cfg.hard_negatives > 0:
+        field = cfg.hard_negative_field
+        if field is not None and not any(field in p.source for p in products):
+            msg = f"--hard-negative-field '{field}' is in none of the products; name a catalog field (e.g. a type) or leave it out"
+            raise ConfigError(msg)
+        groups = None if field is None else [None if p.source.get(field) in (None, "") else str(p.source[field]) for p in products]
+        hard = mine_hard_negatives(train, per_query=cfg.hard_negatives, groups=groups)
+        notify(f"hard negatives: up to {cfg.hard_negatives} per query" + (f" within each query's '{field}'" if field else ""))
     notify(f"training on {len(train.pairs)} pairs, early stopping on {len(dev.query_ids)} dev queries")
     started = time.monotonic()
     result = train_model(model, train, dev, dev_qrels, cfg, checkpoint_dir=checkpoint_dir(settings, out_dir),
-                         resume=resume, on_epoch=on_epoch)
+                         resume=resume, on_epoch=on_epoch, hard=hard)
     provenance = {
         "command": command_line(),
         "commit": git_commit(),

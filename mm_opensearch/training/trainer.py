@@ -20,6 +20,7 @@ import torch
 from mm_opensearch.evaluation.metrics import evaluate_run
 from mm_opensearch.training.data import TrainingData
 from mm_opensearch.training.losses import LogitScale, info_nce
+from mm_opensearch.training.negatives import HardNegatives
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "rank_products"]
 
@@ -40,6 +41,8 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     modalities: Modalities = "multimodal"
+    hard_negatives: int = 0  # candidates mined per query (training/negatives.py); 0 = in-batch negatives only
+    hard_negative_field: str | None = None  # mine only within the query's labelled products' value of this field
 
 
 @dataclass
@@ -76,18 +79,39 @@ def _known_relevant(data: TrainingData, batch: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _batch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tensor, stage: int, cfg: TrainConfig) -> torch.Tensor:  # noqa: ANN001
+def _hard_blocked(data: TrainingData, batch: torch.Tensor, rows: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """[a, j]: hard row j is relevant to query a (or is its positive, or absent): not a negative for a."""
+    qrows, prows, hard = batch[:, 0].tolist(), batch[:, 1].tolist(), rows.tolist()
+    return torch.tensor(
+        [[not present[j] or h in data.relevant[q] or h == prows[a] for j, h in enumerate(hard)] for a, q in enumerate(qrows)],
+        dtype=torch.bool,
+    )
+
+
+def _batch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tensor, stage: int, cfg: TrainConfig,  # noqa: ANN001
+                hard: HardNegatives | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     text_only = cfg.modalities == "text"
     out = model.product_vectors_from_features(*data.products.rows(batch[:, 1], text_only=text_only))
     queries = model.query_vectors_from_features(data.query_features[batch[:, 0]])
     mask = _known_relevant(data, batch)
+    extra: dict[str, torch.Tensor | None] = {"text": None, "image": None, "fused": None}
+    blocked: dict[str, torch.Tensor | None] = {"text": None, "image": None, "fused": None}
+    if hard is not None and generator is not None:
+        rows, present = hard.draw(batch[:, 0], generator)
+        negatives = model.product_vectors_from_features(*data.products.rows(rows, text_only=text_only))
+        base = _hard_blocked(data, batch, rows, present)
+        extra = {"text": negatives.text, "image": negatives.image, "fused": negatives.fused}
+        blocked = {"text": base | ~negatives.text_mask[None], "image": base | ~negatives.image_mask[None], "fused": base}
     s = scale()
-    aligned = info_nce(queries, out.text, s, known_relevant=mask, valid=out.text_mask)
+    aligned = info_nce(queries, out.text, s, known_relevant=mask, valid=out.text_mask,
+                       hard=extra["text"], hard_blocked=blocked["text"])
     if not text_only:
-        aligned = aligned + info_nce(queries, out.image, s, known_relevant=mask, valid=out.image_mask)
+        aligned = aligned + info_nce(queries, out.image, s, known_relevant=mask, valid=out.image_mask,
+                                     hard=extra["image"], hard_blocked=blocked["image"])
     if stage == 1:
         return aligned
-    return info_nce(queries, out.fused, s, known_relevant=mask) + cfg.aux_weight * aligned
+    fused = info_nce(queries, out.fused, s, known_relevant=mask, hard=extra["fused"], hard_blocked=blocked["fused"])
+    return fused + cfg.aux_weight * aligned
 
 
 def train_model(
@@ -100,8 +124,12 @@ def train_model(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    hard: HardNegatives | None = None,
 ) -> TrainResult:
-    """Train the heads in place; the model ends with the weights of the best dev epoch."""
+    """Train the heads in place; the model ends with the weights of the best dev epoch.
+
+    ``hard``: mined hard negatives of ``train``'s queries (one drawn per pair and batch).
+    """
     _seed_everything(cfg.seed)
     scale = LogitScale(cfg.temperature)
     params = list(model.heads.parameters()) + list(scale.parameters())
@@ -133,7 +161,7 @@ def train_model(
             total, batches = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                loss = _batch_loss(model, scale, train, batch, stage, cfg)
+                loss = _batch_loss(model, scale, train, batch, stage, cfg, hard, generator)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
