@@ -78,5 +78,7 @@ def evaluate(
                   "model_id": multimodal.model_id, "text_model_id": text.model_id if text else None,
                   "data": {"catalog": str(catalog), "queries": str(queries), "split": split,
                            "products": len(products)},
-                  "fusion": {"linear": asdict(linear), "rrf": asdict(rrf)}}
+                  "fusion": {"linear": asdict(linear), "rrf": asdict(rrf)},
+                  # The hybrid method the dev slice chose (`eval --tune`): the one a target reads.
+                  "hybrid_default": f"hybrid_{multimodal.config.hybrid.get('default', 'rrf')}"}
         console.print(f"report written to {write_report(result, out, header=header)}")

@@ -33,6 +33,14 @@ def markdown_table(result: EvalResult, *, baseline: str = "bm25") -> str:
         for mode in result.modes:
             row = [f"{result.per_template[t][mode]['ndcg@10']:.4f}" for t in templates]
             lines.append(f"| {mode} | " + " | ".join(row) + " |")
+    tested = [t for t in templates if result.per_template_p_values.get(t)]
+    comparisons = sorted({c for t in tested for c in result.per_template_p_values[t]})
+    if comparisons:
+        lines += ["", "Paired t-test p-values (nDCG@10) per query template:", "",
+                  "| comparison | " + " | ".join(tested) + " |", "|---|" + "---|" * len(tested)]
+        for c in comparisons:
+            cells = [f"{result.per_template_p_values[t][c]:.2g}" if c in result.per_template_p_values[t] else "-" for t in tested]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -60,7 +68,8 @@ def write_report(result: EvalResult, out_dir: Path, *, header: dict[str, Any]) -
     """``report.json`` (``header`` holds command, commit, model id, data), ``report.md``, ``report.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {**header, "modes": result.modes, "p_values": result.p_values,
-                "per_template": result.per_template, "seconds": result.seconds}
+                "per_template": result.per_template, "per_template_p_values": result.per_template_p_values,
+                "seconds": result.seconds}
     (out_dir / "report.json").write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     (out_dir / "report.md").write_text(markdown_table(result))
     _chart(result, out_dir / "report.png")

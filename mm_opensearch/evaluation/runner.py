@@ -73,6 +73,9 @@ class EvalResult:
     p_values: dict[str, float]
     runs: dict[str, dict[str, dict[str, float]]] = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    # template -> "fused_vs_dense_text" (and the hybrids vs BM25) -> paired p-value: where a mode
+    # wins or loses for one kind of query, not only on average.
+    per_template_p_values: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def eval_index_name(prefix: str, tower: str, model_id: str) -> str:
@@ -179,6 +182,7 @@ def run_evaluation(
         p_values=_significance(labels, runs),
         runs=runs,
         seconds=seconds,
+        per_template_p_values=_per_template_significance(labels, runs, judged),
     )
 
 
@@ -198,10 +202,31 @@ def _per_template(
     }
 
 
-def _significance(labels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Ranking]) -> dict[str, float]:
+PER_TEMPLATE_PAIRS = (("fused", "dense_text"), ("image", "dense_text"), ("hybrid_rrf", "bm25"), ("hybrid_linear", "bm25"))
+
+
+def _per_template_significance(
+    labels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Ranking], queries: Sequence[JudgedQuery]
+) -> dict[str, dict[str, float]]:
+    """template -> comparison -> paired p-value over that template's queries (2 or more of them)."""
+    by_template: dict[str, list[str]] = {}
+    for q in queries:
+        by_template.setdefault(q.template, []).append(q.id)
+    out: dict[str, dict[str, float]] = {}
+    for template, ids in sorted(by_template.items()):
+        if len(ids) < 2:
+            continue
+        subset = {qid: labels[qid] for qid in ids}
+        out[template] = _significance(subset, {m: {qid: run.get(qid, {}) for qid in ids} for m, run in runs.items()},
+                                      pairs=PER_TEMPLATE_PAIRS)
+    return out
+
+
+def _significance(labels: Mapping[str, Mapping[str, int]], runs: Mapping[str, Ranking],
+                  pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, float]:
     """Paired t-test p-values (nDCG@10) of the comparisons the report makes."""
-    pairs = [("fused", "dense_text"), ("fused", "bm25"), ("hybrid_rrf", "text_rrf_zeroshot"),
-             ("hybrid_linear", "text_rrf_zeroshot"), ("hybrid_rrf", "bm25"), ("hybrid_linear", "bm25")]
+    pairs = pairs or [("fused", "dense_text"), ("fused", "bm25"), ("hybrid_rrf", "text_rrf_zeroshot"),
+                      ("hybrid_linear", "text_rrf_zeroshot"), ("hybrid_rrf", "bm25"), ("hybrid_linear", "bm25")]
     out: dict[str, float] = {}
     for a, b in pairs:
         if a in runs and b in runs:

@@ -35,3 +35,23 @@ def test_paired_test_separates_a_clearly_better_run() -> None:
     worse = {f"q{i}": ({"bad": 2.0, "good": 1.0} if i % 5 else {"good": 2.0}) for i in range(30)}
     p = paired_test(qrels, {"better": better, "worse": worse})
     assert p[("better", "worse")] < 0.01
+
+
+def test_per_template_p_values_tell_a_template_that_wins_from_one_that_ties() -> None:
+    from mm_opensearch.evaluation.runner import _per_template_significance
+    from mm_opensearch.judgments import JudgedQuery
+
+    queries = [JudgedQuery(f"c{i}", "red shirt", "val", "colour_type") for i in range(8)]
+    queries += [JudgedQuery(f"b{i}", "nike shoes", "val", "brand_type") for i in range(8)]
+    labels = {q.id: {"hit": 2} for q in queries}
+    good = {q.id: {"hit": 2.0, "miss": 1.0} for q in queries}
+    # dense_text misses every colour query (the hit at rank 1 to 8 varies, so the t-test has variance).
+    dense = {q.id: ({"miss": 2.0, "hit": 1.0} if q.template == "brand_type" else
+                    {**{f"m{j}": 10.0 - j for j in range(i % 5 + 2)}, "hit": 0.5})
+             for i, q in enumerate(queries)}
+    dense.update({q.id: good[q.id] for q in queries[8:12]})
+    fused = {**good, **{q.id: {"miss": 2.0, "hit": 1.0} for q in queries[14:]}}  # brand_type: fused wins two, ties six
+    out = _per_template_significance(labels, {"fused": fused, "dense_text": dense}, queries)
+    assert set(out) == {"brand_type", "colour_type"}
+    assert out["colour_type"]["fused_vs_dense_text"] < 0.01
+    assert out["brand_type"]["fused_vs_dense_text"] > 0.05
