@@ -35,19 +35,24 @@ def train(
     colour_descriptor: Annotated[bool, typer.Option(help="Add the CIELAB colour and pattern descriptor of the product photo to the image features (docs/quality.md).")] = False,
     hard_negatives: Annotated[int, typer.Option(help="Hard negatives mined per query (products nearest its text that the labels do not mark relevant); 0 = in-batch only.")] = 0,
     hard_negative_field: Annotated[str | None, typer.Option(help="Mine hard negatives only among products with the same value of this field as the query's labelled ones (e.g. article_type).")] = None,
+    query_trainable_layers: Annotated[int, typer.Option(help="Fine-tune the top N layers of the query encoder (its own copy; product texts keep the frozen, cached one). 0 = only the head.")] = 0,
+    query_encoder_lr: float = 3e-5,
 ) -> None:
     """Stage 1: query<->text and query<->image; stage 2: query<->fused (stage-1 losses kept as auxiliaries)."""
     from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: PLC0415 - torch only when training
     from mm_opensearch.training import TrainConfig, TrainingInputs, train_from_files  # noqa: PLC0415
 
     settings = get_settings()
-    from mm_opensearch.towers.config import ImageBackboneSpec  # noqa: PLC0415
+    from mm_opensearch.towers.config import ImageBackboneSpec, TextBackboneSpec  # noqa: PLC0415
 
-    config = ModelConfig(dim=dim, fusion=fusion, seed=seed, image_backbone=ImageBackboneSpec(colour_descriptor=colour_descriptor))
+    query = TextBackboneSpec(trainable_layers=query_trainable_layers) if query_trainable_layers else None
+    config = ModelConfig(dim=dim, fusion=fusion, seed=seed, query_backbone=query,
+                         image_backbone=ImageBackboneSpec(colour_descriptor=colour_descriptor))
     model = MultimodalModel.from_config(config, settings=settings)
     cfg = TrainConfig(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, batch_size=batch_size, lr=lr,
                       seed=seed, modalities="text" if text_only else "multimodal",
-                      hard_negatives=hard_negatives, hard_negative_field=hard_negative_field)
+                      hard_negatives=hard_negatives, hard_negative_field=hard_negative_field,
+                      query_encoder_lr=query_encoder_lr)
     inputs = TrainingInputs(catalog=catalog, queries=queries, qrels=qrels, clicks=clicks, query_split=split,
                             product_splits=product_splits, dev_fraction=dev_fraction)
 

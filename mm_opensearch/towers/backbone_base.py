@@ -180,10 +180,20 @@ class TextBackbone(Backbone):
     """Maps strings to one ``dim``-d float32 vector each."""
 
     max_length: int
+    trainable_layers: int = 0
 
     @abstractmethod
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, dim) float32 CPU tensor for a batch of non-empty strings."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The weights fine-tuning may change (``trainable_layers``); none for a frozen backbone."""
+        return []
+
+    def training_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """:meth:`features` with autograd on, for fine-tuning :meth:`trainable_parameters`."""
+        msg = f"text backbone '{self.name}' cannot be fine-tuned"
+        raise NotImplementedError(msg)
 
 
 class ImageBackbone(Backbone):

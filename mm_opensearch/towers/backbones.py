@@ -49,8 +49,9 @@ def minilm_folder() -> Path:
 
 
 TEXT_BACKBONES: dict[str, Callable[[TextBackboneSpec], TextBackbone]] = {
-    "minilm": lambda spec: HFTextBackbone(minilm_folder(), name="minilm", max_length=spec.max_length),
-    "tiny-text": lambda spec: TinyTextBackbone(seed=spec.seed),
+    "minilm": lambda spec: HFTextBackbone(minilm_folder(), name="minilm", max_length=spec.max_length,
+                                          trainable_layers=spec.trainable_layers),
+    "tiny-text": lambda spec: TinyTextBackbone(seed=spec.seed, trainable=spec.trainable_layers > 0),
 }
 
 IMAGE_BACKBONES: dict[str, Callable[[ImageBackboneSpec], ImageBackbone]] = {
@@ -77,7 +78,8 @@ def build_text_backbone(spec: TextBackboneSpec) -> TextBackbone:
     if spec.name in TEXT_BACKBONES:
         return TEXT_BACKBONES[spec.name](spec)
     folder = _local_folder(spec.name, "text_backbone.name", sorted(TEXT_BACKBONES))
-    return HFTextBackbone(folder, name=f"hf-{folder.name}", max_length=spec.max_length)
+    return HFTextBackbone(folder, name=f"hf-{folder.name}", max_length=spec.max_length,
+                          trainable_layers=spec.trainable_layers)
 
 
 def build_image_backbone(spec: ImageBackboneSpec) -> ImageBackbone:

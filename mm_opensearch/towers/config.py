@@ -44,6 +44,11 @@ class TextBackboneSpec(BaseModel):
         default=None, gt=0, description="Token limit; None = what the backbone's own config says."
     )
     seed: int = Field(default=0, description="Initialisation seed of the random tiny backbone.")
+    trainable_layers: int = Field(
+        default=0, ge=0, le=24,
+        description="Top transformer layers fine-tuned by training (query backbone only; their weights travel "
+        "in the artifact). 0 = frozen.",
+    )
 
 
 class ImageBackboneSpec(BaseModel):

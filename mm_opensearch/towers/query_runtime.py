@@ -76,7 +76,8 @@ class QueryRuntime:
         model = self.model
         # Optimizer steps and load_state_dict bump the tensors' version counters: a cheap staleness
         # check on every query, where hashing the weights into the model id is not.
-        stamp = tuple((t.data_ptr(), t._version) for t in model.heads["query"].state_dict().values())
+        weights = [*model.heads["query"].state_dict().values(), *model.query_backbone.saved_state().values()]
+        stamp = tuple((t.data_ptr(), t._version) for t in weights)
         with self._lock:
             if self._encoder is None or self._encoder[0] != stamp:
                 self.cache.clear()  # vectors of other weights

@@ -88,10 +88,11 @@ def _inspect_folder(folder: Path) -> _TextLayout:
 class HFTextBackbone(TextBackbone):
     """A text encoder from a local Hugging Face folder; ``minilm`` is the packaged all-MiniLM-L6-v2."""
 
-    def __init__(self, folder: Path, *, name: str, max_length: int | None = None) -> None:
+    def __init__(self, folder: Path, *, name: str, max_length: int | None = None, trainable_layers: int = 0) -> None:
         super().__init__()
         self.folder = folder
         self.name = name
+        self.trainable_layers = trainable_layers
         self._layout = _inspect_folder(folder)
         self.dim = self._layout.dim
         self.max_length = max_length or self._layout.max_length
@@ -111,7 +112,57 @@ class HFTextBackbone(TextBackbone):
                 self.name,
                 {"files": files_digest(files), "max_length": self.max_length, "kind": self._layout.kind},
             )
-        return self._id
+        if not self.trainable_layers:
+            return self._id
+        # Fine-tuned: the id follows the tuned layers' weights (not memoised: training changes them).
+        return backbone_id(self._id, {"trainable_layers": self.trainable_layers,
+                                      "tuned": state_digest(self.saved_state())})
+
+    def _tuned_prefixes(self) -> tuple[str, ...]:
+        """state_dict prefixes of the top ``trainable_layers`` layers (BERT-style ``encoder.layer``)."""
+        layers = getattr(getattr(self.module().model, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            msg = (f"text backbone '{self.name}' has no encoder.layer list to fine-tune; "
+                   "set trainable_layers 0 for it")
+            raise ModelError(msg)
+        if self.trainable_layers > len(layers):
+            msg = f"trainable_layers {self.trainable_layers} exceeds the {len(layers)} layers of '{self.name}'"
+            raise ModelError(msg)
+        return tuple(f"model.encoder.layer.{i}." for i in range(len(layers) - self.trainable_layers, len(layers)))
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """The fine-tuned layers (the rest is the package's files): a few MB per layer in the artifact."""
+        if not self.trainable_layers:
+            return {}
+        prefixes = self._tuned_prefixes()
+        return {k: v for k, v in self.module().state_dict().items() if k.startswith(prefixes)}
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        if not self.trainable_layers:
+            super().load_saved_state(state)
+            return
+        expected = set(self.saved_state())
+        if set(state) != expected:
+            msg = (f"text backbone '{self.name}' expects its {self.trainable_layers} tuned layer(s) "
+                   f"({len(expected)} tensors), the artifact has {len(state)}")
+            raise ValueError(msg)
+        self.module().load_state_dict(state, strict=False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        if not self.trainable_layers:
+            return []
+        prefixes = self._tuned_prefixes()
+        tuned = []
+        for name, p in self.module().named_parameters():
+            if name.startswith(prefixes):
+                tuned.append(p)
+            else:
+                p.requires_grad_(False)  # no gradients through the frozen layers: backward stays cheap
+        return tuned
+
+    def training_features(self, texts: Sequence[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(texts)
+        return self.module()(ids.to(self.device), mask.to(self.device)).float()
 
     def _load_module(self) -> nn.Module:
         import transformers
@@ -195,9 +246,10 @@ class TinyTextBackbone(ArtifactWeights, TextBackbone):
     _BUCKETS = 2048
     _WORD = re.compile(r"\w+")
 
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(self, *, seed: int = 0, trainable: bool = False) -> None:
         super().__init__()
         self.seed = seed
+        self.trainable_layers = int(trainable)  # the bag is its one layer
         self._module = self._load_module()
         self._id: str | None = None
 
@@ -208,20 +260,27 @@ class TinyTextBackbone(ArtifactWeights, TextBackbone):
 
     @property
     def backbone_id(self) -> str:
-        if self._id is None:
+        if self._id is None or self.trainable_layers:  # a trainable bag changes under training
             self._id = backbone_id(self.name, {"state": state_digest(self.module().state_dict())})
         return self._id
 
-    def features(self, texts: Sequence[str]) -> torch.Tensor:
+    def _bag_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids: list[int] = []
         offsets: list[int] = []
         for text in texts:
             offsets.append(len(ids))
             words = self._WORD.findall(text.lower())[: self.max_length]
             ids.extend(zlib.crc32(word.encode()) % self._BUCKETS for word in words)
+        return (torch.tensor(ids, dtype=torch.long, device=self.device),
+                torch.tensor(offsets, dtype=torch.long, device=self.device))
+
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
         with self._inference():
-            out = self.module()(
-                torch.tensor(ids, dtype=torch.long, device=self.device),
-                torch.tensor(offsets, dtype=torch.long, device=self.device),
-            )
+            out = self.module()(*self._bag_inputs(texts))
         return out.float().cpu()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.module().parameters()) if self.trainable_layers else []
+
+    def training_features(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.module()(*self._bag_inputs(texts)).float()

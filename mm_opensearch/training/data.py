@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class TrainingData:
     query_features: torch.Tensor  # (m, query_dim)
     pairs: torch.Tensor  # (p, 2): query row, product row of a grade-2 label
     relevant: list[set[int]]  # per query row: product rows labelled relevant (any grade)
+    query_texts: list[str] = field(default_factory=list)  # what a fine-tuned query encoder reads
 
 
 def split_dev(queries: Sequence[JudgedQuery], fraction: float, seed: int) -> tuple[list[JudgedQuery], list[JudgedQuery]]:
@@ -72,6 +73,7 @@ def build_training_data(
         query_features=features,
         pairs=torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2),
         relevant=relevant,
+        query_texts=[q.text for q in kept],
     )
 
 

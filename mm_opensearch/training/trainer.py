@@ -41,6 +41,7 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     modalities: Modalities = "multimodal"
+    query_encoder_lr: float = 3e-5  # the query backbone's trainable layers (ModelConfig.query_backbone)
     hard_negatives: int = 0  # candidates mined per query (training/negatives.py); 0 = in-batch negatives only
     hard_negative_field: str | None = None  # mine only within the query's labelled products' value of this field
 
@@ -64,12 +65,21 @@ def rank_products(model, data: TrainingData, *, k: int = 100, text_only: bool = 
     with model.evaluating():
         rows = torch.arange(len(table.ids))
         products = model.product_vectors_from_features(*table.rows(rows, text_only=text_only)).fused
-        queries = model.query_vectors_from_features(data.query_features)
+        queries = model.query_vectors_from_features(_query_features(model, data))
     scores, top = (queries @ products.T).topk(min(k, products.shape[0]), dim=1)
     return {
         qid: {table.ids[j]: float(s) for j, s in zip(top[i].tolist(), scores[i].tolist(), strict=True)}
         for i, qid in enumerate(data.query_ids)
     }
+
+
+def _query_features(model, data: TrainingData, rows: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
+    """Query backbone features of ``rows``: the cached ones, or (a fine-tuned backbone) today's, with autograd in training."""
+    backbone = model.query_backbone
+    if not backbone.trainable_parameters():
+        return data.query_features if rows is None else data.query_features[rows]
+    texts = data.query_texts if rows is None else [data.query_texts[i] for i in rows.tolist()]
+    return backbone.training_features(texts) if torch.is_grad_enabled() else backbone.features(texts)
 
 
 def _known_relevant(data: TrainingData, batch: torch.Tensor) -> torch.Tensor:
@@ -92,7 +102,7 @@ def _batch_loss(model, scale: LogitScale, data: TrainingData, batch: torch.Tenso
                 hard: HardNegatives | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     text_only = cfg.modalities == "text"
     out = model.product_vectors_from_features(*data.products.rows(batch[:, 1], text_only=text_only))
-    queries = model.query_vectors_from_features(data.query_features[batch[:, 0]])
+    queries = model.query_vectors_from_features(_query_features(model, data, batch[:, 0]))
     mask = _known_relevant(data, batch)
     extra: dict[str, torch.Tensor | None] = {"text": None, "image": None, "fused": None}
     blocked: dict[str, torch.Tensor | None] = {"text": None, "image": None, "fused": None}
@@ -133,7 +143,11 @@ def train_model(
     _seed_everything(cfg.seed)
     scale = LogitScale(cfg.temperature)
     params = list(model.heads.parameters()) + list(scale.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tuned = model.query_backbone.trainable_parameters()  # the query encoder's own layers, if any
+    for p in tuned:
+        p.requires_grad_(True)
+    groups = [{"params": params}] + ([{"params": tuned, "lr": cfg.query_encoder_lr}] if tuned else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult(best_dev_ndcg=-1.0, best_epoch=(0, 0))
     best_state: dict[str, torch.Tensor] | None = None
     done: set[tuple[int, int]] = set()
@@ -142,6 +156,8 @@ def train_model(
     if resume and ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
         model.heads.load_state_dict(saved["heads"])
+        if tuned:
+            model.query_backbone.load_saved_state(saved["query_backbone"])
         scale.load_state_dict(saved["scale"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
@@ -174,7 +190,7 @@ def train_model(
             done.add((stage, epoch))
             if dev_ndcg > result.best_dev_ndcg:
                 result.best_dev_ndcg, result.best_epoch = dev_ndcg, (stage, epoch)
-                best_state = {k: v.detach().clone() for k, v in model.heads.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in _trained_state(model).items()}
                 stale = 0
             else:
                 stale += 1
@@ -183,7 +199,8 @@ def train_model(
             if ckpt is not None:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(
-                    {"heads": model.heads.state_dict(), "scale": scale.state_dict(), "optimizer": optimizer.state_dict(),
+                    {"heads": model.heads.state_dict(), "query_backbone": model.query_backbone.saved_state(),
+                     "scale": scale.state_dict(), "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best_dev_ndcg": result.best_dev_ndcg,
                      "best_epoch": list(result.best_epoch), "history": result.history, "best_state": best_state,
                      "done": [list(e) for e in done], "config": asdict(cfg)},
@@ -191,8 +208,23 @@ def train_model(
                 )
             if stale >= cfg.patience:
                 break
+    for p in tuned:
+        p.requires_grad_(False)
     if best_state is not None:
-        model.heads.load_state_dict(best_state)
+        model.heads.load_state_dict(_section(best_state, "heads."))
+        if tuned:
+            model.query_backbone.load_saved_state(_section(best_state, "query_backbone."))
     model.eval()
     return result
+
+
+def _trained_state(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """What training changes: the heads, and the query backbone's tuned layers."""
+    state = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
+    state.update({f"query_backbone.{k}": v for k, v in model.query_backbone.saved_state().items()})
+    return state
+
+
+def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
