@@ -179,14 +179,12 @@ def product_index_body(
     dim: int | None = None,
     model_id: str | None = None,
     modalities: bool = False,
-    engine: Engine | None = None,
     options: VectorOptions | None = None,
 ) -> dict[str, Any]:
     """A create-index body: BM25 text fields, filter fields typed from ``sample``, and vectors.
 
     Without ``dim`` the index is BM25-only (what a team has before adopting mm-opensearch).
-    ``options`` (default :class:`VectorOptions`, today's mapping) says how vectors are indexed;
-    ``engine`` overrides its engine.
+    ``options`` (default :class:`VectorOptions`, today's mapping) says how vectors are indexed.
     """
     options = options or VectorOptions()
     template = _template("product_index.json")
@@ -207,7 +205,7 @@ def product_index_body(
             msg = "model_id is required with dim: the index records which model made its vectors"
             raise ValueError(msg)
         properties.update(vector_properties(
-            dim, modalities=modalities, engine=engine or options.engine, m=options.m,
+            dim, modalities=modalities, engine=options.engine, m=options.m,
             ef_construction=options.ef_construction, encoder=options.encoder, modality_index=options.modality_index,
         ))
         mappings["_meta"] = model_meta(model_id, dim, modalities=modalities)

@@ -139,9 +139,10 @@ def test_exact_only_modality_vectors_have_no_method_and_the_index_builds_no_nati
     assert "knn.advanced.approximate_threshold" not in fused_only["settings"]["index"]
 
 
-def test_engine_argument_overrides_the_options_engine() -> None:
+def test_the_options_engine_maps_the_fused_vector() -> None:
     from mm_opensearch.indexing.mappings import VectorOptions
 
-    body = product_index_body(SCHEMA, dim=8, model_id="m", engine="faiss", options=VectorOptions(m=24))
+    body = product_index_body(SCHEMA, dim=8, model_id="m", options=VectorOptions(engine="faiss", m=24))
     method = body["mappings"]["properties"]["mm_fused"]["method"]
     assert method["engine"] == "faiss" and method["parameters"] == {"m": 24, "ef_construction": 128}
+    assert method["space_type"] == "innerproduct"
