@@ -205,7 +205,8 @@ class Settings(BaseSettings):
     knn_engine: Literal["lucene", "faiss"] = Field(
         default="lucene",
         description="k-NN engine of the vector fields: lucene (pure Java, everywhere) or faiss (native library; "
-        "the dev node has none). Applies to indices mm-opensearch creates (index create, eval, demo, benches).",
+        "the dev node has none). Applies to indices mm-opensearch creates (index create, eval, demo, benches) and to "
+        "the fields index augment adds (its --engine overrides it).",
     )
     knn_m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree (m) of the vector fields.")
     knn_ef_construction: int = Field(

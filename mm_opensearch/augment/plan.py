@@ -1,7 +1,8 @@
 """The augment plan: pure functions from an :class:`IndexReport` to steps and index bodies.
 
 Kept free of I/O so ``--dry-run`` prints exactly what ``augment`` would do, and tests compare
-plans and bodies as plain data.
+plans and bodies as plain data. The vector fields follow the same :class:`VectorOptions`
+(``MMOS_KNN_*``) as an index mm-opensearch creates, whichever strategy adds them.
 """
 
 from __future__ import annotations
@@ -9,13 +10,27 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from mm_opensearch.augment.inspect import IndexReport, Strategy
 from mm_opensearch.errors import ConfigError, IndexCompatibilityError
-from mm_opensearch.indexing.mappings import model_meta, vector_index_settings, vector_properties
+from mm_opensearch.indexing.mappings import (
+    NO_NATIVE_GRAPHS,
+    VECTOR_FIELDS,
+    VectorOptions,
+    model_meta,
+    vector_index_settings,
+    vector_properties,
+)
 
-__all__ = ["AugmentPlan", "copy_index_body", "next_index_name", "plan_augment", "vector_mapping_update"]
+__all__ = [
+    "AugmentPlan",
+    "copy_index_body",
+    "in_place_settings",
+    "next_index_name",
+    "plan_augment",
+    "vector_mapping_update",
+]
 
 # Settings OpenSearch sets itself or that cannot be given at creation.
 _GENERATED_SETTINGS = ("uuid", "creation_date", "version", "provided_name", "resize", "blocks", "routing")
@@ -32,8 +47,13 @@ class AugmentPlan:
     model_id: str
     dim: int
     modalities: bool
-    engine: Literal["lucene", "faiss"]
+    options: VectorOptions
     steps: tuple[str, ...]
+
+    @property
+    def exact_modalities(self) -> bool:
+        """Per-modality vectors without a graph: the index then needs :data:`NO_NATIVE_GRAPHS`."""
+        return self.modalities and self.options.modality_index == "exact"
 
 
 def next_index_name(index: str) -> str:
@@ -43,17 +63,38 @@ def next_index_name(index: str) -> str:
 
 
 def vector_mapping_update(
-    mappings: dict[str, Any], *, model_id: str, dim: int, modalities: bool, engine: Literal["lucene", "faiss"]
+    mappings: dict[str, Any], *, model_id: str, dim: int, modalities: bool, options: VectorOptions
 ) -> dict[str, Any]:
-    """A ``put_mapping`` body adding the vector fields and the model entry (other ``_meta`` kept)."""
+    """A ``put_mapping`` body adding the vector fields and the model entry (other ``_meta`` kept).
+
+    The fields are those :func:`~mm_opensearch.indexing.mappings.product_index_body` maps for the
+    same ``options``, so an augmented index searches like a created one.
+    """
     meta = {**(mappings.get("_meta") or {}), **model_meta(model_id, dim, modalities=modalities)}
-    return {"properties": vector_properties(dim, modalities=modalities, engine=engine), "_meta": meta}
+    properties = vector_properties(
+        dim, modalities=modalities, engine=options.engine, m=options.m, ef_construction=options.ef_construction,
+        encoder=options.encoder, modality_index=options.modality_index,
+    )
+    return {"properties": properties, "_meta": meta}
 
 
-def copy_index_body(report: IndexReport, update: dict[str, Any]) -> dict[str, Any]:
+def in_place_settings(plan: AugmentPlan) -> dict[str, Any]:
+    """``settings.index`` entries to put on the open index before its vector fields are added (often none).
+
+    ``index.knn`` is final, so in place it is already on (that is what makes the strategy in place),
+    and derived source is final too. ``knn.advanced.approximate_threshold`` is a dynamic index
+    setting (the k-NN plugin declares it ``IndexScope, Dynamic``), so exact-only per-modality vectors
+    can be had without a copy; set before the fields exist, no segment builds them a graph.
+    """
+    return dict(NO_NATIVE_GRAPHS) if plan.strategy == "in_place" and plan.exact_modalities else {}
+
+
+def copy_index_body(
+    report: IndexReport, update: dict[str, Any], *, options: VectorOptions, modalities: bool
+) -> dict[str, Any]:
     """The source index's settings and mappings with the vector fields and the settings they need added."""
     settings = {k: copy.deepcopy(v) for k, v in report.settings.items() if k not in _GENERATED_SETTINGS}
-    settings.update(vector_index_settings())
+    settings.update(vector_index_settings(modality_index=options.modality_index if modalities else "hnsw"))
     mappings = copy.deepcopy(report.mappings)
     mappings.setdefault("properties", {}).update(update["properties"])
     mappings["_meta"] = update["_meta"]
@@ -66,10 +107,14 @@ def plan_augment(
     model_id: str,
     dim: int,
     modalities: bool = False,
-    engine: Literal["lucene", "faiss"] = "lucene",
+    options: VectorOptions | None = None,
     target: str | None = None,
 ) -> AugmentPlan:
-    """Steps to give ``report``'s index vectors of ``model_id`` without interrupting its readers."""
+    """Steps to give ``report``'s index vectors of ``model_id`` without interrupting its readers.
+
+    ``options`` (``VectorOptions.from_settings``; today's mapping when None) say how the vectors are indexed.
+    """
+    options = options or VectorOptions()
     if report.model is not None and (report.model["model_id"] != model_id or report.model["dim"] != dim):
         msg = (
             f"index '{report.index}' already holds vectors of model {report.model['model_id']} "
@@ -83,8 +128,15 @@ def plan_augment(
             "set MMOS_TEXT_FIELDS to the text fields this index has"
         )
         raise ConfigError(msg)
+    exact = modalities and options.modality_index == "exact"
+    if exact and report.strategy != "ready":
+        _check_no_native_vectors(report)
     aliases = tuple(sorted(report.aliases))
-    common = dict(source=report.index, aliases=aliases, model_id=model_id, dim=dim, modalities=modalities, engine=engine)
+    common = dict(source=report.index, aliases=aliases, model_id=model_id, dim=dim, modalities=modalities,
+                  options=options)
+    vectors = f"knn_vector dim {dim}, {options.label()}"
+    threshold = ", ".join(f"index.{key}={value}" for key, value in NO_NATIVE_GRAPHS.items())
+    no_graphs = f"; mm_text and mm_image exact-only: {threshold}" if exact else ""
     fill_ids = (
         (f"copy the _id of {report.docs_without_id} documents into mm_id (keyword doc values searches read "
          "candidate ids from; until then they read the slower stored _id)",)
@@ -97,7 +149,9 @@ def plan_augment(
         ), **common)
     if report.strategy == "in_place":
         return AugmentPlan(target=report.index, strategy="in_place", steps=(
-            f"add fields mm_* (knn_vector dim {dim}, {engine}) and _meta model {model_id} to '{report.index}'; "
+            *((f"set {threshold} on '{report.index}' (a dynamic setting): mm_text and mm_image get no graph, "
+               "a knn query on them scans the filtered documents",) if exact else ()),
+            f"add fields mm_* ({vectors}) and _meta model {model_id} to '{report.index}'; "
             "their vectors are stored in _source (keeping them out needs a new index: a static setting)",
             *fill_ids,
             f"backfill vectors of {report.docs} products in place (queries keep being served)",
@@ -119,7 +173,7 @@ def plan_augment(
     return AugmentPlan(target=target, strategy="reindex", steps=(
         f"create '{target}': settings and mappings of '{report.index}', index.knn=true, + mm_* vector fields "
         "kept out of _source (k-NN derived source) "
-        f"(dim {dim}, {engine}); refresh off and 0 replicas while loading",
+        f"({vectors}{no_graphs}); refresh off and 0 replicas while loading",
         f"_reindex '{report.index}' -> '{target}' with slices=auto ({report.docs} products)",
         f"backfill vectors in '{target}' through the workers",
         f"replay products changed in '{report.index}' since the copy began (by updated_at) and embed them",
@@ -128,3 +182,27 @@ def plan_augment(
         f"keep '{report.index}' (write-blocked) for `index rollback` until `index cleanup`",
     ), **common)
 
+
+
+def _native_vector_fields(properties: dict[str, Any], prefix: str = "") -> list[str]:
+    """The index's own knn_vector fields on a native engine (faiss, nmslib: any but lucene), nested ones too."""
+    found: list[str] = []
+    for name, field in properties.items():
+        path = f"{prefix}{name}"
+        if field.get("type") == "knn_vector" and (field.get("method") or {}).get("engine") != "lucene":
+            found.append(path)
+        found += _native_vector_fields(field.get("properties") or {}, f"{path}.")
+    return found
+
+
+def _check_no_native_vectors(report: IndexReport) -> None:
+    """Refuse exact-only modalities where the index-wide switch would also take the team's own fields' graphs."""
+    own = {k: v for k, v in (report.mappings.get("properties") or {}).items() if k not in VECTOR_FIELDS.values()}
+    if fields := _native_vector_fields(own):
+        msg = (
+            f"MMOS_KNN_MODALITY_INDEX=exact turns native graph building off for the whole index "
+            f"(index.knn.advanced.approximate_threshold=-1), and index '{report.index}' has native-engine "
+            f"knn_vector field(s) {fields} whose new segments would then get no graph; "
+            "set MMOS_KNN_MODALITY_INDEX=hnsw, or augment without --modalities"
+        )
+        raise ConfigError(msg)

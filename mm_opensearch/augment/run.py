@@ -26,7 +26,7 @@ from opensearchpy import OpenSearch
 
 from mm_opensearch.augment.aliases import record_previous, set_write_block, swap_aliases
 from mm_opensearch.augment.inspect import inspect_index
-from mm_opensearch.augment.plan import AugmentPlan, copy_index_body, vector_mapping_update
+from mm_opensearch.augment.plan import AugmentPlan, copy_index_body, in_place_settings, vector_mapping_update
 from mm_opensearch.augment.sync import delete_removed, fill_id_field, reindex, replay_changes
 from mm_opensearch.catalog import CatalogSchema
 from mm_opensearch.hybrid.capabilities import (
@@ -84,12 +84,15 @@ def run_augment(
     result = AugmentResult(plan)
     report = inspect_index(client, plan.source, schema)
     update = vector_mapping_update(
-        report.mappings, model_id=plan.model_id, dim=plan.dim, modalities=plan.modalities, engine=plan.engine
+        report.mappings, model_id=plan.model_id, dim=plan.dim, modalities=plan.modalities, options=plan.options
     )
     step("detecting the cluster's capabilities and creating the server fusion pipelines")
     result.capabilities = provision_pipelines(client, detect_capabilities(client), default_fusions(fusions))
     if plan.strategy in ("ready", "in_place"):
         if plan.strategy == "in_place":
+            if settings := in_place_settings(plan):  # before the fields: no segment builds their graphs
+                step(f"setting {settings} on '{plan.source}'")
+                client.indices.put_settings(index=plan.source, body={"index": settings})
             step(f"adding vector fields to '{plan.source}'")
             client.indices.put_mapping(index=plan.source, body=update)
         record_capabilities(client, plan.source, result.capabilities)
@@ -101,7 +104,7 @@ def run_augment(
         return result
 
     update["_meta"][CAPABILITIES_META_KEY] = result.capabilities.to_meta()
-    body = copy_index_body(report, update)
+    body = copy_index_body(report, update, options=plan.options, modalities=plan.modalities)
     step(f"creating '{plan.target}'")
     client.indices.create(index=plan.target, body=body)
     since = (_now() - CLOCK_SKEW).isoformat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,7 +28,7 @@ from mm_opensearch.backfill.pipeline import EmbedContext
 from mm_opensearch.catalog import CatalogSchema, read_catalog
 from mm_opensearch.cli.jobs import progress_display
 from mm_opensearch.cli.progress import tracker
-from mm_opensearch.config import get_settings
+from mm_opensearch.config import Settings, get_settings
 from mm_opensearch.errors import ConfigError, ModelError
 from mm_opensearch.hybrid.capabilities import ClusterCapabilities, default_fusions, provision_index
 from mm_opensearch.hybrid.fusion import FusionOptions, tuned_fusion, tuned_fusions
@@ -99,6 +100,21 @@ def _print_capabilities(index: str, capabilities: ClusterCapabilities) -> None:
 def _confirm(question: str, yes: bool) -> None:
     if not yes and not typer.confirm(question):
         raise typer.Abort
+
+
+def _vector_options(settings: Settings, engine: Engine | None = None) -> VectorOptions:
+    """``MMOS_KNN_*``, with ``--engine`` (when given) in place of ``MMOS_KNN_ENGINE``."""
+    options = VectorOptions.from_settings(settings)
+    if engine is None or engine.value == options.engine:
+        return options
+    if options.modality_index == "exact" and engine is Engine.faiss:
+        msg = (
+            "--engine faiss cannot be used with MMOS_KNN_MODALITY_INDEX=exact: exact-only fields turn native graph "
+            "building off for the whole index, so the fused vector would get no faiss graph either; "
+            "drop --engine faiss, or set MMOS_KNN_MODALITY_INDEX=hnsw"
+        )
+        raise ConfigError(msg)
+    return replace(options, engine=engine.value)
 
 
 def _print_plan(plan: AugmentPlan) -> None:
@@ -186,27 +202,31 @@ def inspect(name: Annotated[str, typer.Argument(help="Index or alias.")]) -> Non
     console.print(table)
     if settings.model_dir is not None:
         model = _model()
-        _print_plan(plan_augment(report, model_id=model.model_id, dim=model.dim))
+        _print_plan(plan_augment(report, model_id=model.model_id, dim=model.dim, options=_vector_options(settings)))
 
 
 @app.command()
 def augment(
     name: Annotated[str, typer.Argument(help="Index or alias serving traffic.")],
     modalities: Annotated[bool, typer.Option(help="Also per-modality vector fields.")] = False,
-    engine: Annotated[Engine, typer.Option(help="lucene, or faiss where the cluster has it.")] = Engine.lucene,
+    engine: Annotated[Engine | None, typer.Option(
+        help="lucene, or faiss where the cluster has it (default: MMOS_KNN_ENGINE).")] = None,
     inline: Annotated[bool, typer.Option(help="Encode in this process instead of the workers.")] = False,
     slices: Annotated[int, typer.Option(min=1)] = 2,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the workers per phase.")] = None,
     dry_run: DryRun = False,
     yes: Yes = False,
 ) -> None:
-    """Add vectors to an index without interrupting its queries (in place, or copy + alias swap)."""
+    """Add vectors to an index without interrupting its queries (in place, or copy + alias swap).
+
+    The vector fields are mapped as `index create` maps them, from MMOS_KNN_* (--engine overrides the engine).
+    """
     settings = get_settings()
     client = connect_opensearch(settings)
     schema = CatalogSchema.from_settings(settings)
     model = _model()
     plan = plan_augment(inspect_index(client, name, schema), model_id=model.model_id, dim=model.dim,
-                        modalities=modalities, engine=engine.value)
+                        modalities=modalities, options=_vector_options(settings, engine))
     _print_plan(plan)
     if dry_run:
         return
