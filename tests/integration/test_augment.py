@@ -21,6 +21,7 @@ from mm_opensearch.catalog import CatalogSchema, Product, read_catalog, to_produ
 from mm_opensearch.config import Settings
 from mm_opensearch.hybrid.capabilities import ClusterCapabilities
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
+from mm_opensearch.indexing.mappings import VectorOptions, product_index_body
 from mm_opensearch.towers import MultimodalModel
 from tests.integration.celery_worker import WorkerProcess, assert_all_vectors_fresh, fused_vectors, purge_queues
 from mm_opensearch_workers.app import CeleryJobQueue, app
@@ -173,6 +174,35 @@ def test_augment_in_place_when_knn_is_already_on(
     derived_by_default = cluster_version >= (3,)
     assert inspect_index(client, index_name, schema).vectors_in_source is not derived_by_default
     assert inspect_index(client, index_name, schema).docs_without_id == 0
+
+
+def test_augment_in_place_with_exact_modalities_sets_the_dynamic_threshold(
+    client: OpenSearch, index_name: str, settings: Settings, worker: WorkerProcess, tiny_model_dir: Path,
+    myntra_dir: Path,
+) -> None:
+    """MMOS_KNN_MODALITY_INDEX=exact on an open index: the threshold is put (dynamic), the modality fields scan."""
+    schema = CatalogSchema.from_settings(settings)
+    products = list(read_catalog(myntra_dir / "products_without_images.jsonl.gz", schema, limit=100))
+    body = product_index_body(schema, sample=products[0].source)
+    body["settings"]["index"]["knn"] = True
+    client.indices.create(index=index_name, body=body)
+    load_products(client, index_name, products)
+    client.indices.refresh(index=index_name)
+    model = MultimodalModel.load(tiny_model_dir, settings=settings, use_feature_cache=False)
+    options = VectorOptions(m=8, ef_construction=32, modality_index="exact")
+    plan = plan_augment(inspect_index(client, index_name, schema), model_id=model.model_id, dim=model.dim,
+                        modalities=True, options=options)
+    assert plan.strategy == "in_place"
+    embedder = QueueEmbedder(client, JobStore(redis_client(settings)), CeleryJobQueue(app), schema, timeout_s=60)
+    run_augment(client, plan, embedder, schema=schema)
+
+    index_settings = client.indices.get_settings(index=index_name, flat_settings=True)[index_name]["settings"]
+    assert index_settings["index.knn.advanced.approximate_threshold"] == "-1"
+    props = client.indices.get_mapping(index=index_name)[index_name]["mappings"]["properties"]
+    assert "method" not in props["mm_text"] and props["mm_fused"]["method"]["parameters"]["m"] == 8
+    hit = client.search(index=index_name, body={"size": 1, "_source": ["mm_text"]})["hits"]["hits"][0]
+    knn = {"size": 3, "query": {"knn": {"mm_text": {"vector": hit["_source"]["mm_text"], "k": 3}}}}
+    assert client.search(index=index_name, body=knn)["hits"]["hits"][0]["_id"] == hit["_id"]
 
 
 def test_inspect_counts_documents_without_mm_id_and_augment_fills_them(
