@@ -39,6 +39,13 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _VOLATILE_CONFIG_FIELDS = {"provenance", "hybrid"}  # neither changes a vector
+# Options added after models were shipped: left out of the id while at their default, so a model
+# trained before them keeps its id (and the indices that record it stay searchable).
+_LATER_OPTIONS = {
+    "text_backbone": {"trainable_layers": 0},
+    "query_backbone": {"trainable_layers": 0},
+    "image_backbone": {"colour_descriptor": False},
+}
 _VERSIONED_PACKAGES = ("mm-opensearch", "torch", "transformers", "safetensors", "numpy", "pillow")
 
 
@@ -46,10 +53,16 @@ def compute_model_id(
     config: ModelConfig, backbone_ids: dict[str, str | None], state: dict[str, torch.Tensor]
 ) -> str:
     """``mmos-<16 hex>``: sha256 of the canonical config (minus provenance), backbone ids, weights."""
+    dumped = config.model_dump(mode="json", exclude=_VOLATILE_CONFIG_FIELDS)
+    for section, defaults in _LATER_OPTIONS.items():
+        spec = dumped.get(section)
+        for name, default in defaults.items():
+            if isinstance(spec, dict) and spec.get(name, default) == default:
+                spec.pop(name, None)
     canonical = json.dumps(
         {
             "format_version": FORMAT_VERSION,
-            "config": config.model_dump(mode="json", exclude=_VOLATILE_CONFIG_FIELDS),
+            "config": dumped,
             "backbones": backbone_ids,
         },
         sort_keys=True,
