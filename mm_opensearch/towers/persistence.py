@@ -19,10 +19,10 @@ from mm_opensearch.towers.backbone_base import ImageBackbone, TextBackbone
 if TYPE_CHECKING:
     from mm_opensearch.towers.model import MultimodalModel
 
-__all__ = ["ModelIdentity", "load_model", "save_model"]
+__all__ = ["ModelIdentity", "load_model", "save_model", "state_section"]
 
 
-def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def state_section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under ``prefix``, with the prefix removed."""
     return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
 
@@ -102,8 +102,8 @@ def load_model(cls: type[MultimodalModel], folder: str | Path, **kwargs: Any) ->
     model = cls(config, **kwargs)
     try:
         for role, backbone in model.identity.backbones().items():
-            backbone.load_saved_state(_section(state, f"backbones.{role}."))
-        model.heads.load_state_dict(_section(state, "heads."))
+            backbone.load_saved_state(state_section(state, f"backbones.{role}."))
+        model.heads.load_state_dict(state_section(state, "heads."))
     except (RuntimeError, ValueError) as e:
         msg = f"weights in {folder} do not fit its config.json ({e}); the artifact is corrupt"
         raise ModelError(msg) from e

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mm_opensearch.evaluation.metrics import evaluate_run
+from mm_opensearch.towers.persistence import state_section
 from mm_opensearch.training.data import TrainingData
 from mm_opensearch.training.losses import LogitScale, info_nce
 from mm_opensearch.training.negatives import HardNegatives
@@ -76,7 +77,7 @@ def rank_products(model, data: TrainingData, *, k: int = 100, text_only: bool = 
 def _query_features(model, data: TrainingData, rows: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
     """Query backbone features of ``rows``: the cached ones, or (a fine-tuned backbone) today's, with autograd in training."""
     backbone = model.query_backbone
-    if not backbone.trainable_parameters():
+    if not backbone.trainable_layers:
         return data.query_features if rows is None else data.query_features[rows]
     texts = data.query_texts if rows is None else [data.query_texts[i] for i in rows.tolist()]
     return backbone.training_features(texts) if torch.is_grad_enabled() else backbone.features(texts)
@@ -211,9 +212,9 @@ def train_model(
     for p in tuned:
         p.requires_grad_(False)
     if best_state is not None:
-        model.heads.load_state_dict(_section(best_state, "heads."))
+        model.heads.load_state_dict(state_section(best_state, "heads."))
         if tuned:
-            model.query_backbone.load_saved_state(_section(best_state, "query_backbone."))
+            model.query_backbone.load_saved_state(state_section(best_state, "query_backbone."))
     model.eval()
     return result
 
@@ -223,8 +224,3 @@ def _trained_state(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
     state = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
     state.update({f"query_backbone.{k}": v for k, v in model.query_backbone.saved_state().items()})
     return state
-
-
-def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-
