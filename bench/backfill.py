@@ -1,24 +1,33 @@
 """Benchmark backfill: products/s end to end (OpenSearch + Redis + Celery workers) beside encode-only.
 
-Encode-only = ``product_vectors`` in this process on the same products and batch size, with as many
-torch threads as the worker gets. End to end = ``run_backfill`` of an index holding the products
-without vectors, until every vector is written (scan, queue, mget, encode, bulk update). Also
-compares two 1-thread worker processes with one 2-thread process. Needs `mm-opensearch dev up`.
+Products are the catalog's with images (``products.jsonl.gz``) and without (``products_without_images``,
+which take the text path), drawn with the same mix at every size: ``--sizes 1000,all`` compares a
+1k draw with the whole catalog (44,441 products of Myntra), so a rate that falls with size shows.
+Encode-only = ``product_vectors`` in this process on the smallest draw, same batch size, as many
+torch threads as one worker process gets in all. End to end = ``run_backfill`` of an index holding
+the products without vectors until every vector is written (scan, queue, mget, encode, bulk
+update), for each ``--workers`` shape (``1x2`` = one process of two threads, ``2x1`` = two processes
+of one). Redis is sampled every half second meanwhile: its memory over the level before the job and
+the batches in flight (queued or unacknowledged), so the table gives bytes per in-flight batch.
+Needs `mm-opensearch dev up`.
 
-    PYTHONPATH=. python bench/backfill.py --model tiny --n 2000
-    PYTHONPATH=. python bench/backfill.py --model default --n 1000   # MiniLM + EfficientNet-Lite0
+    PYTHONPATH=. python bench/backfill.py --model tiny --sizes 2000
+    PYTHONPATH=. MMOS_PRODUCT_RUNTIME=onnx python bench/backfill.py --model default --sizes 1000,all
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import threading
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -31,6 +40,8 @@ from mm_opensearch.config import Settings
 from mm_opensearch.indexing.load import create_product_index, load_products, product_vectors
 from mm_opensearch.towers import ModelConfig, MultimodalModel
 from mm_opensearch_workers.app import IO_QUEUE, MODEL_QUEUE, CeleryJobQueue, app
+
+UNACKED = "unacked"  # kombu's redis transport: delivered, not yet acknowledged
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,30 +95,138 @@ def _end_to_end(settings: Settings, products: list[Product], schema: CatalogSche
         client.indices.delete(index=f"{index}*")
 
 
+@dataclass
+class RedisSampler:
+    """Redis memory over its level before the job, beside the batches in flight, every ``every_s``."""
+
+    client: redis.Redis
+    every_s: float = 0.5
+    baseline: int = 0
+    samples: list[tuple[int, int]] = field(default_factory=list)  # (bytes over baseline, batches in flight)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _in_flight(self) -> int:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(MODEL_QUEUE).llen(IO_QUEUE).hlen(UNACKED)
+            return sum(pipe.execute())
+
+    def _used(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def __enter__(self) -> RedisSampler:
+        self.baseline = self._used()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append((self._used() - self.baseline, self._in_flight()))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        busy = [(over, n) for over, n in self.samples if n > 0]
+        if not busy:
+            return {"peak_over_baseline_bytes": 0, "max_in_flight": 0, "bytes_per_in_flight_batch": 0}
+        peak_over, _ = max(busy)
+        return {
+            "peak_over_baseline_bytes": peak_over,
+            "max_in_flight": max(n for _, n in busy),
+            # the median over the samples, each its memory over the baseline shared by its batches in flight
+            "bytes_per_in_flight_batch": sorted(max(over, 0) / n for over, n in busy)[len(busy) // 2],
+        }
+
+
+def _end_to_end(settings: Settings, products: list[Product], schema: CatalogSchema, model_dir: Path, *,
+                concurrency: int, threads: int, batch: int, work: Path) -> tuple[float, dict[str, float]]:
+    """Products/s of a backfill of ``products`` by one worker of ``concurrency`` x ``threads``, and Redis's memory."""
+    client = create_client(settings, timeout=120)
+    store = JobStore.from_settings(settings)
+    dim_model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
+    index = f"bench-{uuid.uuid4().hex[:8]}"
+    create_product_index(client, index, schema, sample=products[0].source, model=dim_model)
+    load_products(client, index, products)
+    worker = _start_worker(model_dir, concurrency, threads, work / f"worker-{concurrency}x{threads}.log")
+    try:
+        warm = f"{index}-warm"
+        create_product_index(client, warm, schema, sample=products[0].source, model=dim_model)
+        load_products(client, warm, products[: batch * concurrency])
+        run_backfill(client, store, CeleryJobQueue(app), warm, schema=schema, batch_size=batch, timeout_s=300)
+        with RedisSampler(redis.Redis.from_url(settings.redis_url.get_secret_value())) as sampler:
+            start = time.perf_counter()
+            counts = run_backfill(client, store, CeleryJobQueue(app), index, schema=schema, batch_size=batch,
+                                  slices=2, timeout_s=7200, restart=True)
+            elapsed = time.perf_counter() - start
+        if counts.written != len(products):
+            raise SystemExit(f"backfill of {index} wrote {counts.written} of {len(products)}: {counts}")
+        return len(products) / elapsed, sampler.summary()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+        client.indices.delete(index=f"{index}*")
+
+
+def draw(with_images: list[Product], without: list[Product], n: int | None, seed: int = 0) -> list[Product]:
+    """``n`` products (all when None) with the catalog's share of products with images, shuffled together."""
+    rng = random.Random(seed)
+    total = len(with_images) + len(without)
+    n = total if n is None else min(n, total)
+    k = round(n * len(with_images) / total)
+    picked = rng.sample(with_images, k) + rng.sample(without, n - k)
+    rng.shuffle(picked)
+    return picked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tiny", "default"], default="tiny")
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--model", choices=["tiny", "default"], default="tiny",
+                        help="tiny = a random-init tiny model; default = models/default (or MMOS_MODEL_DIR)")
+    parser.add_argument("--sizes", default="1000", help="comma-separated product counts, 'all' for the whole catalog")
+    parser.add_argument("--workers", default="1x2,2x1", help="worker shapes, processes x torch threads")
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     settings = Settings()
     schema = CatalogSchema.from_settings(settings)
-    products = list(read_catalog(settings.data_dir / "products_without_images.jsonl.gz", schema, limit=args.n))
+    with_images = list(read_catalog(settings.data_dir / "products.jsonl.gz", schema))
+    without = list(read_catalog(settings.data_dir / "products_without_images.jsonl.gz", schema))
+    sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
+    shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.workers.split(",")]
     r = redis.Redis.from_url(settings.redis_url.get_secret_value())
     r.delete(MODEL_QUEUE, IO_QUEUE)
+    runtime = settings.product_runtime
+    rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        config = ModelConfig.tiny() if args.model == "tiny" else ModelConfig()
-        MultimodalModel.from_config(config, settings=settings, use_feature_cache=False).save(work / "model")
-        encode = _encode_only(work / "model", settings, products, args.batch, threads=2)
-        one = _end_to_end(settings, products, schema, work / "model", concurrency=1, threads=2, batch=args.batch,
-                          work=work)
-        two = _end_to_end(settings, products, schema, work / "model", concurrency=2, threads=1, batch=args.batch,
-                          work=work)
-    print(f"model={args.model} n={len(products)} batch={args.batch} cores={os.cpu_count()}")
-    print(f"encode-only (2 threads)              {encode:9.1f} products/s")
-    print(f"end to end, 1 worker x 2 threads     {one:9.1f} products/s  ({one / encode:.2f}x encode-only)")
-    print(f"end to end, 2 workers x 1 thread     {two:9.1f} products/s  ({two / one:.2f}x one 2-thread worker)")
+        if args.model == "tiny":
+            model_dir = work / "model"
+            MultimodalModel.from_config(ModelConfig.tiny(), settings=settings, use_feature_cache=False).save(model_dir)
+        else:
+            model_dir = settings.model_dir or REPO / "models" / "default"
+        smallest = draw(with_images, without, min(s or 10**9 for s in sizes))
+        encode = _encode_only(model_dir, settings, smallest, args.batch, threads=2)
+        rows.append(f"encode-only, {len(smallest):,} products, 2 threads: {encode:9.1f} products/s")
+        first: dict[tuple[int, ...], float] = {}
+        for size in sizes:
+            products = draw(with_images, without, size)
+            share = sum(p.image is not None for p in products) / len(products)
+            for shape in shapes:
+                rate, mem = _end_to_end(settings, products, schema, model_dir, concurrency=shape[0], threads=shape[1],
+                                        batch=args.batch, work=work)
+                base = first.setdefault(shape, rate)
+                rows.append(
+                    f"{len(products):>6,} products ({share:.1%} with images), {shape[0]} worker(s) x {shape[1]} thread(s): "
+                    f"{rate:7.1f} products/s ({rate / encode:.2f}x encode-only, {rate / base:.2f}x the first size); "
+                    f"Redis +{mem['peak_over_baseline_bytes'] / 1e6:.1f} MB at peak, up to {mem['max_in_flight']} "
+                    f"batches in flight, {mem['bytes_per_in_flight_batch'] / 1e3:.1f} KB per in-flight batch"
+                )
+                print(rows[-1], flush=True)
+    print(f"model={args.model} ({model_dir}) runtime={runtime} batch={args.batch} cores={os.cpu_count()}")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
