@@ -97,29 +97,39 @@ def _nn_angles(vectors: np.ndarray, chunk: int = 1024) -> np.ndarray:
     return np.arccos(np.clip(best, -1.0, 1.0))
 
 
+def real_vectors(settings: Settings, model: MultimodalModel, products: list[Product],
+                 data_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each product's fused, text and image vectors (unnormalised rows, NaN-free) and whether it has all three.
+
+    Cached under ``cache_dir/bench-scale`` by model id, product runtime (``MMOS_PRODUCT_RUNTIME``:
+    int8 vectors are not float's) and product count.
+    """
+    runtime = settings.product_runtime
+    cache = Path(settings.cache_dir) / "bench-scale" / f"vectors-{model.model_id}-{runtime}-{len(products)}.npz"
+    if cache.exists():
+        stored = np.load(cache)
+        return {kind: stored[kind] for kind in KINDS}, stored["keep"]
+    console.print(f"encoding {len(products)} real products with {model.model_id} on {runtime} (cached in {cache})")
+    parts: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
+    ok: list[np.ndarray] = []
+    for start in range(0, len(products), 512):
+        batch = products[start : start + 512]
+        console.print(f"  {start:,} of {len(products):,}")
+        enc = model.encode_products(batch, with_modalities=True, image_roots=settings.image_roots_or(data_dir))
+        ok.append(enc.has_vector & enc.has_text & enc.has_image)  # all three kinds: copies carry all three
+        for kind, values in (("fused", enc.fused), ("text", enc.text), ("image", enc.image)):
+            parts[kind].append(np.nan_to_num(np.asarray(values, dtype=np.float32)))
+    keep = np.concatenate(ok)
+    vectors = {kind: np.concatenate(parts[kind]) for kind in KINDS}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, keep=keep, **vectors)
+    return vectors, keep
+
+
 def load_seeds(settings: Settings, model: MultimodalModel, data_dir: Path, limit: int | None) -> Seeds:
     schema = CatalogSchema.from_settings(settings)
     products = list(itertools.islice(read_catalog(data_dir / "products.jsonl.gz", schema), limit))
-    cache = Path(settings.cache_dir) / "bench-scale" / f"vectors-{model.model_id}-{len(products)}.npz"
-    if cache.exists():
-        stored = np.load(cache)
-        vectors = {kind: stored[kind] for kind in KINDS}
-        keep = stored["keep"]
-    else:
-        console.print(f"encoding {len(products)} real products with {model.model_id} (cached in {cache})")
-        parts: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
-        ok: list[np.ndarray] = []
-        for start in range(0, len(products), 512):
-            batch = products[start : start + 512]
-            console.print(f"  {start:,} of {len(products):,}")
-            enc = model.encode_products(batch, with_modalities=True, image_roots=settings.image_roots_or(data_dir))
-            ok.append(enc.has_vector & enc.has_text & enc.has_image)  # all three kinds: copies carry all three
-            for kind, values in (("fused", enc.fused), ("text", enc.text), ("image", enc.image)):
-                parts[kind].append(np.nan_to_num(np.asarray(values, dtype=np.float32)))
-        keep = np.concatenate(ok)
-        vectors = {kind: np.concatenate(parts[kind]) for kind in KINDS}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, keep=keep, **vectors)
+    vectors, keep = real_vectors(settings, model, products, data_dir)
     products = [p for p, k in zip(products, keep, strict=True) if k]
     vectors = {kind: _unit(v[keep]) for kind, v in vectors.items()}
     return Seeds(products, vectors, {kind: _nn_angles(v) for kind, v in vectors.items()})
