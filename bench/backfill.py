@@ -69,32 +69,6 @@ def _start_worker(model_dir: Path, concurrency: int, threads: int, log: Path) ->
     return process
 
 
-def _end_to_end(settings: Settings, products: list[Product], schema: CatalogSchema, model_dir: Path, *,
-                concurrency: int, threads: int, batch: int, work: Path) -> float:
-    client = create_client(settings)
-    store = JobStore.from_settings(settings)
-    dim_model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
-    index = f"bench-{uuid.uuid4().hex[:8]}"
-    create_product_index(client, index, schema, sample=products[0].source, model=dim_model)
-    load_products(client, index, products)
-    worker = _start_worker(model_dir, concurrency, threads, work / f"worker-{concurrency}x{threads}.log")
-    try:
-        warm = f"{index}-warm"
-        create_product_index(client, warm, schema, sample=products[0].source, model=dim_model)
-        load_products(client, warm, products[: batch * concurrency])
-        run_backfill(client, store, CeleryJobQueue(app), warm, schema=schema, batch_size=batch, timeout_s=300)
-        start = time.perf_counter()
-        counts = run_backfill(client, store, CeleryJobQueue(app), index, schema=schema, batch_size=batch,
-                              slices=2, timeout_s=1800, restart=True)
-        elapsed = time.perf_counter() - start
-        assert counts.written == len(products), counts
-        return len(products) / elapsed
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
-        client.indices.delete(index=f"{index}*")
-
-
 @dataclass
 class RedisSampler:
     """Redis memory over its level before the job, beside the batches in flight, every ``every_s``."""
