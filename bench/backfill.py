@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import threading
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field

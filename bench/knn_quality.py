@@ -26,13 +26,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from rich.table import Table  # noqa: E402
 
-from bench.scale import KINDS, _sweep, console, real_vectors  # noqa: E402
+from opensearchpy import OpenSearch  # noqa: E402
+
+from bench.scale import _sweep, console, real_vectors, send_vectors  # noqa: E402
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog  # noqa: E402
 from mm_opensearch.client import create_client  # noqa: E402
 from mm_opensearch.config import Settings  # noqa: E402
-from mm_opensearch.evaluation.runner import eval_index_name, run_evaluation  # noqa: E402
+from mm_opensearch.evaluation.runner import _REPRODUCIBLE, eval_index_name, run_evaluation  # noqa: E402
 from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: E402
-from mm_opensearch.indexing.bulk import bulk_write, index_action, vector_fields_doc  # noqa: E402
 from mm_opensearch.indexing.load import create_product_index, merge_to_one_segment  # noqa: E402
 from mm_opensearch.indexing.mappings import VectorOptions  # noqa: E402
 from mm_opensearch.judgments import load_qrels, load_queries  # noqa: E402
@@ -44,24 +45,17 @@ MODES = ("fused", "image", "hybrid_linear", "hybrid_rrf")
 EXHAUSTIVE_EF = 10_000  # > the catalog: the HNSW search visits every node, i.e. exact
 
 
-def _index(client, settings: Settings, model: MultimodalModel, products: list[Product],
+def _index(client: OpenSearch, settings: Settings, model: MultimodalModel, products: list[Product],
            vectors: dict[str, np.ndarray], options: VectorOptions) -> None:
     """The catalog with these vectors, as the evaluation would have indexed it (one segment)."""
     index = eval_index_name(PREFIX, "multimodal", model.model_id)
     create_product_index(client, index, CatalogSchema.from_settings(settings), sample=products[0].source, model=model,
-                         modalities=True, replace=True, vector_options=options,
-                         index_settings={"refresh_interval": "-1", "merge.policy": "log_byte_size"})
+                         modalities=True, replace=True, vector_options=options, index_settings=_REPRODUCIBLE)
     for start in range(0, len(products), 500):
-        actions = []
-        for row in range(start, min(start + 500, len(products))):
-            product = products[row]
-            vec = {kind: (v if np.any(v := vectors[kind][row]) else None) for kind in KINDS}
-            doc = vector_fields_doc(vec["fused"], product_id=product.id, model_id=model.model_id,
-                                    content_hash=product.id, text=vec["text"], image=vec["image"])
-            actions.append(index_action(index, product.id, {**product.source, **doc}))
-        report = bulk_write(client, actions, chunk_size=len(actions))
-        if report.failed:
-            raise SystemExit(f"bulk into {index} failed: {report.failed[0]}")
+        rows = slice(start, start + 500)
+        batch = products[rows]
+        send_vectors(client, index, model.model_id, [p.id for p in batch], batch,
+                     {kind: v[rows] for kind, v in vectors.items()})
     merge_to_one_segment(client, index)
 
 
@@ -86,11 +80,14 @@ def main() -> None:
         plan += [(runtime, "exact", default, EXHAUSTIVE_EF), (runtime, default.label(), default, default.ef_search)]
     rows: list[tuple[str, str, dict[str, float]]] = []
     built: tuple[str, VectorOptions] | None = None
+    loaded: dict[str, tuple[MultimodalModel, dict[str, np.ndarray]]] = {}
     try:
         for runtime, label, options, ef in plan:
             settings = base.model_copy(update={"product_runtime": runtime, "knn_ef_search": ef})
-            model = MultimodalModel.load(model_dir, settings=settings, query_cache_size=0)
-            vectors, _ = real_vectors(settings, model, products, data_dir)
+            if runtime not in loaded:  # the model and its vectors depend on the runtime alone
+                model = MultimodalModel.load(model_dir, settings=settings, query_cache_size=0)
+                loaded[runtime] = (model, real_vectors(settings, model, products, data_dir)[0])
+            model, vectors = loaded[runtime]
             if built != (runtime, replace(options, ef_search=None)):  # ef_search is read at query time only
                 _index(client, settings, model, products, vectors, options)
                 built = (runtime, replace(options, ef_search=None))

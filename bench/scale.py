@@ -213,23 +213,31 @@ def _index_name(size: int, options: VectorOptions) -> str:
     return f"{PREFIX}-{size}-{label}"
 
 
+def send_vectors(client: OpenSearch, index: str, model_id: str, ids: list[str], products: list[Product],
+                 vectors: dict[str, np.ndarray]) -> int:
+    """One bulk of ``products`` under ``ids`` with their rows of ``vectors``; products sent.
+
+    An all-zero row (a product the encoder gave no such vector: real vectors are cached NaN-free) is
+    left out of the document, as indexing leaves out a vector it could not compute.
+    """
+    actions = []
+    for row, (doc_id, product) in enumerate(zip(ids, products, strict=True)):
+        vec = {kind: (v if np.any(v := vectors[kind][row]) else None) for kind in KINDS}
+        doc = vector_fields_doc(vec["fused"], product_id=doc_id, model_id=model_id, content_hash=doc_id,
+                                text=vec["text"], image=vec["image"])
+        actions.append(index_action(index, doc_id, {**product.source, "id": doc_id, **doc}))
+    report = bulk_write(client, actions, chunk_size=len(actions))
+    if report.failed:
+        raise SystemExit(f"bulk into {index} failed: {report.failed[0]}")
+    return report.succeeded
+
+
 def _write(
     client: OpenSearch, index: str, model_id: str, seeds: Seeds, size: int, noise_scale: float, budget: Budget
 ) -> int:
     """Products sent (all of ``size`` unless the budget ended the bulk first)."""
     def send(batch: tuple[list[str], list[Product], dict[str, np.ndarray]]) -> int:
-        ids, products, vectors = batch
-        actions = []
-        for row, (doc_id, product) in enumerate(zip(ids, products, strict=True)):
-            vec = vector_fields_doc(
-                vectors["fused"][row], product_id=doc_id, model_id=model_id, content_hash=doc_id,
-                text=vectors["text"][row], image=vectors["image"][row],
-            )
-            actions.append(index_action(index, doc_id, {**product.source, "id": doc_id, **vec}))
-        report = bulk_write(client, actions, chunk_size=len(actions))
-        if report.failed:
-            raise SystemExit(f"bulk into {index} failed: {report.failed[0]}")
-        return report.succeeded
+        return send_vectors(client, index, model_id, *batch)
 
     written, pending = 0, []
     with ThreadPoolExecutor(max_workers=2) as pool:  # two batches in flight; the next generated meanwhile
