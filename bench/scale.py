@@ -385,7 +385,7 @@ def _sweep(default: VectorOptions, *, faiss: bool = False) -> list[tuple[VectorO
         (replace(default, m=8, ef_construction=64), [default.ef_search, 256]),
         (replace(default, m=32, ef_construction=256), [default.ef_search, 256]),
         (replace(default, encoder="sq"), [default.ef_search, 256]),
-        (replace(default, modality_index="exact"), [default.ef_search]),
+        (replace(default, modality_index="hnsw" if default.modality_fields == "exact" else "exact"), [default.ef_search]),
     ]
 
 
@@ -500,6 +500,9 @@ def main() -> None:
                         "when it ends is marked in the table")
     parser.add_argument("--with-faiss", action="store_true",
                         help="sweep the faiss engine too (a node with the k-NN native libraries; not the dev node)")
+    parser.add_argument("--ef-search", default=None,
+                        help="ef_search values measured on the default at sizes not swept, e.g. '-,100' ('-': the "
+                        "engine's default); default: MMOS_KNN_EF_SEARCH alone")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here too")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--seed-products", type=int, default=None, help="real products to copy (default: all)")
@@ -514,6 +517,8 @@ def main() -> None:
     model = MultimodalModel.load(model_dir, settings=settings, query_cache_size=0)
     client = create_client(settings, timeout=600)
     default = VectorOptions.from_settings(settings)
+    efs_default: list[int | None] = ([None if ef.strip() == "-" else int(ef) for ef in args.ef_search.split(",")]
+                                     if args.ef_search else [default.ef_search])
     n_options = max(len(_sweep(default, faiss=args.with_faiss)) if sweep_at else 1, 1)
     check_disk(client, sizes, n_options, args.keep)
     seeds = load_seeds(settings, model, data_dir, args.seed_products)
@@ -529,7 +534,7 @@ def main() -> None:
                 console.print(f"{size:,}: median nearest-neighbour angle of the synthetic fused vectors "
                               f"{synthetic_nn_angle(seeds, size):.3f} rad")
             truth, budget = None, Budget(args.budget_s)
-            plan = _sweep(default, faiss=args.with_faiss) if size in sweep_at else [(default, [default.ef_search])]
+            plan = _sweep(default, faiss=args.with_faiss) if size in sweep_at else [(default, efs_default)]
             for options, efs in plan:
                 step = time.monotonic()
                 done, truth = run_option(client, settings, model, seeds, size, options, efs, queries, qvectors,

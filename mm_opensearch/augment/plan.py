@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mm_opensearch.augment.inspect import IndexReport, Strategy
@@ -53,7 +53,7 @@ class AugmentPlan:
     @property
     def exact_modalities(self) -> bool:
         """Per-modality vectors without a graph: the index then needs :data:`NO_NATIVE_GRAPHS`."""
-        return self.modalities and self.options.modality_index == "exact"
+        return self.modalities and self.options.modality_fields == "exact"
 
 
 def next_index_name(index: str) -> str:
@@ -94,7 +94,7 @@ def copy_index_body(
 ) -> dict[str, Any]:
     """The source index's settings and mappings with the vector fields and the settings they need added."""
     settings = {k: copy.deepcopy(v) for k, v in report.settings.items() if k not in _GENERATED_SETTINGS}
-    settings.update(vector_index_settings(modality_index=options.modality_index if modalities else "hnsw"))
+    settings.update(vector_index_settings(modality_index=options.modality_fields if modalities else "hnsw"))
     mappings = copy.deepcopy(report.mappings)
     mappings.setdefault("properties", {}).update(update["properties"])
     mappings["_meta"] = update["_meta"]
@@ -112,7 +112,8 @@ def plan_augment(
 ) -> AugmentPlan:
     """Steps to give ``report``'s index vectors of ``model_id`` without interrupting its readers.
 
-    ``options`` (``VectorOptions.from_settings``; today's mapping when None) say how the vectors are indexed.
+    ``options`` (``VectorOptions.from_settings``; the defaults when None) say how the vectors are indexed;
+    ``auto`` modality fields get graphs where the team's index has native-engine vector fields.
     """
     options = options or VectorOptions()
     if report.model is not None and (report.model["model_id"] != model_id or report.model["dim"] != dim):
@@ -128,15 +129,23 @@ def plan_augment(
             "set MMOS_TEXT_FIELDS to the text fields this index has"
         )
         raise ConfigError(msg)
-    exact = modalities and options.modality_index == "exact"
-    if exact and report.strategy != "ready":
-        _check_no_native_vectors(report)
+    team_native = _team_native_vector_fields(report) if modalities and report.strategy != "ready" else []
+    kept_graphs = ""
+    if team_native and options.modality_index == "auto" and options.modality_fields == "exact":
+        # auto gives way: the index-wide switch of exact-only fields would cost the team's fields their graphs.
+        options = replace(options, modality_index="hnsw")
+        kept_graphs = (f"; mm_text and mm_image get graphs (MMOS_KNN_MODALITY_INDEX=auto): exact-only fields would "
+                       f"turn native graph building off for the whole index, and it has native-engine field(s) "
+                       f"{team_native}")
+    exact = modalities and options.modality_fields == "exact"
+    if exact and team_native:
+        _refuse_exact_beside_native_vectors(report, team_native)
     aliases = tuple(sorted(report.aliases))
     common = dict(source=report.index, aliases=aliases, model_id=model_id, dim=dim, modalities=modalities,
                   options=options)
     vectors = f"knn_vector dim {dim}, {options.label()}"
     threshold = ", ".join(f"index.{key}={value}" for key, value in NO_NATIVE_GRAPHS.items())
-    no_graphs = f"; mm_text and mm_image exact-only: {threshold}" if exact else ""
+    no_graphs = f"; mm_text and mm_image exact-only: {threshold}" if exact else kept_graphs
     fill_ids = (
         (f"copy the _id of {report.docs_without_id} documents into mm_id (keyword doc values searches read "
          "candidate ids from; until then they read the slower stored _id)",)
@@ -151,7 +160,7 @@ def plan_augment(
         return AugmentPlan(target=report.index, strategy="in_place", steps=(
             *((f"set {threshold} on '{report.index}' (a dynamic setting): mm_text and mm_image get no graph, "
                "a knn query on them scans the filtered documents",) if exact else ()),
-            f"add fields mm_* ({vectors}) and _meta model {model_id} to '{report.index}'; "
+            f"add fields mm_* ({vectors}{kept_graphs}) and _meta model {model_id} to '{report.index}'; "
             "their vectors are stored in _source (keeping them out needs a new index: a static setting)",
             *fill_ids,
             f"backfill vectors of {report.docs} products in place (queries keep being served)",
@@ -195,10 +204,15 @@ def _native_vector_fields(properties: dict[str, Any], prefix: str = "") -> list[
     return found
 
 
-def _check_no_native_vectors(report: IndexReport) -> None:
-    """Refuse exact-only modalities where the index-wide switch would also take the team's own fields' graphs."""
+def _team_native_vector_fields(report: IndexReport) -> list[str]:
+    """The index's own (not mm_*) knn_vector fields on a native engine: those approximate_threshold -1 affects."""
     own = {k: v for k, v in (report.mappings.get("properties") or {}).items() if k not in VECTOR_FIELDS.values()}
-    if fields := _native_vector_fields(own):
+    return _native_vector_fields(own)
+
+
+def _refuse_exact_beside_native_vectors(report: IndexReport, fields: list[str]) -> None:
+    """Refuse exact-only modalities where the index-wide switch would also take the team's own fields' graphs."""
+    if fields:
         msg = (
             f"MMOS_KNN_MODALITY_INDEX=exact turns native graph building off for the whole index "
             f"(index.knn.advanced.approximate_threshold=-1), and index '{report.index}' has native-engine "

@@ -28,6 +28,7 @@ __all__ = [
     "Engine",
     "Encoder",
     "ModalityIndex",
+    "modality_index_for",
     "VectorOptions",
     "vector_index_settings",
     "vector_properties",
@@ -47,7 +48,7 @@ CAPABILITIES_META_KEY = "mm_opensearch_cluster"  # release, plugins, server fusi
 IndexModelInfo = dict[str, Any]
 Engine = Literal["lucene", "faiss"]
 Encoder = Literal["none", "sq"]  # sq: lucene's 7-bit scalar quantizer, faiss's fp16 (k-NN 2.16+)
-ModalityIndex = Literal["hnsw", "exact"]
+ModalityIndex = Literal["auto", "hnsw", "exact"]  # auto: exact on lucene, hnsw on faiss (see modality_index_for)
 # Exact-only vectors: a knn_vector without a method takes the default (native) engine, and this index
 # setting tells the plugin never to build its graphs; knn queries on the field then score every
 # document that passes the filter. Lucene fields ignore it, so the fused vector keeps its HNSW graph.
@@ -57,13 +58,16 @@ NO_NATIVE_GRAPHS = {"knn.advanced.approximate_threshold": -1}
 
 @dataclass(frozen=True)
 class VectorOptions:
-    """How the vector fields are indexed and searched; the defaults are the mapping mm-opensearch has always made.
+    """How the vector fields are indexed and searched; the defaults are chosen by bench/scale.py (docs/benchmarks.md).
 
     ``encoder="sq"`` quantizes in the engine (lucene: 7-bit scalar quantization of the HNSW's
     vectors, the float vectors kept beside them; faiss: fp16). ``modality_index="exact"`` gives the
     per-modality vectors (text, image) no graph: they are not on the default search path, and a
-    knn query on them is an exact scan. ``ef_search`` is read at query time (the knn query's
-    ``method_parameters``); None leaves the engine's default (lucene: k).
+    knn query on them is an exact scan. ``"auto"`` (the default) is exact on lucene and hnsw on
+    faiss, and stays ``auto`` (:attr:`modality_fields` resolves it), so that a change of engine, or an
+    index augment that finds native vector fields of the team's, can still choose. ``ef_search`` is
+    read at query time (the knn query's ``method_parameters``); None leaves the engine's default
+    (lucene: k).
     """
 
     engine: Engine = "lucene"
@@ -71,7 +75,7 @@ class VectorOptions:
     ef_construction: int = 128
     ef_search: int | None = None
     encoder: Encoder = "none"
-    modality_index: ModalityIndex = "hnsw"
+    modality_index: ModalityIndex = "auto"
 
     def __post_init__(self) -> None:
         if self.engine == "faiss" and self.modality_index == "exact":
@@ -89,14 +93,31 @@ class VectorOptions:
             modality_index=settings.knn_modality_index,
         )
 
+    @property
+    def modality_fields(self) -> Literal["hnsw", "exact"]:
+        """How the text and image vectors are mapped: ``modality_index`` with ``auto`` resolved for the engine."""
+        return modality_index_for(self.engine, self.modality_index)
+
     def label(self) -> str:
         """A short name for tables: ``lucene m16 efc128 efs- sq modal:exact``."""
         parts = [self.engine, f"m{self.m}", f"efc{self.ef_construction}", f"efs{self.ef_search or '-'}"]
         if self.encoder != "none":
             parts.append(self.encoder)
-        if self.modality_index != "hnsw":
-            parts.append(f"modal:{self.modality_index}")
+        if self.modality_fields != "hnsw":
+            parts.append(f"modal:{self.modality_fields}")
         return " ".join(parts)
+
+
+def modality_index_for(engine: Engine, modality_index: ModalityIndex) -> Literal["hnsw", "exact"]:
+    """``auto`` resolved for ``engine``: exact-only per-modality vectors on lucene, graphs on faiss.
+
+    At 100k products exact-only text and image fields cut the index by 30% and the bulk and force
+    merge by 1.5x and 3x, with the same nDCG@10 (docs/benchmarks.md, Scale). On faiss they would turn
+    off the fused vector's graph too (the setting is index-wide), so faiss keeps three graphs.
+    """
+    if modality_index != "auto":
+        return modality_index
+    return "hnsw" if engine == "faiss" else "exact"
 
 
 @cache
@@ -104,7 +125,7 @@ def _template(name: str) -> dict[str, Any]:
     return json.loads((mappings_dir() / name).read_text())
 
 
-def vector_index_settings(*, modality_index: ModalityIndex = "hnsw") -> dict[str, Any]:
+def vector_index_settings(*, modality_index: Literal["hnsw", "exact"] = "hnsw") -> dict[str, Any]:
     """``settings.index`` entries an index with vectors needs: k-NN on, vectors derived, not stored in ``_source``.
 
     Three 256-d vectors written as JSON were most of each stored document, and a page of documents
@@ -136,13 +157,14 @@ def vector_properties(
     m: int = 16,
     ef_construction: int = 128,
     encoder: Encoder = "none",
-    modality_index: ModalityIndex = "hnsw",
+    modality_index: ModalityIndex = "auto",
 ) -> dict[str, Any]:
     """Mapping properties for the fused vector (and per-modality ones) plus bookkeeping fields.
 
     ``modality_index="exact"`` maps the text and image vectors without a method (no graph; the
-    index needs :func:`vector_index_settings` with the same option).
+    index needs :func:`vector_index_settings` with the same option); ``auto`` as :func:`modality_index_for`.
     """
+    modality_index = modality_index_for(engine, modality_index)
     template = _template("vector_fields.json")
     vector = copy.deepcopy(template["knn_vector"])
     vector["dimension"] = dim
@@ -184,7 +206,7 @@ def product_index_body(
     """A create-index body: BM25 text fields, filter fields typed from ``sample``, and vectors.
 
     Without ``dim`` the index is BM25-only (what a team has before adopting mm-opensearch).
-    ``options`` (default :class:`VectorOptions`, today's mapping) says how vectors are indexed.
+    ``options`` (default :class:`VectorOptions`) says how vectors are indexed.
     """
     options = options or VectorOptions()
     template = _template("product_index.json")
@@ -209,7 +231,7 @@ def product_index_body(
             ef_construction=options.ef_construction, encoder=options.encoder, modality_index=options.modality_index,
         ))
         mappings["_meta"] = model_meta(model_id, dim, modalities=modalities)
-        settings["index"].update(vector_index_settings(modality_index=options.modality_index if modalities else "hnsw"))
+        settings["index"].update(vector_index_settings(modality_index=options.modality_fields if modalities else "hnsw"))
     return {"settings": settings, "mappings": mappings}
 
 

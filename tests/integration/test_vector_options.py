@@ -53,7 +53,7 @@ def _exact_order(vectors: np.ndarray, query: np.ndarray, mask: np.ndarray | None
     "options",
     [
         VectorOptions(encoder="sq"),
-        VectorOptions(m=8, ef_construction=32, ef_search=64),
+        VectorOptions(m=8, ef_construction=32, ef_search=64, modality_index="hnsw"),
         VectorOptions(modality_index="exact", encoder="sq", ef_search=32),
     ],
     ids=lambda o: o.label(),
@@ -61,8 +61,6 @@ def _exact_order(vectors: np.ndarray, query: np.ndarray, mask: np.ndarray | None
 def test_an_index_with_the_option_takes_vectors_and_answers_knn(
     client: OpenSearch, index_name: str, options: VectorOptions, cluster_version: tuple[int, ...]
 ) -> None:
-    if options.modality_index == "exact" and cluster_version >= (3,):
-        pytest.skip("exact-only modality vectors rely on k-NN 2.19's approximate_threshold; checked on 2.19 only")
     vectors = _fill(client, index_name, options)
     mapping = client.indices.get_mapping(index=index_name)[index_name]["mappings"]["properties"]
     fused_method = mapping["mm_fused"]["method"]
@@ -80,7 +78,7 @@ def test_an_index_with_the_option_takes_vectors_and_answers_knn(
     filtered = _ids(client, index_name, knn_query("fused", query, 10, [{"term": {"colour": "red"}}],
                                                   ef_search=options.ef_search))
     assert filtered[0] == "7" and all(int(i) % 2 for i in filtered)
-    if options.modality_index == "exact":
+    if options.modality_fields == "exact":
         settings = client.indices.get_settings(index=index_name, flat_settings=True)[index_name]["settings"]
         assert settings["index.knn.advanced.approximate_threshold"] == "-1"
         for kind in ("text", "image"):

@@ -51,10 +51,13 @@ def test_the_plan_carries_the_options_and_its_steps_name_them(knn: bool) -> None
     assert any("approximate_threshold=-1" in step for step in plan.steps)
 
 
-def test_without_options_the_plan_maps_what_mm_opensearch_always_mapped() -> None:
+def test_without_options_the_plan_maps_the_default_options() -> None:
     plan = plan_augment(_report(), model_id="m1", dim=8)
     assert plan.options == VectorOptions()
-    assert not any("approximate_threshold" in step for step in plan.steps)
+    assert not any("approximate_threshold" in step for step in plan.steps)  # no modality fields: no switch
+    with_modalities = _plan(_report(), VectorOptions())
+    assert with_modalities.exact_modalities  # auto on lucene: text and image exact-only
+    assert in_place_settings(with_modalities) == {"knn.advanced.approximate_threshold": -1}
 
 
 def test_the_mapping_update_has_the_fields_index_create_maps_for_the_same_options() -> None:
@@ -106,8 +109,14 @@ def test_exact_modalities_are_refused_where_the_team_has_native_vector_fields(en
     with pytest.raises(ConfigError, match=r"MMOS_KNN_MODALITY_INDEX=hnsw") as caught:
         _plan(_report(properties=nested), TUNED)
     assert "object_field.embedding" in str(caught.value)
-    # Without exact modalities the setting is never touched, so such fields are no obstacle.
-    assert _plan(_report(properties=nested), VectorOptions()).strategy == "in_place"
+    # Without exact modalities the setting is never touched, so such fields are no obstacle; the default
+    # (auto) gives way to them: the modality fields get graphs, and the plan says why.
+    auto = _plan(_report(properties=nested), VectorOptions())
+    assert auto.strategy == "in_place" and not auto.exact_modalities and in_place_settings(auto) == {}
+    assert auto.options.modality_fields == "hnsw"
+    assert any("get graphs" in step and "object_field.embedding" in step for step in auto.steps)
+    copy = _plan(_report(knn=False, properties=nested), VectorOptions())
+    assert copy.strategy == "reindex" and any("get graphs" in step for step in copy.steps)
     assert _plan(_report(properties=nested), TUNED, modalities=False).strategy == "in_place"
 
 
@@ -144,7 +153,7 @@ class _Embedder:
         raise AssertionError("in place backfills, never embeds ids")
 
 
-@pytest.mark.parametrize(("options", "settings_put"), [(TUNED, True), (VectorOptions(m=24), False)])
+@pytest.mark.parametrize(("options", "settings_put"), [(TUNED, True), (VectorOptions(m=24), True), (VectorOptions(m=24, modality_index="hnsw"), False)])
 def test_run_in_place_sets_the_threshold_before_adding_the_fields(
     monkeypatch: pytest.MonkeyPatch, options: VectorOptions, settings_put: bool
 ) -> None:

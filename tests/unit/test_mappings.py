@@ -30,10 +30,10 @@ def test_vector_body_records_model_and_dimension() -> None:
     props = body["mappings"]["properties"]
     for field in ("mm_fused", "mm_text", "mm_image"):
         assert props[field]["dimension"] == 64
-        assert props[field]["method"] == {
-            "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil",
-            "parameters": {"m": 16, "ef_construction": 128},
-        }
+    assert props["mm_fused"]["method"] == {
+        "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil",
+        "parameters": {"m": 16, "ef_construction": 128},
+    }
     assert props["mm_model_id"]["type"] == "keyword" and props["mm_embedded_at"]["type"] == "date"
     assert props["mm_id"] == {"type": "keyword", "index": False}  # doc values for candidate ids, never searched
     assert "_comment" not in props
@@ -69,14 +69,41 @@ def test_vectors_are_written_as_the_shortest_decimals_of_their_float32_values() 
     assert doc["mm_fused"] == written and doc["mm_text"] == json_floats(vector[::-1])
 
 
-def test_default_vector_options_are_the_mapping_mm_opensearch_always_made() -> None:
+def test_default_vector_options_are_the_ones_the_scale_bench_chose() -> None:
+    """lucene m16 efc128, engine ef_search, float, exact-only text and image (docs/benchmarks.md, Scale)."""
     from mm_opensearch.config import Settings
     from mm_opensearch.indexing.mappings import VectorOptions
 
-    assert VectorOptions.from_settings(Settings(_env_file=None)) == VectorOptions()
+    options = VectorOptions.from_settings(Settings(_env_file=None))
+    assert options == VectorOptions()
+    assert (options.engine, options.m, options.ef_construction, options.ef_search, options.encoder,
+            options.modality_index, options.modality_fields) == ("lucene", 16, 128, None, "none", "auto", "exact")
     default = product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True)
     assert product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True, options=VectorOptions()) == default
-    assert "knn.advanced.approximate_threshold" not in default["settings"]["index"]
+    props = default["mappings"]["properties"]
+    assert props["mm_fused"]["method"]["parameters"] == {"m": 16, "ef_construction": 128}  # no encoder: float
+    for field in ("mm_text", "mm_image"):
+        assert props[field] == {"type": "knn_vector", "dimension": 64, "space_type": "cosinesimil"}
+    assert default["settings"]["index"]["knn.advanced.approximate_threshold"] == -1
+    # Without per-modality vectors the index keeps the plugin's threshold.
+    fused_only = product_index_body(SCHEMA, dim=64, model_id="abc")["settings"]["index"]
+    assert "knn.advanced.approximate_threshold" not in fused_only
+
+
+def test_auto_modality_index_keeps_graphs_on_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    # approximate_threshold -1 is index-wide: on faiss exact-only fields would cost the fused graph too.
+    from mm_opensearch.config import Settings
+    from mm_opensearch.indexing.mappings import VectorOptions
+
+    assert VectorOptions(engine="faiss").modality_fields == "hnsw"
+    assert VectorOptions(engine="lucene").modality_fields == "exact"
+    assert VectorOptions(engine="faiss").label() == "faiss m16 efc128 efs-"
+    props = vector_properties(8, modalities=True, engine="faiss")
+    assert props["mm_text"]["method"]["engine"] == "faiss"
+    monkeypatch.setenv("MMOS_KNN_ENGINE", "faiss")
+    settings = Settings(_env_file=None)  # auto is no conflict with faiss
+    assert settings.knn_modality_index == "auto"
+    assert VectorOptions.from_settings(settings).modality_fields == "hnsw"
 
 
 def test_settings_reach_the_mapping_through_vector_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +114,8 @@ def test_settings_reach_the_mapping_through_vector_options(monkeypatch: pytest.M
                         "ENCODER": "sq", "MODALITY_INDEX": "hnsw"}.items():
         monkeypatch.setenv(f"MMOS_KNN_{name}", value)
     options = VectorOptions.from_settings(Settings(_env_file=None))
-    assert options == VectorOptions(engine="faiss", m=32, ef_construction=256, ef_search=200, encoder="sq")
+    assert options == VectorOptions(engine="faiss", m=32, ef_construction=256, ef_search=200, encoder="sq",
+                                    modality_index="hnsw")
     assert options.label() == "faiss m32 efc256 efs200 sq"
 
 
