@@ -32,7 +32,7 @@ from bench.scale import _sweep, console, real_vectors, send_vectors  # noqa: E40
 from mm_opensearch.catalog import CatalogSchema, Product, read_catalog  # noqa: E402
 from mm_opensearch.client import create_client  # noqa: E402
 from mm_opensearch.config import Settings  # noqa: E402
-from mm_opensearch.evaluation.runner import _REPRODUCIBLE, eval_index_name, run_evaluation  # noqa: E402
+from mm_opensearch.evaluation.runner import REPRODUCIBLE_INDEX_SETTINGS, eval_index_name, run_evaluation  # noqa: E402
 from mm_opensearch.evaluation.tuning import stored_fusion  # noqa: E402
 from mm_opensearch.indexing.load import create_product_index, merge_to_one_segment  # noqa: E402
 from mm_opensearch.indexing.mappings import VectorOptions  # noqa: E402
@@ -50,7 +50,8 @@ def _index(client: OpenSearch, settings: Settings, model: MultimodalModel, produ
     """The catalog with these vectors, as the evaluation would have indexed it (one segment)."""
     index = eval_index_name(PREFIX, "multimodal", model.model_id)
     create_product_index(client, index, CatalogSchema.from_settings(settings), sample=products[0].source, model=model,
-                         modalities=True, replace=True, vector_options=options, index_settings=_REPRODUCIBLE)
+                         modalities=True, replace=True, vector_options=options,
+                         index_settings=REPRODUCIBLE_INDEX_SETTINGS)
     for start in range(0, len(products), 500):
         rows = slice(start, start + 500)
         batch = products[rows]

@@ -31,7 +31,10 @@ from mm_opensearch.indexing.mappings import VectorOptions
 from mm_opensearch.judgments import JudgedQuery
 from mm_opensearch.towers import MultimodalModel
 
-__all__ = ["ALL_MODES", "EvalResult", "ModeSpec", "eval_index_name", "rank_queries", "run_evaluation"]
+__all__ = [
+    "ALL_MODES", "REPRODUCIBLE_INDEX_SETTINGS", "EvalResult", "ModeSpec", "eval_index_name", "rank_queries",
+    "run_evaluation",
+]
 
 ALL_MODES = (
     "bm25", "dense_text_zeroshot", "dense_text", "image", "fused", "hybrid_rrf", "hybrid_linear", "text_rrf_zeroshot",
@@ -40,7 +43,7 @@ ALL_MODES = (
 
 # No timed refreshes and order-preserving merges: segments (and so score ties and HNSW graphs) come
 # out the same in every evaluation of the same catalog.
-_REPRODUCIBLE = {"refresh_interval": "-1", "merge.policy": "log_byte_size"}
+REPRODUCIBLE_INDEX_SETTINGS = {"refresh_interval": "-1", "merge.policy": "log_byte_size"}
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def run_evaluation(
             # The text-only tower sees no images; the others index per-modality vectors too.
             docs = [dataclasses.replace(p, image=None) for p in products] if name == "text" else products
             create_product_index(client, index, schema, sample=products[0].source, model=tower,
-                                 modalities=name == "multimodal", replace=True, index_settings=_REPRODUCIBLE,
+                                 modalities=name == "multimodal", replace=True,
+                                 index_settings=REPRODUCIBLE_INDEX_SETTINGS,
                                  vector_options=VectorOptions.from_settings(settings))
             with (track or _untracked)(f"indexing ({name} tower)", len(docs)) as on_batch:
                 report = load_products(client, index, docs, model=tower, modalities=name == "multimodal",
