@@ -366,6 +366,10 @@ def measure_latency(searcher: HybridSearcher, queries: list[str]) -> dict[str, f
         for concurrency in (1, 8):
             p50, p99 = _latency(fn, queries, concurrency)
             out[f"{mode} c{concurrency} p50"], out[f"{mode} c{concurrency} p99"] = p50, p99
+    # The image mode searches mm_image: a graph with modality_index hnsw, a scan of every document with exact.
+    p50, p99 = _latency(lambda q: searcher.search(SearchRequest(q, mode="vector", vector="image", fusion_path="client")),
+                        queries, 1)
+    out["image c1 p50"], out["image c1 p99"] = p50, p99
     return out
 
 
@@ -462,7 +466,7 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 def print_table(rows: list[Row]) -> None:
     table = Table(title="bench/scale.py (lucene unless the option says; latency in ms incl. query encoding)")
     for name in ("size", "option", "docs/s", "refresh s", "merge s", "disk MB", "vec+graph MB", "knn mem KB",
-                 "vec c1 p50/p99", "vec c8 p50/p99", "hyb c1 p50/p99", "hyb c8 p50/p99",
+                 "vec c1 p50/p99", "vec c8 p50/p99", "hyb c1 p50/p99", "hyb c8 p50/p99", "img c1 p50/p99",
                  "R@10", "R@100", "R@10 filt", "R@100 filt", "queries"):
         table.add_column(name, justify="right" if name != "option" else "left")
     for row in rows:
@@ -475,7 +479,7 @@ def print_table(rows: list[Row]) -> None:
             _fmt(row.refresh_s, ".1f"), _fmt(row.merge_s, ".1f"),
             _fmt(row.disk_bytes / 1e6 if row.disk_bytes else None), _fmt(files),
             _fmt(row.knn_graph_memory_kb), pair("vector c1"), pair("vector c8"), pair("hybrid c1"), pair("hybrid c8"),
-            rec("@10"), rec("@100"), rec("@10 filtered"), rec("@100 filtered"), str(row.recall_queries or "-"),
+            pair("image c1"), rec("@10"), rec("@100"), rec("@10 filtered"), rec("@100 filtered"), str(row.recall_queries or "-"),
         )
     console.print(table)
     for row in rows:
@@ -501,7 +505,7 @@ def main() -> None:
     parser.add_argument("--with-faiss", action="store_true",
                         help="sweep the faiss engine too (a node with the k-NN native libraries; not the dev node)")
     parser.add_argument("--ef-search", default=None,
-                        help="ef_search values measured on the default at sizes not swept, e.g. '-,100' ('-': the "
+                        help="ef_search values measured on the default at sizes not swept, e.g. --ef-search=-,100 ('-': the "
                         "engine's default); default: MMOS_KNN_EF_SEARCH alone")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here too")
     parser.add_argument("--data-dir", type=Path, default=None)
