@@ -281,6 +281,12 @@ def _knn_graph_memory_kb(client: OpenSearch) -> int:
     return sum(int(node.get("graph_memory_usage", 0)) for node in stats["nodes"].values())
 
 
+def _node_heap(client: OpenSearch) -> int:
+    """The node's own heap (the bench's settings may not be the ones the node was started with)."""
+    stats = client.nodes.stats(metric="jvm")["nodes"]
+    return min(int(node["jvm"]["mem"]["heap_max_in_bytes"]) for node in stats.values())
+
+
 def _percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
@@ -553,7 +559,7 @@ def main() -> None:
         print_table(rows)
         if args.json:
             machine = {"cpus": os.cpu_count(), "node": client.info()["version"]["number"],
-                       "heap": settings.dev_opensearch_heap, "load_avg_at_end": os.getloadavg()}
+                       "heap_max_bytes": _node_heap(client), "load_avg_at_end": os.getloadavg()}
             args.json.write_text(json.dumps({"machine": machine, "seed_products": len(seeds.products),
                                              "queries": len(queries), "noise_scale": args.noise_scale,
                                              "rows": [asdict(row) for row in rows]}, indent=2))
