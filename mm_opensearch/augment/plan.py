@@ -212,11 +212,10 @@ def _team_native_vector_fields(report: IndexReport) -> list[str]:
 
 def _refuse_exact_beside_native_vectors(report: IndexReport, fields: list[str]) -> None:
     """Refuse exact-only modalities where the index-wide switch would also take the team's own fields' graphs."""
-    if fields:
-        msg = (
-            f"MMOS_KNN_MODALITY_INDEX=exact turns native graph building off for the whole index "
-            f"(index.knn.advanced.approximate_threshold=-1), and index '{report.index}' has native-engine "
-            f"knn_vector field(s) {fields} whose new segments would then get no graph; "
-            "set MMOS_KNN_MODALITY_INDEX=hnsw, or augment without --modalities"
-        )
-        raise ConfigError(msg)
+    msg = (
+        f"MMOS_KNN_MODALITY_INDEX=exact turns native graph building off for the whole index "
+        f"(index.knn.advanced.approximate_threshold=-1), and index '{report.index}' has native-engine "
+        f"knn_vector field(s) {fields} whose new segments would then get no graph; "
+        "set MMOS_KNN_MODALITY_INDEX=hnsw, or augment without --modalities"
+    )
+    raise ConfigError(msg)

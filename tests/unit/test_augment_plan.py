@@ -153,7 +153,10 @@ class _Embedder:
         raise AssertionError("in place backfills, never embeds ids")
 
 
-@pytest.mark.parametrize(("options", "settings_put"), [(TUNED, True), (VectorOptions(m=24), True), (VectorOptions(m=24, modality_index="hnsw"), False)])
+@pytest.mark.parametrize(
+    ("options", "settings_put"),
+    [(TUNED, True), (VectorOptions(m=24), True), (VectorOptions(m=24, modality_index="hnsw"), False)],
+)
 def test_run_in_place_sets_the_threshold_before_adding_the_fields(
     monkeypatch: pytest.MonkeyPatch, options: VectorOptions, settings_put: bool
 ) -> None:
