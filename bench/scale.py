@@ -389,15 +389,17 @@ def _sweep(default: VectorOptions, *, faiss: bool = False) -> list[tuple[VectorO
     ``faiss`` adds the faiss engine, float and fp16 (``sq``): only on a node with the k-NN native
     libraries (the dev node has none; its first faiss segment closes the shard's IndexWriter).
     """
-    efs: list[int | None] = [default.ef_search, 100, 256]
-    native = [(replace(default, engine="faiss", modality_index="hnsw"), [default.ef_search, 256]),
-              (replace(default, engine="faiss", encoder="sq", modality_index="hnsw"), [default.ef_search, 256])] if faiss else []
+    def efs(*values: int | None) -> list[int | None]:  # the default's own first, then the engine's (None)
+        return list(dict.fromkeys([default.ef_search, *values]))
+
+    native = [(replace(default, engine="faiss", modality_index="hnsw"), efs(None, 256)),
+              (replace(default, engine="faiss", encoder="sq", modality_index="hnsw"), efs(None, 256))] if faiss else []
     return [*native,
-        (default, list(dict.fromkeys(efs))),
-        (replace(default, m=8, ef_construction=64), [default.ef_search, 256]),
-        (replace(default, m=32, ef_construction=256), [default.ef_search, 256]),
-        (replace(default, encoder="sq"), [default.ef_search, 256]),
-        (replace(default, modality_index="hnsw" if default.modality_fields == "exact" else "exact"), [default.ef_search]),
+        (default, efs(None, 100, 256)),
+        (replace(default, m=8, ef_construction=64), efs(None, 256)),
+        (replace(default, m=32, ef_construction=256), efs(None, 256)),
+        (replace(default, encoder="sq"), efs(None, 256)),
+        (replace(default, modality_index="hnsw" if default.modality_fields == "exact" else "exact"), efs()),
     ]
 
 

@@ -84,13 +84,16 @@ def test_an_index_with_the_option_takes_vectors_and_answers_knn(
         for kind in ("text", "image"):
             field = mapping[f"mm_{kind}"]
             assert "method" not in field and field["dimension"] == DIM
-            # No graph: the plugin scans, so the order is exactly numpy's (filtered too).
+            # No graph: the plugin scans, so the order is exactly numpy's (filtered too), and the
+            # searcher's ef_search, sent to every knn leg, is accepted there and changes nothing.
             q = vectors[kind][3]
-            assert _ids(client, index_name, knn_query(kind, q, 10, [])) == _exact_order(vectors[kind], q)
             odd = np.arange(N) % 2 == 1
-            assert _ids(client, index_name, knn_query(kind, q, 10, [{"term": {"colour": "red"}}])) == _exact_order(
-                vectors[kind], q, odd
-            )
+            for ef_search in (None, options.ef_search):
+                assert _ids(client, index_name, knn_query(kind, q, 10, [], ef_search=ef_search)) == _exact_order(
+                    vectors[kind], q
+                )
+                red = knn_query(kind, q, 10, [{"term": {"colour": "red"}}], ef_search=ef_search)
+                assert _ids(client, index_name, red) == _exact_order(vectors[kind], q, odd)
     else:
         assert mapping["mm_text"]["method"] == fused_method
 

@@ -47,7 +47,7 @@ def test_the_plan_carries_the_options_and_its_steps_name_them(knn: bool) -> None
     plan = _plan(_report(knn=knn), TUNED)
     assert plan.strategy == ("in_place" if knn else "reindex")
     assert plan.options == TUNED
-    assert any("lucene m24 efc200 efs- sq modal:exact" in step for step in plan.steps)
+    assert any("lucene m24 efc200 efs256 sq modal:exact" in step for step in plan.steps)
     assert any("approximate_threshold=-1" in step for step in plan.steps)
 
 

@@ -70,14 +70,14 @@ def test_vectors_are_written_as_the_shortest_decimals_of_their_float32_values() 
 
 
 def test_default_vector_options_are_the_ones_the_scale_bench_chose() -> None:
-    """lucene m16 efc128, engine ef_search, float, exact-only text and image (docs/benchmarks.md, Scale)."""
+    """lucene m16 efc128, ef_search 256, float, exact-only text and image (docs/benchmarks.md, Scale)."""
     from mm_opensearch.config import Settings
     from mm_opensearch.indexing.mappings import VectorOptions
 
     options = VectorOptions.from_settings(Settings(_env_file=None))
     assert options == VectorOptions()
     assert (options.engine, options.m, options.ef_construction, options.ef_search, options.encoder,
-            options.modality_index, options.modality_fields) == ("lucene", 16, 128, None, "none", "auto", "exact")
+            options.modality_index, options.modality_fields) == ("lucene", 16, 128, 256, "none", "auto", "exact")
     default = product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True)
     assert product_index_body(SCHEMA, dim=64, model_id="abc", modalities=True, options=VectorOptions()) == default
     props = default["mappings"]["properties"]
@@ -97,7 +97,7 @@ def test_auto_modality_index_keeps_graphs_on_faiss(monkeypatch: pytest.MonkeyPat
 
     assert VectorOptions(engine="faiss").modality_fields == "hnsw"
     assert VectorOptions(engine="lucene").modality_fields == "exact"
-    assert VectorOptions(engine="faiss").label() == "faiss m16 efc128 efs-"
+    assert VectorOptions(engine="faiss").label() == "faiss m16 efc128 efs256"
     props = vector_properties(8, modalities=True, engine="faiss")
     assert props["mm_text"]["method"]["engine"] == "faiss"
     monkeypatch.setenv("MMOS_KNN_ENGINE", "faiss")
