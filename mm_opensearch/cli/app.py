@@ -95,6 +95,22 @@ def _transport_error(e: TransportError) -> str:
     return f"OpenSearch answered {e.status_code} {error.get('type') or e.error}: {str(reason)[:300]}{hint}"
 
 
+def _redis_connection_error(error: BaseException) -> BaseException | None:
+    """The redis-py connection error behind ``error`` (its cause or context, however deep), if any.
+
+    Celery's broker (kombu) re-raises a lost Redis as its own OperationalError, with redis-py's
+    error as the context; the message should be the same as when the CLI reaches Redis itself.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (redis.ConnectionError, redis.TimeoutError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main() -> None:
     """Entry point: every failure is one ``error:`` line (naming the setting or file) and exit code 1.
 
@@ -119,6 +135,10 @@ def main() -> None:
         _fail(redis_error_message(get_settings().redis_url.get_secret_value(), e))
         raise SystemExit(1) from e
     except Exception as e:  # noqa: BLE001 - the last resort: a line, not a traceback
+        lost = _redis_connection_error(e)
+        if lost is not None:  # e.g. kombu's OperationalError when a task cannot be published
+            _fail(redis_error_message(get_settings().redis_url.get_secret_value(), lost))
+            raise SystemExit(1) from e
         first = (str(e).strip().splitlines() or [""])[0][:300]
         _fail(f"unexpected {type(e).__name__}: {first} (rerun with MMOS_LOG_LEVEL=DEBUG for the traceback)")
         raise SystemExit(1) from e

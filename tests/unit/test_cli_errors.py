@@ -79,3 +79,26 @@ def test_the_demo_runs_only_on_the_dev_node(hosts: list[str], cluster: str | Non
     assert (reason is not None) is refused
     if cluster == "team-prod":
         assert reason is not None and "team-prod" in reason
+
+
+def test_a_task_that_cannot_reach_the_broker_gets_the_redis_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kombu's OperationalError (a real publish to a port nobody listens on) reads like a lost Redis, not 'unexpected'."""
+    celery = pytest.importorskip("celery")
+    url = "redis://:s3cret@127.0.0.1:1/0"
+    monkeypatch.setenv("MMOS_REDIS_URL", url)
+    broker = celery.Celery("t", broker=url)
+    broker.conf.broker_connection_timeout = 1
+
+    def publish() -> None:
+        broker.send_task("mmos.embed_batch", args=[{}], queue="mmos.model", retry=False)
+
+    monkeypatch.setattr(cli_app, "app", publish)
+    with pytest.raises(SystemExit) as caught:
+        cli_app.main()
+    assert caught.value.code == 1
+    assert type(caught.value.__cause__).__module__.startswith("kombu")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach Redis at redis://") and "(MMOS_REDIS_URL)" in err
+    assert "s3cret" not in err and "unexpected" not in err and len(err.splitlines()) == 1
