@@ -7,8 +7,9 @@ Encode-only = ``product_vectors`` in this process on the smallest draw, same bat
 torch threads as one worker process gets in all. End to end = ``run_backfill`` of an index holding
 the products without vectors until every vector is written (scan, queue, mget, encode, bulk
 update), for each ``--workers`` shape (``1x2`` = one process of two threads, ``2x1`` = two processes
-of one). Redis is sampled every half second meanwhile: its memory over the level before the job and
-the batches in flight (queued or unacknowledged), so the table gives bytes per in-flight batch.
+of one). Redis is sampled every half second meanwhile: its memory over the level before the job (the
+job's whole footprint, peak) and the bytes of the broker's keys beside the batches in them (queued
+or unacknowledged), so the table gives bytes per in-flight batch.
 Needs `mm-opensearch dev up`.
 
     PYTHONPATH=. python bench/backfill.py --model tiny --sizes 2000
@@ -71,19 +72,29 @@ def _start_worker(model_dir: Path, concurrency: int, threads: int, log: Path) ->
 
 @dataclass
 class RedisSampler:
-    """Redis memory over its level before the job, beside the batches in flight, every ``every_s``."""
+    """Redis memory over its level before the job, and the broker's keys beside the batches they hold.
+
+    Every ``every_s``: ``used_memory`` over the baseline (the job's whole footprint: messages, the job
+    store's checkpoints, allocator slack), and ``MEMORY USAGE`` of the two queues and kombu's
+    unacknowledged hash with the number of batches in them. The bytes of a batch in flight come from
+    the latter: ``used_memory`` moves by more than a batch's message between samples.
+    """
 
     client: redis.Redis
     every_s: float = 0.5
     baseline: int = 0
-    samples: list[tuple[int, int]] = field(default_factory=list)  # (bytes over baseline, batches in flight)
+    samples: list[tuple[int, int, int]] = field(default_factory=list)  # (over baseline, broker key bytes, batches)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def _in_flight(self) -> int:
+    def _broker(self) -> tuple[int, int]:
+        keys = (MODEL_QUEUE, IO_QUEUE, UNACKED)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.llen(MODEL_QUEUE).llen(IO_QUEUE).hlen(UNACKED)
-            return sum(pipe.execute())
+            for key in keys:
+                pipe.memory_usage(key, samples=0)  # samples=0: every element, not an estimate
+            counts_and_bytes = pipe.execute()
+        return sum(b or 0 for b in counts_and_bytes[3:]), sum(counts_and_bytes[:3])
 
     def _used(self) -> int:
         return int(self.client.info("memory")["used_memory"])
@@ -96,7 +107,7 @@ class RedisSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.samples.append((self._used() - self.baseline, self._in_flight()))
+            self.samples.append((self._used() - self.baseline, *self._broker()))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -104,16 +115,14 @@ class RedisSampler:
             self._thread.join()
 
     def summary(self) -> dict[str, float]:
-        busy = [(over, n) for over, n in self.samples if n > 0]
+        busy = [(over, held, n) for over, held, n in self.samples if n > 0]
         if not busy:
             return {"peak_over_baseline_bytes": 0, "max_in_flight": 0, "bytes_per_in_flight_batch": 0}
-        peak_over, _ = max(busy)
+        per_batch = sorted(held / n for _, held, n in busy)
         return {
-            "peak_over_baseline_bytes": peak_over,
-            "max_in_flight": max(n for _, n in busy),
-            # least squares through the origin of memory over the baseline against batches in flight: a
-            # median of over / n read 0 whenever the allocator dipped below the baseline, as it does at 1k
-            "bytes_per_in_flight_batch": sum(over * n for over, n in busy) / sum(n * n for _, n in busy),
+            "peak_over_baseline_bytes": max(over for over, _, _ in busy),
+            "max_in_flight": max(n for _, _, n in busy),
+            "bytes_per_in_flight_batch": per_batch[len(per_batch) // 2],  # the median over the samples
         }
 
 
