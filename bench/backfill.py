@@ -50,10 +50,13 @@ REPO = Path(__file__).resolve().parents[1]
 def _encode_only(model_dir: Path, settings: Settings, products: list[Product], batch: int, threads: int) -> float:
     torch.set_num_threads(threads)
     model = MultimodalModel.load(model_dir, settings=settings, use_feature_cache=False)
-    product_vectors(model, products[:batch])  # warm-up
+    roots = settings.image_roots_or(settings.data_dir)  # what the workers read images from
+    product_vectors(model, products[:batch], image_roots=roots)  # warm-up
     start = time.perf_counter()
     for i in range(0, len(products), batch):
-        product_vectors(model, products[i : i + batch])
+        failed = [d for d in product_vectors(model, products[i : i + batch], image_roots=roots) if d["mm_embedding_error"]]
+        if failed:  # a refused or broken image takes the text path: the rate would not be the catalog's
+            raise SystemExit(f"encode-only: {len(failed)} products failed, e.g. {failed[0]['mm_embedding_error']}")
     return len(products) / (time.perf_counter() - start)
 
 
@@ -148,6 +151,10 @@ def _end_to_end(settings: Settings, products: list[Product], schema: CatalogSche
             elapsed = time.perf_counter() - start
         if counts.written != len(products):
             raise SystemExit(f"backfill of {index} wrote {counts.written} of {len(products)}: {counts}")
+        client.indices.refresh(index=index)
+        failed = client.count(index=index, body={"query": {"exists": {"field": "mm_embedding_error"}}})["count"]
+        if failed:
+            raise SystemExit(f"backfill of {index}: {failed} products recorded an embedding error (image refused?)")
         return len(products) / elapsed, sampler.summary()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
