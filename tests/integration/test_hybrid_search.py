@@ -298,14 +298,16 @@ def test_searches_answer_without_id_field_data(client: OpenSearch, searcher: Hyb
     before = {ws: ranked(searcher, with_source=ws, explain=True, cases=cases) for ws in (False, True)}
     with id_field_data_off(client):
         after = {ws: ranked(searcher, with_source=ws, explain=True, cases=cases) for ws in (False, True)}
-    assert after == before
-    assert before[False] == before[True]
+    for ws in (False, True):
+        assert_same_ranking(after[ws], before[ws])
+    assert_same_ranking(before[False], before[True])
 
 
 def assert_same_ranking(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> None:
-    """The same ids in the same order, scores equal to float32 precision. After writes, two searches on 3.4
-    once gave a k-NN score differing in the last float32 digit (0.5724194 against 0.57241946), probably a
-    background merge between them taking a document from exact search in a small segment into HNSW."""
+    """The same ids in the same order, scores equal to float32 precision. On 3.4 two searches have given a k-NN
+    score differing in the last float32 digit (0.5724194 against 0.57241946 after writes; 0.6499469 against
+    0.64994687 in CI with none in the test), probably a background merge between them taking a document from
+    exact search in a small segment into HNSW."""
     assert [[doc_id for doc_id, _ in page] for page in a] == [[doc_id for doc_id, _ in page] for page in b]
     for page_a, page_b in zip(a, b, strict=True):
         assert [score for _, score in page_a] == pytest.approx([score for _, score in page_b], rel=1e-6)
@@ -331,7 +333,8 @@ def test_documents_without_mm_id_are_found_without_id_field_data(
     cases = id_cases(neural_search, shards=shards)  # several shards: client fusion
     with id_field_data_off(client):
         searcher = HybridSearcher(client, settings, index=index_name, tower=model)
-        assert ranked(searcher, with_source=False, cases=cases) == ranked(searcher, with_source=True, cases=cases)
+        assert_same_ranking(ranked(searcher, with_source=False, cases=cases),
+                            ranked(searcher, with_source=True, cases=cases))
         for stripped in ({p.id for p in products[::20]}, {p.id for p in products[::3]}):  # 5%, then a third
             _strip_ids(client, index_name, sorted(stripped))
             # ``searcher`` still believes every document has mm_id: the hits without one are found all the same.
