@@ -91,13 +91,12 @@ class RedisSampler:
     _thread: threading.Thread | None = None
 
     def _broker(self) -> tuple[int, int]:
-        keys = (MODEL_QUEUE, IO_QUEUE, UNACKED)
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.llen(MODEL_QUEUE).llen(IO_QUEUE).hlen(UNACKED)
-            for key in keys:
+            for key in (MODEL_QUEUE, IO_QUEUE, UNACKED):
+                (pipe.hlen if key == UNACKED else pipe.llen)(key)
                 pipe.memory_usage(key, samples=0)  # samples=0: every element, not an estimate
-            counts_and_bytes = pipe.execute()
-        return sum(b or 0 for b in counts_and_bytes[3:]), sum(counts_and_bytes[:3])
+            replies = pipe.execute()
+        return sum(b or 0 for b in replies[1::2]), sum(replies[0::2])
 
     def _used(self) -> int:
         return int(self.client.info("memory")["used_memory"])

@@ -131,12 +131,9 @@ def main() -> None:
     except TransportError as e:
         _fail(_transport_error(e))
         raise SystemExit(1) from e
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        _fail(redis_error_message(get_settings().redis_url.get_secret_value(), e))
-        raise SystemExit(1) from e
     except Exception as e:  # noqa: BLE001 - the last resort: a line, not a traceback
-        lost = _redis_connection_error(e)
-        if lost is not None:  # e.g. kombu's OperationalError when a task cannot be published
+        lost = _redis_connection_error(e)  # redis-py's own, or kombu's OperationalError around it
+        if lost is not None:
             _fail(redis_error_message(get_settings().redis_url.get_secret_value(), lost))
             raise SystemExit(1) from e
         first = (str(e).strip().splitlines() or [""])[0][:300]
