@@ -19,6 +19,7 @@ from mm_opensearch.towers.backbone_base import (
 from mm_opensearch.towers.config import ImageBackboneSpec, TextBackboneSpec
 from mm_opensearch.towers.image_backbones import (
     EfficientNetLite0Backbone,
+    EfficientNetLite2Backbone,
     HFVisionBackbone,
     MobileNetV2Backbone,
     TinyImageBackbone,
@@ -56,6 +57,9 @@ TEXT_BACKBONES: dict[str, Callable[[TextBackboneSpec], TextBackbone]] = {
 
 IMAGE_BACKBONES: dict[str, Callable[[ImageBackboneSpec], ImageBackbone]] = {
     "efficientnet-lite0": lambda spec: EfficientNetLite0Backbone(
+        token_grid=spec.token_grid, preprocess=spec.preprocess
+    ),
+    "efficientnet-lite2": lambda spec: EfficientNetLite2Backbone(
         token_grid=spec.token_grid, preprocess=spec.preprocess
     ),
     "mobilenet-v2": lambda spec: MobileNetV2Backbone(token_grid=spec.token_grid, preprocess=spec.preprocess),

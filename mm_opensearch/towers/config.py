@@ -52,7 +52,7 @@ class TextBackboneSpec(BaseModel):
 
 
 class ImageBackboneSpec(BaseModel):
-    """An image backbone: ``efficientnet-lite0``, ``mobilenet-v2``, ``tiny-image`` or a local HF folder."""
+    """An image backbone: ``efficientnet-lite0``, ``efficientnet-lite2``, ``mobilenet-v2``, ``tiny-image`` or a local HF folder."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
