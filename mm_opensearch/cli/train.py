@@ -34,6 +34,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of a run with the same --out.")] = False,
     image_backbone: Annotated[str, typer.Option(help="efficientnet-lite0 | efficientnet-lite2 (about twice the compute) | mobilenet-v2 | a local CLIP/SigLIP folder.")] = "efficientnet-lite0",
     colour_descriptor: Annotated[bool, typer.Option(help="Add the CIELAB colour and pattern descriptor of the product photo to the image features (docs/quality.md).")] = False,
+    stage_statistics: Annotated[bool, typer.Option(help="Add the product's mean and spread on the CNN's mid-level feature maps, which keep colour and texture (EfficientNet-Lite only; docs/quality.md).")] = False,
     hard_negatives: Annotated[int, typer.Option(help="Hard negatives mined per query (products nearest its text that the labels do not mark relevant); 0 = in-batch only.")] = 0,
     hard_negative_field: Annotated[str | None, typer.Option(help="Mine hard negatives only among products with the same value of this field as the query's labelled ones (e.g. article_type).")] = None,
     query_trainable_layers: Annotated[int, typer.Option(help="Fine-tune the top N layers of the query encoder (its own copy; product texts keep the frozen, cached one). 0 = only the head.")] = 0,
@@ -49,7 +50,8 @@ def train(
     query = TextBackboneSpec(trainable_layers=query_trainable_layers) if query_trainable_layers else None
     config = ModelConfig(dim=dim, fusion=fusion, seed=seed, query_backbone=query,
                          image_backbone=ImageBackboneSpec(name=image_backbone,
-                                                           colour_descriptor=colour_descriptor))
+                                                           colour_descriptor=colour_descriptor,
+                                                           stage_statistics=stage_statistics))
     model = MultimodalModel.from_config(config, settings=settings)
     cfg = TrainConfig(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, batch_size=batch_size, lr=lr,
                       seed=seed, modalities="text" if text_only else "multimodal",

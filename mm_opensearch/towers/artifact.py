@@ -44,7 +44,7 @@ _VOLATILE_CONFIG_FIELDS = {"provenance", "hybrid"}  # neither changes a vector
 _LATER_OPTIONS = {
     "text_backbone": {"trainable_layers": 0},
     "query_backbone": {"trainable_layers": 0},
-    "image_backbone": {"colour_descriptor": False},
+    "image_backbone": {"colour_descriptor": False, "stage_statistics": False},
 }
 _VERSIONED_PACKAGES = ("mm-opensearch", "torch", "transformers", "safetensors", "numpy", "pillow")
 

@@ -89,13 +89,16 @@ def build_text_backbone(spec: TextBackboneSpec) -> TextBackbone:
 def build_image_backbone(spec: ImageBackboneSpec) -> ImageBackbone:
     """The image backbone ``spec`` names (weights are loaded on first use)."""
     if spec.name not in IMAGE_BACKBONES:
-        if spec.colour_descriptor:
-            msg = (f"image_backbone.colour_descriptor needs one of the CNN backbones {sorted(IMAGE_BACKBONES)}; "
-                   f"'{spec.name}' (a CLIP/SigLIP folder) has no feature map to pair it with: set it false")
-            raise ConfigError(msg)
+        for option in ("colour_descriptor", "stage_statistics"):
+            if getattr(spec, option):
+                msg = (f"image_backbone.{option} needs one of the CNN backbones {sorted(IMAGE_BACKBONES)}; "
+                       f"'{spec.name}' (a CLIP/SigLIP folder) has no feature map to pair it with: set it false")
+                raise ConfigError(msg)
         folder = _local_folder(spec.name, "image_backbone.name", sorted(IMAGE_BACKBONES))
         return HFVisionBackbone(folder, token_grid=spec.token_grid, preprocess=spec.preprocess)
     backbone = IMAGE_BACKBONES[spec.name](spec)
     if spec.colour_descriptor and isinstance(backbone, _FeatureMapBackbone):
         backbone.use_colour_descriptor()
+    if spec.stage_statistics and isinstance(backbone, _FeatureMapBackbone):
+        backbone.use_stage_statistics()
     return backbone

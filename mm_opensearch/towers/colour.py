@@ -28,7 +28,7 @@ import math
 import torch
 from torch.nn import functional
 
-__all__ = ["COLOUR_DIM", "COLOUR_VERSION", "colour_descriptor", "rgb_to_lab"]
+__all__ = ["COLOUR_DIM", "COLOUR_VERSION", "colour_descriptor", "product_weights", "rgb_to_lab"]
 
 COLOUR_VERSION = "lab-hist-v1"
 
@@ -139,17 +139,26 @@ def _gradients(lightness: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Te
     return energy, torch.sqrt(hist / hist.sum(dim=1, keepdim=True).clamp(min=1e-8))
 
 
-def colour_descriptor(batch: torch.Tensor) -> torch.Tensor:
-    """(n, COLOUR_DIM) float32 descriptor of a uint8 (n, 3, h, w) RGB batch (the backbone's crop)."""
+def _lab(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 3, h, w) RGB -> CIELAB at the descriptor's resolution."""
     rgb = batch.float() / 255.0
     if rgb.shape[-1] != _SIDE or rgb.shape[-2] != _SIDE:
         rgb = functional.interpolate(rgb, size=(_SIDE, _SIDE), mode="bilinear", antialias=True, align_corners=False)
-    rgb = rgb.clamp(0.0, 1.0)
-    lab = rgb_to_lab(rgb)
+    return rgb_to_lab(rgb.clamp(0.0, 1.0))
+
+
+def product_weights(batch: torch.Tensor) -> torch.Tensor:
+    """(n, 112, 112) centre-weighted product mask of a uint8 RGB batch: where the product is, not the backdrop."""
+    return _foreground(_lab(batch)) * _centre_weights(_SIDE, batch.device)
+
+
+def colour_descriptor(batch: torch.Tensor) -> torch.Tensor:
+    """(n, COLOUR_DIM) float32 descriptor of a uint8 (n, 3, h, w) RGB batch (the backbone's crop)."""
+    lab = _lab(batch)
     product = _foreground(lab)
-    centre = _centre_weights(_SIDE, rgb.device)
+    centre = _centre_weights(_SIDE, lab.device)
     whole = product * centre
-    core = product * _core_box(_SIDE, rgb.device)
+    core = product * _core_box(_SIDE, lab.device)
     bins = _bin_weights(lab)
     total = whole.sum(dim=(1, 2), keepdim=True).clamp(min=1e-8)
     mean = (lab * whole[:, None]).sum(dim=(2, 3)) / total.view(-1, 1)

@@ -69,6 +69,11 @@ class ImageBackboneSpec(BaseModel):
         description="Append the CIELAB colour and pattern descriptor of the product (towers/colour.py) to the "
         "pooled image vector; feature-map backbones only.",
     )
+    stage_statistics: bool = Field(
+        default=False,
+        description="Append the product's mean and spread on the backbone's mid-level feature maps (strides 8 "
+        "and 16), which keep colour and texture the last map loses; EfficientNet-Lite only.",
+    )
 
 
 class ModelConfig(BaseModel):
