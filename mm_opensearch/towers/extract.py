@@ -5,6 +5,12 @@ source (local path, ``file://`` or ``http(s)://``). Keying URLs on their bytes r
 string costs a fetch on a cache hit, but a URL whose picture changed is re-encoded instead of
 silently keeping the old vector, and two URLs of the same file share one entry.
 
+Every backbone call runs at a fixed shape (:data:`FIXED_ROWS` rows; texts also at a fixed padded
+length per length bucket, see :meth:`TextBackbone.fixed_shape_features`). Float kernels pick their
+blocking and thread split by shape, so a row's last bits used to depend on which other inputs
+shared its batch; through the cache's float16 rounding that made a cache's contents, and a model
+trained from it, depend on the cache's history. At one shape a row depends on its own input only.
+
 Images go through a pipeline: worker threads read and hash a chunk of sources, the cache answers
 what it can, then the misses are decoded and resized in the threads while the backbone runs the
 previous batch (PIL and torch both release the GIL, so this is real overlap, not just concurrency),
@@ -28,12 +34,13 @@ from PIL import Image
 from mm_opensearch.config import Settings
 from mm_opensearch.errors import ImageLoadError
 from mm_opensearch.images import read_image_bytes
-from mm_opensearch.towers.backbone_base import ImageBackbone, ImageFeatures, TextBackbone
+from mm_opensearch.towers.backbone_base import FIXED_ROWS, ImageBackbone, ImageFeatures, TextBackbone
 from mm_opensearch.towers.decode_pool import DecodePool, decode_to_pixels
 from mm_opensearch.towers.feature_cache import FeatureCache, get_or_compute
 from mm_opensearch.towers.gpu_decode import decode_resize, gpu_jpeg_decode_available, is_jpeg
 
 __all__ = [
+    "FIXED_ROWS",
     "ImageFeatureBatch",
     "text_key",
     "extract_text_features",
@@ -81,7 +88,7 @@ def extract_text_features(
         ordered = sorted(misses, key=lambda key: len(by_key[key]))  # similar lengths pad less
         for start in range(0, len(ordered), batch_size):
             chunk = ordered[start : start + batch_size]
-            features = backbone.features([by_key[key] for key in chunk]).numpy()
+            features = backbone.fixed_shape_features([by_key[key] for key in chunk]).numpy()
             yield {key: row[None, :] for key, row in zip(chunk, features, strict=True)}
 
     found = get_or_compute(keys, cache, compute)
@@ -156,6 +163,16 @@ def extract_image_features(
     return ImageFeatureBatch(pooled, tokens, errors)
 
 
+def fixed_shape_image_features(backbone: ImageBackbone, pixels: torch.Tensor) -> ImageFeatures:
+    """``backbone.features`` run on batches of exactly :data:`FIXED_ROWS` images, the last padded with black ones."""
+    n = pixels.shape[0]
+    padded = (-n) % FIXED_ROWS
+    if padded:
+        pixels = torch.cat([pixels, pixels.new_zeros((padded, *pixels.shape[1:]))])
+    parts = [backbone.features(pixels[start : start + FIXED_ROWS]) for start in range(0, pixels.shape[0], FIXED_ROWS)]
+    return ImageFeatures(torch.cat([p.pooled for p in parts])[:n], torch.cat([p.tokens for p in parts])[:n])
+
+
 def _cache_rows(features: ImageFeatures) -> np.ndarray:
     """(n, rows, cols) cache entries: [pooled; tokens] when both are one width, else one flat row of both."""
     pooled, tokens = features.pooled, features.tokens
@@ -209,7 +226,7 @@ def _forward_pipelined(
                 decoded.append(key)
         if not pixels:
             continue
-        features = backbone.features(torch.stack(pixels))
+        features = fixed_shape_image_features(backbone, torch.stack(pixels))
         yield dict(zip(decoded, _cache_rows(features), strict=True))
 
 
@@ -255,5 +272,5 @@ def _forward_gpu_decoded(
         decoded_keys = [key for key in batch if key in pixels]
         if not decoded_keys:
             continue
-        features = backbone.features(torch.stack([pixels[key] for key in decoded_keys]))
+        features = fixed_shape_image_features(backbone, torch.stack([pixels[key] for key in decoded_keys]))
         yield dict(zip(decoded_keys, _cache_rows(features), strict=True))

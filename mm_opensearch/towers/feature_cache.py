@@ -1,7 +1,8 @@
 """On-disk cache of frozen backbone features, shared by every command that encodes.
 
-Layout: ``<cache_dir>/features/<backbone_id>/features.sqlite``, one row per input, keyed by the
-sha256 of the input (see :mod:`mm_opensearch.towers.extract` for what is hashed). SQLite in WAL
+Layout: ``<cache_dir>/features/<backbone_id>/features-v2.sqlite``, one row per input, keyed by the
+sha256 of the input (see :mod:`mm_opensearch.towers.extract` for what is hashed, and for the
+fixed-shape batches that make each row a pure function of its input). SQLite in WAL
 mode lets several processes (a training run, a backfill worker, the API) read and add rows at the
 same time without corrupting anything; ``INSERT OR IGNORE`` makes a race between two writers of
 the same key harmless, since a key's features are a pure function of the key. Features are stored
@@ -25,6 +26,9 @@ __all__ = ["FeatureCache", "as_cached_precision", "get_or_compute"]
 
 _STORE_DTYPE = np.float16
 _SQL_CHUNK = 500  # below SQLite's bound-parameter limit
+# v2: rows computed in fixed-shape batches. v1 rows (``features.sqlite``) also depended on which
+# other inputs shared their batch, so a cache's contents depended on its history; they are never read.
+_FILE_NAME = "features-v2.sqlite"
 
 
 def as_cached_precision(features: np.ndarray) -> np.ndarray:
@@ -37,7 +41,7 @@ class FeatureCache:
 
     def __init__(self, root: Path, backbone_id: str) -> None:
         self.root = root
-        self.path = root / "features" / backbone_id / "features.sqlite"
+        self.path = root / "features" / backbone_id / _FILE_NAME
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
