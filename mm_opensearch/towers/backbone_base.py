@@ -116,6 +116,17 @@ class Backbone(ABC):
     def backbone_id(self) -> str:
         """Stable id of these weights and this input processing (keys the feature cache)."""
 
+    @property
+    def cache_id(self) -> str:
+        """Key of this backbone's feature cache: its id, plus device and precision off the CPU.
+
+        One cache holds rows of one computation only: a GPU's bf16 rows differ from the CPU's
+        float32 ones well beyond float16 rounding, and would change what a later training reads.
+        """
+        if self.device.type == "cpu":
+            return self.backbone_id
+        return f"{self.backbone_id}-{self.device.type}-{str(self.cuda_dtype).removeprefix('torch.')}"
+
     @abstractmethod
     def _load_module(self) -> nn.Module:
         """Build the network with its weights (called once, on first use)."""

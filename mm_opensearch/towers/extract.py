@@ -125,7 +125,7 @@ def extract_image_features(
         each = [
             extract_image_features(part, sources, settings=settings, roots=roots, batch_size=batch_size,
                                    workers=workers, decode_pool=decode_pool,
-                                   cache=cache.sibling(part.backbone_id) if cache is not None else None)
+                                   cache=cache.sibling(part.cache_id) if cache is not None else None)
             for part in parts
         ]
         errors = [next((e for e in row if e is not None), None) for row in zip(*(b.errors for b in each), strict=True)]

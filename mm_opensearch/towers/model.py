@@ -166,7 +166,7 @@ class MultimodalModel:
         return self._cache(backbone)
 
     def _cache(self, backbone: TextBackbone | ImageBackbone) -> FeatureCache | None:
-        return FeatureCache.for_backbone(self.settings, backbone.backbone_id) if self.use_feature_cache else None
+        return FeatureCache.for_backbone(self.settings, backbone.cache_id) if self.use_feature_cache else None
 
     def product_text_features(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         """(n, text_dim) features of non-empty product texts."""

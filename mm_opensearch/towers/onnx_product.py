@@ -212,7 +212,7 @@ class _OnnxImageBackbone(ImageBackbone):
 
     @property
     def backbone_id(self) -> str:
-        return self.source.backbone_id + self._cache_suffix  # int8 features never share PyTorch's cache
+        return self.source.backbone_id + self._cache_suffix  # never PyTorch's cache (see the suffix)
 
     def _load_module(self) -> nn.Module:
         raise NotImplementedError("runs in ONNX Runtime")
@@ -252,9 +252,21 @@ class _OnnxTextBackbone(TextBackbone):
         raise NotImplementedError("runs in ONNX Runtime")
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
-        ids, mask = self._tokenize(texts)
+        return self._run(*self._tokenize(texts))
+
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         feeds = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
         return torch.from_numpy(self.session.run(feeds)[0])
+
+    def fixed_shape_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The source backbone's fixed shapes, run here: the cached rows do not depend on their batch."""
+        batches = getattr(self.source, "fixed_shape_batches", None)
+        if batches is None:
+            return super().fixed_shape_features(texts)
+        out = torch.zeros((len(texts), self.dim), dtype=torch.float32)
+        for rows, ids, mask in batches(texts):
+            out[rows] = self._run(ids, mask)[: len(rows)].float()
+        return out
 
 
 class _OnnxHeads:
@@ -322,7 +334,9 @@ def build_onnx_product_tower(model: MultimodalModel, *, quantized: bool = False)
     key = product_graph_key(model.model_id, extractor)
     folder = model.settings.cache_dir / "onnx"
     threads = torch.get_num_threads()
-    suffix = "-onnx-int8" if quantized else ""
+    # Own cache keys: ONNX Runtime's rows differ from PyTorch's in the last bits, which the float16
+    # cache can round apart, so sharing would make a cache's rows depend on which runtime came first.
+    suffix = "-onnx-int8" if quantized else "-onnx"
     reference = torch_product_tower(model)
     try:
         with model.evaluating():

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,16 +221,16 @@ class HFTextBackbone(TextBackbone):
             return self.max_length
         return min(self.max_length, max(16, 1 << (tokens - 1).bit_length()))
 
-    def fixed_shape_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """Features at shapes fixed by each text's own length: :data:`FIXED_ROWS` rows of one length bucket.
+    def fixed_shape_batches(self, texts: Sequence[str]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """(rows of ``texts``, input_ids, attention_mask) at shapes fixed by each text's own length.
 
-        Padding to a power of two costs about a third more tokens than padding to the batch's
-        longest, in exchange for rows that do not depend on their companions.
+        Each batch is :data:`FIXED_ROWS` texts of one padded length (the last rows repeat a text;
+        only the first ``len(rows)`` outputs are real). Padding to a power of two costs about what
+        sorting by length saved, in exchange for rows that do not depend on their companions.
         """
         self.module()  # the tokenizer is loaded with the weights
         with self._tokenizer_lock:
             encoded = self._tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        out = torch.zeros((len(encoded), self.dim), dtype=torch.float32)
         buckets: dict[int, list[int]] = {}
         for row, ids in enumerate(encoded):
             buckets.setdefault(self._padded_length(len(ids)), []).append(row)
@@ -242,10 +242,14 @@ class HFTextBackbone(TextBackbone):
                     batch = self._tokenizer.pad({"input_ids": filled}, padding="max_length", max_length=length,
                                                 return_tensors="pt")
                 ids = batch["input_ids"]
-                mask = batch.get("attention_mask", torch.ones_like(ids))
-                with self._inference():
-                    pooled = self.module()(ids.to(self.device), mask.to(self.device))
-                out[chunk] = pooled.float().cpu()[: len(chunk)]
+                yield chunk, ids, batch.get("attention_mask", torch.ones_like(ids))
+
+    def fixed_shape_features(self, texts: Sequence[str]) -> torch.Tensor:
+        out = torch.zeros((len(texts), self.dim), dtype=torch.float32)
+        for rows, ids, mask in self.fixed_shape_batches(texts):
+            with self._inference():
+                pooled = self.module()(ids.to(self.device), mask.to(self.device))
+            out[rows] = pooled.float().cpu()[: len(rows)]
         return out
 
 

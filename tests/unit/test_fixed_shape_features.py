@@ -109,3 +109,12 @@ def test_an_image_row_is_the_same_alone_in_any_batch_and_at_any_thread_count() -
     assert torch.equal(together.pooled[4:5], alone.pooled)
     assert torch.equal(together.tokens[4:5], other.tokens[:1])
     assert torch.equal(one_thread.pooled, two_threads.pooled)
+
+
+def test_features_computed_off_the_cpu_are_cached_under_their_own_key() -> None:
+    backbone = TinyTextBackbone(seed=3)
+    assert backbone.cache_id == backbone.backbone_id
+    backbone.device = torch.device("cuda")  # only the key is read: no GPU needed
+    assert backbone.cache_id == f"{backbone.backbone_id}-cuda-bfloat16"
+    backbone.cuda_dtype = torch.float32
+    assert backbone.cache_id == f"{backbone.backbone_id}-cuda-float32"

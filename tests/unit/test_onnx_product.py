@@ -122,3 +122,19 @@ def test_decode_processes_give_the_vectors_and_errors_of_decode_threads(tmp_path
         model.decode_pool.close()
     assert processes.errors == threads.errors
     np.testing.assert_allclose(processes.fused, threads.fused, atol=1e-6)
+
+
+def test_each_runtime_fills_a_feature_cache_of_its_own(tmp_path, catalog) -> None:
+    """ONNX rows differ from PyTorch's in the last bits: a shared cache would depend on who came first."""
+    settings = _settings(tmp_path)
+    torch_model = MultimodalModel.from_config(ModelConfig.tiny(), settings=settings, device="cpu")
+    torch_model.encode_products(catalog, image_roots=[tmp_path])
+    onnx_model = MultimodalModel.from_config(ModelConfig.tiny(), settings=_settings(tmp_path, product_runtime="onnx"),
+                                             device="cpu")
+    tower = onnx_model.product_tower()
+    assert tower.runtime == "onnx"
+    onnx_model.encode_products(catalog, image_roots=[tmp_path])
+    caches = {p.name for p in (settings.cache_dir / "features").iterdir()}
+    text_id, image_id = torch_model.text_backbone.backbone_id, torch_model.image_backbone.backbone_id
+    assert {text_id, image_id, f"{text_id}-onnx", f"{image_id}-onnx"} <= caches
+    assert tower.text.cache_id == f"{text_id}-onnx"
