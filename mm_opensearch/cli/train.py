@@ -39,6 +39,7 @@ def train(
     hard_negative_field: Annotated[str | None, typer.Option(help="Mine hard negatives only among products with the same value of this field as the query's labelled ones (e.g. article_type).")] = None,
     query_trainable_layers: Annotated[int, typer.Option(help="Fine-tune the top N layers of the query encoder (its own copy; product texts keep the frozen, cached one). 0 = only the head.")] = 0,
     query_encoder_lr: float = 3e-5,
+    weight_average: Annotated[float, typer.Option(help="Rank and keep an exponential moving average of the weights with this decay per step (e.g. 0.99); 0 = the last step's weights.")] = 0.0,
 ) -> None:
     """Stage 1: query<->text and query<->image; stage 2: query<->fused (stage-1 losses kept as auxiliaries)."""
     from mm_opensearch.towers import ModelConfig, MultimodalModel  # noqa: PLC0415 - torch only when training
@@ -56,7 +57,7 @@ def train(
     cfg = TrainConfig(stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, batch_size=batch_size, lr=lr,
                       seed=seed, modalities="text" if text_only else "multimodal",
                       hard_negatives=hard_negatives, hard_negative_field=hard_negative_field,
-                      query_encoder_lr=query_encoder_lr)
+                      query_encoder_lr=query_encoder_lr, weight_average=weight_average)
     inputs = TrainingInputs(catalog=catalog, queries=queries, qrels=qrels, clicks=clicks, query_split=split,
                             product_splits=product_splits, dev_fraction=dev_fraction)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import torch
 
 from mm_opensearch.evaluation.metrics import evaluate_run
 from mm_opensearch.towers.persistence import state_section
+from mm_opensearch.training.averaging import WeightAverage
 from mm_opensearch.training.data import TrainingData
 from mm_opensearch.training.losses import LogitScale, info_nce
 from mm_opensearch.training.negatives import HardNegatives
@@ -45,6 +47,7 @@ class TrainConfig:
     query_encoder_lr: float = 3e-5  # the query backbone's trainable layers (ModelConfig.query_backbone)
     hard_negatives: int = 0  # candidates mined per query (training/negatives.py); 0 = in-batch negatives only
     hard_negative_field: str | None = None  # mine only within the query's labelled products' value of this field
+    weight_average: float = 0.0  # decay of an exponential moving average of the weights, ranked and kept instead; 0 = off
 
 
 @dataclass
@@ -149,6 +152,7 @@ def train_model(
         p.requires_grad_(True)
     groups = [{"params": params}] + ([{"params": tuned, "lr": cfg.query_encoder_lr}] if tuned else [])
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    average = WeightAverage(list(model.heads.parameters()) + tuned, cfg.weight_average) if cfg.weight_average else None
     result = TrainResult(best_dev_ndcg=-1.0, best_epoch=(0, 0))
     best_state: dict[str, torch.Tensor] | None = None
     done: set[tuple[int, int]] = set()
@@ -164,6 +168,8 @@ def train_model(
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])  # modality dropout and dropout draw from it
         result = TrainResult(saved["best_dev_ndcg"], tuple(saved["best_epoch"]), saved["history"])
+        if average is not None:
+            average.load_state_dict(saved["weight_average"])
         best_state, done = saved["best_state"], {tuple(e) for e in saved["done"]}
     text_only = cfg.modalities == "text"
     # A text-only tower has no fusion stage: it gets the same epoch budget in stage 1 instead.
@@ -182,16 +188,20 @@ def train_model(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 total, batches = total + loss.item(), batches + 1
             model.eval()
-            dev_ndcg = evaluate_run(dev_qrels, rank_products(model, dev, text_only=text_only))["ndcg@10"]
+            with average.applied() if average is not None else nullcontext():
+                dev_ndcg = evaluate_run(dev_qrels, rank_products(model, dev, text_only=text_only))["ndcg@10"]
+                state = {k: v.detach().clone() for k, v in _trained_state(model).items()}
             record = {"stage": stage, "epoch": epoch, "loss": total / max(batches, 1), "dev_ndcg@10": dev_ndcg,
                       "temperature": 1.0 / scale().item()}
             result.history.append(record)
             done.add((stage, epoch))
             if dev_ndcg > result.best_dev_ndcg:
                 result.best_dev_ndcg, result.best_epoch = dev_ndcg, (stage, epoch)
-                best_state = {k: v.detach().clone() for k, v in _trained_state(model).items()}
+                best_state = state
                 stale = 0
             else:
                 stale += 1
@@ -204,7 +214,8 @@ def train_model(
                      "scale": scale.state_dict(), "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best_dev_ndcg": result.best_dev_ndcg,
                      "best_epoch": list(result.best_epoch), "history": result.history, "best_state": best_state,
-                     "done": [list(e) for e in done], "config": asdict(cfg)},
+                     "done": [list(e) for e in done], "config": asdict(cfg),
+                     "weight_average": None if average is None else average.state_dict()},
                     ckpt,
                 )
             if stale >= cfg.patience:
