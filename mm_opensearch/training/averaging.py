@@ -15,7 +15,14 @@ import torch
 
 from mm_opensearch.errors import ConfigError
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "check_decay"]
+
+
+def check_decay(decay: float) -> None:
+    """Fail before any work is done when the decay cannot average."""
+    if not 0.0 < decay < 1.0:
+        msg = f"weight_average (--weight-average) must be in (0, 1), got {decay}: e.g. 0.99, or 0 to turn averaging off"
+        raise ConfigError(msg)
 
 
 class WeightAverage:
@@ -26,9 +33,7 @@ class WeightAverage:
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter], decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            msg = f"weight_average (--weight-average) must be in (0, 1), got {decay}: e.g. 0.99, or 0 to turn averaging off"
-            raise ConfigError(msg)
+        check_decay(decay)
         self.params = list(params)
         self.decay = decay
         self.steps = 0
@@ -56,9 +61,9 @@ class WeightAverage:
                     param.copy_(saved)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "steps": self.steps, "shadow": [s.clone() for s in self.shadow]}
+        return {"steps": self.steps, "shadow": [s.clone() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.steps = float(state["decay"]), int(state["steps"])
+        self.steps = int(state["steps"])
         for shadow, saved in zip(self.shadow, state["shadow"], strict=True):
             shadow.copy_(saved)

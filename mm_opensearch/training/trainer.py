@@ -20,7 +20,7 @@ import torch
 
 from mm_opensearch.evaluation.metrics import evaluate_run
 from mm_opensearch.towers.persistence import state_section
-from mm_opensearch.training.averaging import WeightAverage
+from mm_opensearch.training.averaging import WeightAverage, check_decay
 from mm_opensearch.training.data import TrainingData
 from mm_opensearch.training.losses import LogitScale, info_nce
 from mm_opensearch.training.negatives import HardNegatives
@@ -48,6 +48,10 @@ class TrainConfig:
     hard_negatives: int = 0  # candidates mined per query (training/negatives.py); 0 = in-batch negatives only
     hard_negative_field: str | None = None  # mine only within the query's labelled products' value of this field
     weight_average: float = 0.0  # decay of an exponential moving average of the weights, ranked and kept instead; 0 = off
+
+    def __post_init__(self) -> None:
+        if self.weight_average:
+            check_decay(self.weight_average)  # here, not after minutes of feature extraction
 
 
 @dataclass
@@ -194,14 +198,15 @@ def train_model(
             model.eval()
             with average.applied() if average is not None else nullcontext():
                 dev_ndcg = evaluate_run(dev_qrels, rank_products(model, dev, text_only=text_only))["ndcg@10"]
-                state = {k: v.detach().clone() for k, v in _trained_state(model).items()}
+                improved = dev_ndcg > result.best_dev_ndcg
+                if improved:  # the weights just ranked: the average's when there is one
+                    best_state = {k: v.detach().clone() for k, v in _trained_state(model).items()}
             record = {"stage": stage, "epoch": epoch, "loss": total / max(batches, 1), "dev_ndcg@10": dev_ndcg,
                       "temperature": 1.0 / scale().item()}
             result.history.append(record)
             done.add((stage, epoch))
-            if dev_ndcg > result.best_dev_ndcg:
+            if improved:
                 result.best_dev_ndcg, result.best_epoch = dev_ndcg, (stage, epoch)
-                best_state = state
                 stale = 0
             else:
                 stale += 1

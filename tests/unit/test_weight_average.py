@@ -74,3 +74,9 @@ def test_training_keeps_the_averaged_weights_and_resumes_to_them(synthetic_shop:
     np.testing.assert_allclose(resumed.encode_queries(queries), full.encode_queries(queries), atol=1e-5)
     saved = MultimodalModel.load(tmp_path / "full", settings=settings)
     assert saved.config.provenance["train_config"]["weight_average"] == 0.9
+
+
+def test_a_bad_decay_fails_when_the_training_is_configured() -> None:
+    with pytest.raises(ConfigError, match="--weight-average"):
+        TrainConfig(weight_average=1.5)  # before any feature is extracted
+    assert TrainConfig(weight_average=0.0).weight_average == 0.0  # 0 is off, not an error
